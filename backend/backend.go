@@ -1,0 +1,165 @@
+// Package backend defines what a data plane does for mbx and keeps the
+// registry of data planes (CoreDNS-style: each backend registers itself).
+// A backend moves packets and programs its data plane from the desired
+// state; it never makes service or scheduling decisions of its own.
+package backend
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/mbx-net/mbx/flow"
+	"github.com/mbx-net/mbx/lb"
+)
+
+// Options configure a backend when it starts.
+type Options struct {
+	Ifaces   []string      // interfaces to attach to
+	XDPMode  string        // "native" (default) or "generic" (XDP only)
+	ConnMax  int           // connections the table holds (two entries each)
+	Timeouts flow.Timeouts // idle timeout per state
+	PortLo   uint16        // Full-NAT local port range
+	PortHi   uint16
+	HashSeed uint32 // flow hash seed; equal on every node of a cluster
+	Logger   *slog.Logger
+}
+
+// Defaults fills zero fields with mbx's defaults.
+func (o *Options) Defaults() {
+	if o.ConnMax == 0 {
+		o.ConnMax = 1 << 20
+	}
+	if o.Timeouts == (flow.Timeouts{}) {
+		o.Timeouts = flow.IPVSTimeouts()
+	}
+	if o.PortLo == 0 && o.PortHi == 0 {
+		o.PortLo, o.PortHi = 1024, 65535
+	}
+	if o.XDPMode == "" {
+		o.XDPMode = "native"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Backend is a running data plane.
+type Backend interface {
+	// Apply makes the data plane match cfg (already validated), touching only
+	// what changed; established connections are never disturbed.
+	Apply(cfg *lb.Config) error
+	// Snapshot reads traffic counters and connection counts.
+	Snapshot() (*Snapshot, error)
+	// Conns lists up to limit connections (0: all).
+	Conns(limit int) ([]Conn, error)
+	// Close detaches from every interface and releases everything.
+	Close() error
+}
+
+// Counters are IPVS's per-service / per-real statistics.
+type Counters struct {
+	Conns    uint64 `json:"conns"`
+	InPkts   uint64 `json:"inpkts"`
+	OutPkts  uint64 `json:"outpkts"`
+	InBytes  uint64 `json:"inbytes"`
+	OutBytes uint64 `json:"outbytes"`
+}
+
+// Add accumulates o into c.
+func (c *Counters) Add(o Counters) {
+	c.Conns += o.Conns
+	c.InPkts += o.InPkts
+	c.OutPkts += o.OutPkts
+	c.InBytes += o.InBytes
+	c.OutBytes += o.OutBytes
+}
+
+// RealRef names a real server within a service.
+type RealRef struct {
+	Service lb.ServiceKey  `json:"service"`
+	Real    netip.AddrPort `json:"real"`
+}
+
+// RealStatus is a real server's counters and current connections.
+type RealStatus struct {
+	Counters
+	Active   uint64 `json:"active"`
+	Inactive uint64 `json:"inactive"`
+}
+
+// LaddrRef names a LIP within a service.
+type LaddrRef struct {
+	Service lb.ServiceKey `json:"service"`
+	Addr    netip.Addr    `json:"addr"`
+}
+
+// LaddrStatus is a LIP's usage.
+type LaddrStatus struct {
+	Conns     uint64 `json:"conns"`
+	Conflicts uint64 `json:"conflicts"`
+}
+
+// Snapshot is a point-in-time read of the data plane's counters.
+type Snapshot struct {
+	Services map[lb.ServiceKey]Counters `json:"-"`
+	Reals    map[RealRef]RealStatus     `json:"-"`
+	Laddrs   map[LaddrRef]LaddrStatus   `json:"-"`
+	Datapath map[string]uint64          `json:"datapath"`
+	ConnsMax int                        `json:"conns_max"`
+}
+
+// Conn is one tracked connection.
+type Conn struct {
+	Proto   lb.Proto       `json:"proto"`
+	Client  netip.AddrPort `json:"client"`
+	Virtual netip.AddrPort `json:"virtual"`
+	Local   netip.AddrPort `json:"local"`
+	Real    netip.AddrPort `json:"real"`
+	State   flow.State     `json:"state"`
+	Expire  time.Duration  `json:"expire"`
+}
+
+// Factory starts a backend.
+type Factory func(Options) (Backend, error)
+
+var (
+	factories = map[string]Factory{}
+	missing   = map[string]string{}
+)
+
+// Register makes a backend available to `mbx run --backend NAME`.
+func Register(name string, f Factory) { factories[name] = f }
+
+// RegisterMissing records a backend this binary was built without, and how to
+// get a binary that has it.
+func RegisterMissing(name, how string) { missing[name] = how }
+
+// Open starts the backend called name.
+func Open(name string, opts Options) (Backend, error) {
+	opts.Defaults()
+	f, ok := factories[name]
+	if !ok {
+		if how, ok := missing[name]; ok {
+			return nil, fmt.Errorf("backend %q is not built into this binary: %s", name, how)
+		}
+		return nil, fmt.Errorf("unknown backend %q (have %v)", name, Names())
+	}
+	return f(opts)
+}
+
+// Names lists the registered backends.
+func Names() []string {
+	var n []string
+	for k := range factories {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return n
+}
+
+func init() {
+	RegisterMissing("dpdk", "build one with `make build-dpdk` (go build -tags dpdk; needs libdpdk-dev)")
+}

@@ -1,0 +1,264 @@
+package xdp
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime"
+	"slices"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/lb"
+)
+
+// progService is what is programmed for one service.
+type progService struct {
+	id        uint32
+	entry     mbxSvc
+	table     []uint32 // real ids, as written to sched_slots
+	laddrs    []netip.Addr
+	laddrDevs []string
+	reals     map[netip.AddrPort]uint32 // real server -> real id
+}
+
+var fwdModes = map[lb.Forward]uint8{lb.FullNAT: 1}
+
+// Apply reconciles the maps with cfg. New tables are written to fresh
+// ranges and switched in with one map update per service, so a packet sees
+// either the old or the new service, never a mix; established connections
+// carry their own rewrite and are not touched.
+func (b *Backend) Apply(cfg *lb.Config) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, release := range b.pending {
+		release()
+	}
+	b.pending = nil
+
+	if err := b.checkCapacity(cfg); err != nil {
+		return err
+	}
+	want := map[lb.ServiceKey]bool{}
+	wantLocals := map[mbxLocalKey]uint32{}
+	for _, s := range cfg.Services {
+		want[s.Key] = true
+		if err := b.applyService(s); err != nil {
+			return fmt.Errorf("service %s: %w", s.Key, err)
+		}
+		wantLocals[localKey(s.Key.Addr)] |= 1
+		for _, la := range s.LocalAddrs {
+			wantLocals[localKey(la.Addr)] |= 2
+		}
+	}
+	for k, ps := range b.services {
+		if !want[k] {
+			if err := b.removeService(k, ps); err != nil {
+				return err
+			}
+		}
+	}
+	for k, v := range wantLocals {
+		if b.locals[k] != v {
+			if err := b.objs.LocalAddrs.Put(k, v); err != nil {
+				return fmt.Errorf("local address map: %w", err)
+			}
+		}
+	}
+	for k := range b.locals {
+		if _, ok := wantLocals[k]; !ok {
+			_ = b.objs.LocalAddrs.Delete(k)
+		}
+	}
+	b.locals = wantLocals
+	return nil
+}
+
+func (b *Backend) checkCapacity(cfg *lb.Config) error {
+	nReals, nSlots, nLaddrs := 0, 0, 0
+	for _, s := range cfg.Services {
+		nReals += len(s.Reals)
+		nLaddrs += len(s.LocalAddrs)
+		sch, _ := lb.LookupScheduler(s.Scheduler)
+		nSlots += len(sch.Table(s.Reals))
+	}
+	switch {
+	case len(cfg.Services) > maxServices:
+		return fmt.Errorf("%d services exceed the datapath's %d", len(cfg.Services), maxServices)
+	case nReals > maxReals/2: // room for old and new ids during a change
+		return fmt.Errorf("%d real servers exceed the datapath's %d", nReals, maxReals/2)
+	case nSlots > schedSlots/2:
+		return fmt.Errorf("scheduler tables of %d slots exceed the datapath's %d", nSlots, schedSlots/2)
+	case nLaddrs > maxLaddrs/2:
+		return fmt.Errorf("%d local addresses exceed the datapath's %d", nLaddrs, maxLaddrs/2)
+	}
+	return nil
+}
+
+func localKey(a netip.Addr) mbxLocalKey {
+	return mbxLocalKey{Addr: addrWords(a), Family: family(a)}
+}
+
+func svcKey(k lb.ServiceKey) mbxSvcKey {
+	return mbxSvcKey{Addr: addrWords(k.Addr), Port: htons(k.Port), Proto: uint8(k.Proto), Family: family(k.Addr)}
+}
+
+func (b *Backend) applyService(s *lb.Service) error {
+	ps := b.services[s.Key]
+	fresh := ps == nil
+	if fresh {
+		id, err := b.svcIDs.alloc()
+		if err != nil {
+			return err
+		}
+		ps = &progService{id: id, reals: map[netip.AddrPort]uint32{}}
+		ps.entry.Id = id
+		// Start the round-robin position at 0 on every CPU: deterministic tables.
+		zeros := make([]uint32, runtime.NumCPU())
+		if err := b.objs.SchedPos.Put(id, zeros); err != nil {
+			return fmt.Errorf("sched_pos: %w", err)
+		}
+	}
+
+	// Real server ids and entries.
+	keep := map[netip.AddrPort]bool{}
+	ids := make([]uint32, len(s.Reals))
+	for i, r := range s.Reals {
+		ap := r.AddrPort()
+		keep[ap] = true
+		id, ok := ps.reals[ap]
+		if !ok {
+			var err error
+			if id, err = b.realIDs.alloc(); err != nil {
+				return err
+			}
+			if err := b.objs.Stats.Put(id, make([]mbxRealStats, runtime.NumCPU())); err != nil {
+				return fmt.Errorf("stats: %w", err)
+			}
+			ps.reals[ap] = id
+		}
+		ids[i] = id
+		entry := mbxReal{Addr: addrWords(r.Addr), Port: htons(s.RealPort(r)), Family: family(r.Addr), Mode: fwdModes[r.Forward]}
+		if err := b.objs.Reals.Put(id, &entry); err != nil {
+			return fmt.Errorf("reals: %w", err)
+		}
+	}
+
+	// Scheduler table.
+	sch, _ := lb.LookupScheduler(s.Scheduler)
+	var table []uint32
+	for _, idx := range sch.Table(s.Reals) {
+		table = append(table, ids[idx])
+	}
+	entry := ps.entry
+	if fresh || !slices.Equal(table, ps.table) {
+		base, err := b.slots.alloc(len(table))
+		if err != nil {
+			return err
+		}
+		keys := make([]uint32, len(table))
+		for i := range keys {
+			keys[i] = uint32(base + i)
+		}
+		if len(table) > 0 {
+			if _, err := b.objs.SchedSlots.BatchUpdate(keys, table, nil); err != nil {
+				return fmt.Errorf("sched_slots: %w", err)
+			}
+		}
+		oldBase, oldLen := int(entry.SchedBase), int(entry.SchedLen)
+		if !fresh {
+			b.pending = append(b.pending, func() { b.slots.release(oldBase, oldLen) })
+		}
+		entry.SchedBase, entry.SchedLen = uint32(base), uint32(len(table))
+		ps.table = table
+	}
+
+	// LIP list.
+	var laddrs []netip.Addr
+	var devs []string
+	for _, la := range s.LocalAddrs {
+		laddrs = append(laddrs, la.Addr)
+		devs = append(devs, la.Dev)
+	}
+	if fresh || !slices.Equal(laddrs, ps.laddrs) {
+		base, err := b.laddrIdx.alloc(len(laddrs))
+		if err != nil {
+			return err
+		}
+		for i, a := range laddrs {
+			if err := b.objs.Laddrs.Put(uint32(base+i), &mbxLaddr{Addr: addrWords(a), Family: family(a)}); err != nil {
+				return fmt.Errorf("laddrs: %w", err)
+			}
+			if err := b.objs.LaddrConflicts.Put(uint32(base+i), make([]uint64, runtime.NumCPU())); err != nil {
+				return fmt.Errorf("laddr_conflicts: %w", err)
+			}
+		}
+		oldBase, oldLen := int(entry.LaddrBase), int(entry.LaddrLen)
+		if !fresh {
+			b.pending = append(b.pending, func() { b.laddrIdx.release(oldBase, oldLen) })
+		}
+		entry.LaddrBase, entry.LaddrLen = uint32(base), uint32(len(laddrs))
+		ps.laddrs = laddrs
+	}
+	ps.laddrDevs = devs
+
+	if fresh || entry != ps.entry {
+		if err := b.objs.Services.Put(svcKey(s.Key), &entry); err != nil {
+			return fmt.Errorf("services: %w", err)
+		}
+		ps.entry = entry
+	}
+	b.services[s.Key] = ps
+
+	// Real servers no longer in the service: keep their counters in the
+	// service's total, free their ids once no reader can hold them.
+	for ap, id := range ps.reals {
+		if !keep[ap] {
+			b.retireReal(s.Key, id)
+			delete(ps.reals, ap)
+		}
+	}
+	return nil
+}
+
+func (b *Backend) retireReal(k lb.ServiceKey, id uint32) {
+	c, _ := b.realCounters(id)
+	r := b.retired[k]
+	r.Add(c)
+	b.retired[k] = r
+	b.pending = append(b.pending, func() { b.realIDs.release(id) })
+}
+
+func (b *Backend) removeService(k lb.ServiceKey, ps *progService) error {
+	if err := b.objs.Services.Delete(svcKey(k)); err != nil && err != ebpf.ErrKeyNotExist {
+		return fmt.Errorf("services: %w", err)
+	}
+	e := ps.entry
+	b.pending = append(b.pending, func() {
+		b.slots.release(int(e.SchedBase), int(e.SchedLen))
+		b.laddrIdx.release(int(e.LaddrBase), int(e.LaddrLen))
+		b.svcIDs.release(ps.id)
+	})
+	for _, id := range ps.reals {
+		b.retireReal(k, id)
+	}
+	delete(b.services, k)
+	delete(b.retired, k)
+	return nil
+}
+
+func (b *Backend) realCounters(id uint32) (backend.Counters, error) {
+	var per []mbxRealStats
+	if err := b.objs.Stats.Lookup(id, &per); err != nil {
+		return backend.Counters{}, err
+	}
+	var c backend.Counters
+	for _, s := range per {
+		c.Conns += s.Conns
+		c.InPkts += s.Inpkts
+		c.OutPkts += s.Outpkts
+		c.InBytes += s.Inbytes
+		c.OutBytes += s.Outbytes
+	}
+	return c, nil
+}

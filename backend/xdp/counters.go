@@ -1,0 +1,23 @@
+package xdp
+
+// counterNames follows enum counter in bpf/consts.h, in order.
+var counterNames = []string{
+	"rx",
+	"pass_not_ours",
+	"pass_malformed",
+	"drop_malformed",
+	"drop_fragment",
+	"drop_no_conn",
+	"drop_no_real",
+	"drop_no_laddr",
+	"drop_no_port",
+	"conn_new",
+	"conn_reuse",
+	"fwd_in",
+	"fwd_out",
+	"tx",
+	"redirect",
+	"pass_no_neigh",
+	"pass_fib",
+	"drop_fib",
+}

@@ -1,0 +1,170 @@
+package xdp
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/flow"
+	"github.com/mbx-net/mbx/lb"
+)
+
+const sweepInterval = time.Second
+
+// sweepResult is what the last sweep of the connection table counted.
+type sweepResult struct {
+	active, inactive map[uint32]uint64     // by real id
+	lipConns         map[netip.Addr]uint64 // by LIP
+	entries          int
+}
+
+// pair walks the table calling fn for each entry with whether its
+// connection is alive (either direction fresh, as the datapath decides).
+func (b *Backend) walk(fn func(k *mbxFlowKey, c *mbxConn, alive bool, now uint64)) {
+	to := b.opts.Timeouts
+	now := monoNow()
+	stale := func(c *mbxConn) bool {
+		return int64(now-c.LastSeen) > int64(to[c.State%flow.NumStates])
+	}
+	var k mbxFlowKey
+	var c mbxConn
+	it := b.objs.Conns.Iterate()
+	for it.Next(&k, &c) {
+		alive := !stale(&c)
+		if !alive {
+			var t mbxConn
+			tk := twinKey(&k, &c)
+			if err := b.objs.Conns.Lookup(&tk, &t); err == nil && !stale(&t) {
+				alive = true
+			}
+		}
+		fn(&k, &c, alive, now)
+	}
+}
+
+func twinKey(k *mbxFlowKey, c *mbxConn) mbxFlowKey {
+	return mbxFlowKey{Saddr: c.Daddr, Daddr: c.Saddr, Sport: c.Dport, Dport: c.Sport, Proto: k.Proto, Family: k.Family}
+}
+
+// sweepOnce deletes dead connections (both entries) and recounts.
+func (b *Backend) sweepOnce() {
+	r := sweepResult{active: map[uint32]uint64{}, inactive: map[uint32]uint64{}, lipConns: map[netip.Addr]uint64{}}
+	var dead []mbxFlowKey
+	b.walk(func(k *mbxFlowKey, c *mbxConn, alive bool, _ uint64) {
+		if !alive {
+			dead = append(dead, *k)
+			return
+		}
+		r.entries++
+		if c.Flags&1 != 0 { // reply entry: keyed RS -> LIP
+			r.lipConns[wordsAddr(k.Daddr, k.Family)]++
+			return
+		}
+		if flow.State(c.State) == flow.StateEstablished {
+			r.active[c.RealId]++
+		} else {
+			r.inactive[c.RealId]++
+		}
+	})
+	for i := range dead {
+		_ = b.objs.Conns.Delete(&dead[i])
+	}
+	b.mu.Lock()
+	b.sweep = r
+	b.mu.Unlock()
+}
+
+func (b *Backend) startSweeper() {
+	b.stop, b.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(b.done)
+		t := time.NewTicker(sweepInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-b.stop:
+				return
+			case <-t.C:
+				b.sweepOnce()
+			}
+		}
+	}()
+}
+
+// Snapshot reads counters; connection counts come from the last sweep.
+func (b *Backend) Snapshot() (*backend.Snapshot, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := &backend.Snapshot{
+		Services: map[lb.ServiceKey]backend.Counters{},
+		Reals:    map[backend.RealRef]backend.RealStatus{},
+		Laddrs:   map[backend.LaddrRef]backend.LaddrStatus{},
+		Datapath: map[string]uint64{},
+		ConnsMax: int(b.objs.Conns.MaxEntries() / 2),
+	}
+	for k, ps := range b.services {
+		total := b.retired[k]
+		for ap, id := range ps.reals {
+			c, err := b.realCounters(id)
+			if err != nil {
+				return nil, err
+			}
+			total.Add(c)
+			s.Reals[backend.RealRef{Service: k, Real: ap}] = backend.RealStatus{
+				Counters: c, Active: b.sweep.active[id], Inactive: b.sweep.inactive[id],
+			}
+		}
+		s.Services[k] = total
+		for i, a := range ps.laddrs {
+			var per []uint64
+			var conflicts uint64
+			if err := b.objs.LaddrConflicts.Lookup(ps.entry.LaddrBase+uint32(i), &per); err == nil {
+				for _, v := range per {
+					conflicts += v
+				}
+			}
+			s.Laddrs[backend.LaddrRef{Service: k, Addr: a}] = backend.LaddrStatus{Conns: b.sweep.lipConns[a], Conflicts: conflicts}
+		}
+	}
+	for i, name := range counterNames {
+		var per []uint64
+		if err := b.objs.Counters.Lookup(uint32(i), &per); err != nil {
+			return nil, err
+		}
+		var v uint64
+		for _, x := range per {
+			v += x
+		}
+		s.Datapath[name] = v
+	}
+	return s, nil
+}
+
+// Conns lists live connections from their client-side entries.
+func (b *Backend) Conns(limit int) ([]backend.Conn, error) {
+	b.mu.Lock()
+	svcByID := map[uint32]lb.ServiceKey{}
+	for k, ps := range b.services {
+		svcByID[ps.id] = k
+	}
+	b.mu.Unlock()
+	var out []backend.Conn
+	to := b.opts.Timeouts
+	b.walk(func(k *mbxFlowKey, c *mbxConn, alive bool, now uint64) {
+		if !alive || c.Flags&1 != 0 || (limit > 0 && len(out) >= limit) {
+			return
+		}
+		fam := k.Family
+		idle := time.Duration(now - c.LastSeen)
+		out = append(out, backend.Conn{
+			Proto:   lb.Proto(k.Proto),
+			Client:  netip.AddrPortFrom(wordsAddr(k.Saddr, fam), htons(k.Sport)),
+			Virtual: netip.AddrPortFrom(wordsAddr(k.Daddr, fam), htons(k.Dport)),
+			Local:   netip.AddrPortFrom(wordsAddr(c.Saddr, fam), htons(c.Sport)),
+			Real:    netip.AddrPortFrom(wordsAddr(c.Daddr, fam), htons(c.Dport)),
+			State:   flow.State(c.State),
+			Expire:  max(0, to[c.State%flow.NumStates]-idle),
+		})
+	})
+	return out, nil
+}

@@ -1,0 +1,263 @@
+// Package xdp is the default backend: one XDP program (bpf/mbx.c) attached
+// to every interface, its state in BPF maps written from the desired state.
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/flow"
+	"github.com/mbx-net/mbx/lb"
+)
+
+const (
+	maxServices = 4096
+	maxReals    = 16384
+	maxLaddrs   = 4096
+	schedSlots  = 1 << 20
+)
+
+func init() {
+	backend.Register("xdp", func(o backend.Options) (backend.Backend, error) { return Open(o) })
+}
+
+// Backend is the XDP data plane.
+type Backend struct {
+	opts  backend.Options
+	log   *slog.Logger
+	objs  mbxObjects
+	links []link.Link
+
+	mu       sync.Mutex
+	services map[lb.ServiceKey]*progService
+	locals   map[mbxLocalKey]uint32
+	svcIDs   idAlloc
+	realIDs  idAlloc
+	slots    *rangeAlloc
+	laddrIdx *rangeAlloc
+	pending  []func() // releases deferred to the next Apply (readers may still use them)
+	retired  map[lb.ServiceKey]backend.Counters
+
+	sysctls []sysctlRestore
+	stop    chan struct{}
+	done    chan struct{}
+	sweep   sweepResult
+}
+
+// LoadSpec returns the datapath's collection spec with mbx's settings.
+func LoadSpec(connMax int) (*ebpf.CollectionSpec, error) {
+	spec, err := loadMbx()
+	if err != nil {
+		return nil, err
+	}
+	if connMax > 0 {
+		spec.Maps["conns"].MaxEntries = uint32(2 * connMax)
+	}
+	return spec, nil
+}
+
+// Load loads the datapath into the kernel without attaching it (tests,
+// benchmarks and Open use it).
+func Load(opts backend.Options) (*Backend, error) {
+	opts.Defaults()
+	spec, err := LoadSpec(opts.ConnMax)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{
+		opts:     opts,
+		log:      opts.Logger,
+		services: map[lb.ServiceKey]*progService{},
+		locals:   map[mbxLocalKey]uint32{},
+		svcIDs:   idAlloc{max: maxServices},
+		realIDs:  idAlloc{max: maxReals},
+		slots:    newRangeAlloc(schedSlots),
+		laddrIdx: newRangeAlloc(maxLaddrs),
+		retired:  map[lb.ServiceKey]backend.Counters{},
+	}
+	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("loading the XDP datapath: %w (mbx needs root or CAP_BPF+CAP_NET_ADMIN)", err)
+		}
+		return nil, fmt.Errorf("loading the XDP datapath: %w", err)
+	}
+	if err := b.writeConfig(); err != nil {
+		b.objs.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *Backend) writeConfig() error {
+	var c mbxConfig
+	c.PortLo, c.PortHi = b.opts.PortLo, b.opts.PortHi
+	c.HashSeed = b.opts.HashSeed
+	for i, d := range b.opts.Timeouts {
+		c.TimeoutNs[i] = uint64(d)
+	}
+	fsm := flow.IPVSFSM()
+	for d := range fsm {
+		for e := range fsm[d] {
+			for s := range fsm[d][e] {
+				c.Fsm[d][e][s] = uint8(fsm[d][e][s])
+			}
+		}
+	}
+	if err := b.objs.ConfigMap.Put(uint32(0), &c); err != nil {
+		return fmt.Errorf("writing datapath config: %w", err)
+	}
+	return nil
+}
+
+// Program is the XDP entry program (for tests and benchmarks).
+func (b *Backend) Program() *ebpf.Program { return b.objs.MbxXdp }
+
+// Open loads the datapath and attaches it to opts.Ifaces. On error nothing
+// stays attached.
+func Open(opts backend.Options) (*Backend, error) {
+	opts.Defaults()
+	if len(opts.Ifaces) == 0 {
+		return nil, errors.New("no interface given (--iface IF)")
+	}
+	var flags link.XDPAttachFlags
+	switch opts.XDPMode {
+	case "native":
+		flags = link.XDPDriverMode
+	case "generic":
+		flags = link.XDPGenericMode
+		opts.Logger.Warn("XDP generic mode: packets are copied into skbs first; use only where the driver lacks native XDP")
+	default:
+		return nil, fmt.Errorf("unknown --xdp-mode %q (native or generic)", opts.XDPMode)
+	}
+	// Check every interface before loading anything.
+	var lks []netlink.Link
+	for _, name := range opts.Ifaces {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("interface %s: %w", name, err)
+		}
+		if x := l.Attrs().Xdp; x != nil && x.Attached {
+			return nil, fmt.Errorf("interface %s already has an XDP program (id %d); remove it first (ip link set dev %s xdp off)", name, x.ProgId, name)
+		}
+		lks = append(lks, l)
+	}
+	b, err := Load(opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range lks {
+		lk, err := link.AttachXDP(link.XDPOptions{Program: b.objs.MbxXdp, Interface: l.Attrs().Index, Flags: flags})
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("attaching XDP (%s mode) to %s: %w", opts.XDPMode, l.Attrs().Name, err)
+		}
+		b.links = append(b.links, lk)
+		if err := b.objs.TxPorts.Put(uint32(l.Attrs().Index), uint32(l.Attrs().Index)); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("adding %s to the redirect map: %w", l.Attrs().Name, err)
+		}
+	}
+	if err := b.setSysctls(); err != nil {
+		b.Close()
+		return nil, err
+	}
+	b.startSweeper()
+	return b, nil
+}
+
+// Close detaches and releases everything (safe to call on a partial Open).
+func (b *Backend) Close() error {
+	if b.stop != nil {
+		close(b.stop)
+		<-b.done
+		b.stop = nil
+	}
+	var errs []error
+	for _, l := range b.links {
+		errs = append(errs, l.Close())
+	}
+	b.links = nil
+	b.restoreSysctls()
+	errs = append(errs, b.objs.Close())
+	return errors.Join(errs...)
+}
+
+// sysctls: fib lookups need forwarding on; handing a rewritten packet to the
+// kernel (unresolved neighbour) needs accept_local, since its source (a LIP or
+// VIP) is one of ours. Values are restored on Close.
+type sysctlRestore struct{ path, old string }
+
+func (b *Backend) setSysctls() error {
+	set := func(path, val string) error {
+		old, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", path, err)
+		}
+		if strings.TrimSpace(string(old)) == val {
+			return nil
+		}
+		if err := os.WriteFile(path, []byte(val), 0o644); err != nil {
+			return fmt.Errorf("setting %s: %w", path, err)
+		}
+		b.log.Info("set sysctl", "path", path, "value", val, "was", strings.TrimSpace(string(old)))
+		b.sysctls = append(b.sysctls, sysctlRestore{path, strings.TrimSpace(string(old))})
+		return nil
+	}
+	if err := set("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
+		return err
+	}
+	for _, ifc := range b.opts.Ifaces {
+		if err := set("/proc/sys/net/ipv4/conf/"+ifc+"/accept_local", "1"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Backend) restoreSysctls() {
+	for i := len(b.sysctls) - 1; i >= 0; i-- {
+		s := b.sysctls[i]
+		_ = os.WriteFile(s.path, []byte(s.old), 0o644)
+	}
+	b.sysctls = nil
+}
+
+// monoNow is the clock bpf_ktime_get_coarse_ns reads.
+func monoNow() uint64 {
+	var ts timespec
+	clockGettimeCoarse(&ts)
+	return uint64(ts.Sec)*uint64(time.Second) + uint64(ts.Nsec)
+}
+
+func addrWords(a netip.Addr) [4]uint32 { return flow.AddrWords(a) }
+
+func wordsAddr(w [4]uint32, family uint8) netip.Addr {
+	var b [16]byte
+	for i, x := range w {
+		b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = byte(x), byte(x>>8), byte(x>>16), byte(x>>24)
+	}
+	if family == 2 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+func htons(p uint16) uint16 { return p<<8 | p>>8 }
+
+func family(a netip.Addr) uint8 {
+	if a.Is4() {
+		return 2
+	}
+	return 10
+}

@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* maps.h: every BPF map and the structs stored in them.
+ * Struct names differ from map names (bpf2go -type needs that). */
+#ifndef MBX_MAPS_H
+#define MBX_MAPS_H
+
+#include "consts.h"
+
+/* One direction of a flow. IPv4 addresses live in addr[0], the rest zero,
+ * so IPv4 and IPv6 share one table and one code path. */
+struct flow_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+/* What to do with a packet of one direction of a connection. Two entries
+ * exist per connection (client->VIP and RS->LIP); each carries the rewrite
+ * for its own direction, precomputed checksum deltas, and the TCP state
+ * (kept equal in both entries on every transition). */
+struct conn {
+	__u32 saddr[4]; /* new source */
+	__u32 daddr[4]; /* new destination */
+	__u16 sport;
+	__u16 dport;
+	__u32 csum_l3; /* one's-complement delta for the IP header checksum */
+	__u32 csum_l4; /* ... and for the TCP/UDP checksum (pseudo header + ports) */
+	__u32 real_id;
+	__u16 svc_id;
+	__u8 state;
+	__u8 flags;
+	__u64 last_seen; /* bpf_ktime_get_coarse_ns() */
+};
+
+struct svc_key {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+struct svc {
+	__u32 id;
+	__u32 sched_base; /* first slot in sched_slots */
+	__u32 sched_len;  /* 0: no usable real server */
+	__u32 laddr_base; /* first entry in laddrs */
+	__u32 laddr_len;
+	__u32 flags;
+};
+
+struct real {
+	__u32 addr[4];
+	__u16 port;
+	__u8 family;
+	__u8 mode; /* enum fwd_mode */
+};
+
+struct laddr {
+	__u32 addr[4];
+	__u8 family;
+	__u8 pad[3];
+};
+
+struct real_stats {
+	__u64 conns;
+	__u64 inpkts;
+	__u64 outpkts;
+	__u64 inbytes;
+	__u64 outbytes;
+};
+
+struct config {
+	__u32 timeout_ns_shift; /* unused, keeps layout 8-aligned */
+	__u16 port_lo;          /* Full-NAT local port range */
+	__u16 port_hi;
+	__u32 hash_seed;
+	__u32 pad;
+	__u64 timeout_ns[TCP_STATES];
+	/* fsm[dir][event][state] -> new state */
+	__u8 fsm[2][TCP_EVENTS][TCP_STATES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 21); /* resized from Go */
+	__type(key, struct flow_key);
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, struct svc_key);
+	__type(value, struct svc);
+} services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SCHED_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32); /* real id */
+} sched_slots SEC(".maps");
+
+/* Round-robin position per service and CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u32);
+} sched_pos SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct real);
+} reals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct real_stats);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_LADDRS);
+	__type(key, __u32);
+	__type(value, struct laddr);
+} laddrs SEC(".maps");
+
+/* Per LIP (index as laddrs) and CPU: ports that collided while probing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_LADDRS);
+	__type(key, __u32);
+	__type(value, __u64);
+} laddr_conflicts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* The node's own service addresses (VIPs and LIPs), to give fragments and
+ * broken TCP/UDP headers sent to them a verdict without a port. */
+struct local_key {
+	__u32 addr[4];
+	__u8 family;
+	__u8 pad[3];
+};
+
+#define LOCAL_VIP 0x1
+#define LOCAL_LIP 0x2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES + MAX_LADDRS);
+	__type(key, struct local_key);
+	__type(value, __u32); /* LOCAL_* flags */
+} local_addrs SEC(".maps");
+
+/* Egress interfaces for XDP_REDIRECT, keyed by ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, MAX_IFACES);
+	__type(key, __u32);
+	__type(value, __u32);
+} tx_ports SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+#endif

@@ -1,0 +1,222 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* mbx.c: the XDP entry program. Order: parse -> connection table (both
+ * directions) -> service lookup and scheduling for new flows -> rewrite ->
+ * fib lookup -> TX/redirect. Verdicts are documented in docs/datapath.md. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "maps.h"
+#include "parse.h"
+#include "csum.h"
+#include "hash.h"
+#include "conn.h"
+#include "nat.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline int is_local(const struct flow_key *k)
+{
+	struct local_key lk = {};
+	__builtin_memcpy(lk.addr, k->daddr, sizeof(lk.addr));
+	lk.family = k->family;
+	return bpf_map_lookup_elem(&local_addrs, &lk) != 0;
+}
+
+static __always_inline void account(const struct conn *c, const struct pkt *p)
+{
+	__u32 id = c->real_id;
+	struct real_stats *st = bpf_map_lookup_elem(&stats, &id);
+	if (!st)
+		return;
+	if (c->flags & CONN_F_REPLY) {
+		st->outpkts++;
+		st->outbytes += p->ip_len;
+	} else {
+		st->inpkts++;
+		st->inbytes += p->ip_len;
+	}
+}
+
+/* A new flow to a service: pick the real server from the service's table
+ * (computed in Go), then a LIP and local port derived from the flow hash,
+ * probing until the reply entry can be inserted (collision check). */
+/* Not inlined: the slow path gets its own stack frame. */
+static __attribute__((noinline)) int new_conn(struct xdp_md *ctx, struct pkt *p, const struct svc *s,
+				    const struct config *cfg, __u64 now)
+{
+	if (s->sched_len == 0) {
+		count(CNT_DROP_NO_REAL);
+		return XDP_DROP;
+	}
+	__u32 sid = s->id;
+	__u32 *pos = bpf_map_lookup_elem(&sched_pos, &sid);
+	if (!pos)
+		return XDP_DROP;
+	__u32 slot = s->sched_base + (*pos % s->sched_len);
+	*pos += 1;
+	__u32 *rid = bpf_map_lookup_elem(&sched_slots, &slot);
+	if (!rid)
+		return XDP_DROP;
+	__u32 real_id = *rid;
+	struct real *rs = bpf_map_lookup_elem(&reals, &real_id);
+	if (!rs) {
+		count(CNT_DROP_NO_REAL);
+		return XDP_DROP;
+	}
+	if (s->laddr_len == 0) {
+		count(CNT_DROP_NO_LADDR);
+		return XDP_DROP;
+	}
+
+	__u32 range = (__u32)cfg->port_hi - cfg->port_lo + 1;
+	__u32 h = flow_hash(&p->key, cfg->hash_seed);
+	__u8 state = p->key.proto == IPPROTO_TCP ? cfg->fsm[DIR_INPUT][0][TCPS_NONE] : UDP_STATE;
+
+	struct flow_key rk = {};
+	__builtin_memcpy(rk.saddr, rs->addr, sizeof(rk.saddr));
+	rk.sport = rs->port ? rs->port : p->key.dport;
+	rk.proto = p->key.proto;
+	rk.family = p->key.family;
+
+	struct conn rc = {};
+	__builtin_memcpy(rc.saddr, p->key.daddr, sizeof(rc.saddr));
+	__builtin_memcpy(rc.daddr, p->key.saddr, sizeof(rc.daddr));
+	rc.sport = p->key.dport;
+	rc.dport = p->key.sport;
+	rc.real_id = real_id;
+	rc.svc_id = s->id;
+	rc.state = state;
+	rc.flags = CONN_F_REPLY;
+	rc.last_seen = now;
+
+	int ok = 0;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < PORT_TRIES; i++) {
+		__u32 cand = h + (__u32)i * PORT_CAND_STEP;
+		__u32 li = s->laddr_base + cand % s->laddr_len;
+		struct laddr *la = bpf_map_lookup_elem(&laddrs, &li);
+		if (!la)
+			break;
+		__builtin_memcpy(rk.daddr, la->addr, sizeof(rk.daddr));
+		rk.dport = bpf_htons((__u16)(cfg->port_lo + (cand >> 8) % range));
+		conn_set_csum(&rc, &rk);
+		if (bpf_map_update_elem(&conns, &rk, &rc, BPF_NOEXIST) == 0) {
+			ok = 1;
+			break;
+		}
+		struct conn *old = bpf_map_lookup_elem(&conns, &rk);
+		if (old && !conn_alive(cfg, old, &rk, now)) {
+			if (bpf_map_update_elem(&conns, &rk, &rc, BPF_NOEXIST) == 0) {
+				ok = 1;
+				break;
+			}
+		}
+		__u64 *cf = bpf_map_lookup_elem(&laddr_conflicts, &li);
+		if (cf)
+			*cf += 1;
+	}
+	if (!ok) {
+		count(CNT_DROP_NO_PORT);
+		return XDP_DROP;
+	}
+
+	struct conn fc = {};
+	__builtin_memcpy(fc.saddr, rk.daddr, sizeof(fc.saddr));
+	__builtin_memcpy(fc.daddr, rk.saddr, sizeof(fc.daddr));
+	fc.sport = rk.dport;
+	fc.dport = rk.sport;
+	fc.real_id = real_id;
+	fc.svc_id = s->id;
+	fc.state = state;
+	fc.last_seen = now;
+	conn_set_csum(&fc, &p->key);
+	/* BPF_ANY: a racing CPU that scheduled the same SYN loses its entry
+	 * pair's forward half; its reply half expires unused. */
+	bpf_map_update_elem(&conns, &p->key, &fc, BPF_ANY);
+
+	struct real_stats *st = bpf_map_lookup_elem(&stats, &real_id);
+	if (st)
+		st->conns++;
+	count(CNT_CONN_NEW);
+	account(&fc, p);
+	rewrite_ipv4(p, &fc);
+	return xmit_ipv4(ctx, p);
+}
+
+SEC("xdp")
+int mbx_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct pkt p = {};
+
+	switch (parse_ipv4(data, data_end, &p)) {
+	case PARSE_OK:
+		break;
+	case PARSE_NOT_IP:
+	case PARSE_OTHER_L4:
+		count(CNT_PASS_NOT_OURS);
+		return XDP_PASS;
+	case PARSE_BAD_L3:
+		count(CNT_PASS_MALFORMED);
+		return XDP_PASS;
+	case PARSE_FRAGMENT:
+		if (is_local(&p.key)) {
+			count(CNT_DROP_FRAGMENT);
+			return XDP_DROP;
+		}
+		count(CNT_PASS_NOT_OURS);
+		return XDP_PASS;
+	default: /* PARSE_BAD_L4 */
+		if (is_local(&p.key)) {
+			count(CNT_DROP_MALFORMED);
+			return XDP_DROP;
+		}
+		count(CNT_PASS_MALFORMED);
+		return XDP_PASS;
+	}
+
+	struct config *cfg = get_config();
+	if (!cfg)
+		return XDP_PASS;
+	__u64 now = bpf_ktime_get_coarse_ns();
+
+	struct conn *c = bpf_map_lookup_elem(&conns, &p.key);
+	if (c) {
+		if (!conn_alive(cfg, c, &p.key, now)) {
+			c = 0;
+		} else if (!(c->flags & CONN_F_REPLY) && is_new_syn(&p) &&
+			   p.key.proto == IPPROTO_TCP &&
+			   (c->state == TCPS_TIME_WAIT || c->state == TCPS_CLOSE)) {
+			/* The client reuses its port: schedule afresh, as IPVS's conn_reuse_mode. */
+			conn_delete(c, &p.key);
+			count(CNT_CONN_REUSE);
+			c = 0;
+		}
+	}
+	if (c) {
+		c->last_seen = now;
+		conn_track(cfg, c, &p);
+		account(c, &p);
+		count((c->flags & CONN_F_REPLY) ? CNT_FWD_OUT : CNT_FWD_IN);
+		rewrite_ipv4(&p, c);
+		return xmit_ipv4(ctx, &p);
+	}
+
+	struct svc_key sk = {};
+	__builtin_memcpy(sk.addr, p.key.daddr, sizeof(sk.addr));
+	sk.port = p.key.dport;
+	sk.proto = p.key.proto;
+	sk.family = p.key.family;
+	struct svc *s = bpf_map_lookup_elem(&services, &sk);
+	if (!s) {
+		count(CNT_PASS_NOT_OURS);
+		return XDP_PASS;
+	}
+	if (!is_new_syn(&p)) {
+		count(CNT_DROP_NO_CONN);
+		return XDP_DROP;
+	}
+	return new_conn(ctx, &p, s, cfg, now);
+}

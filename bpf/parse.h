@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* parse.h: header parsing with the verdicts documented in docs/datapath.md.
+ * A packet we cannot parse far enough to know it is ours goes to the kernel
+ * untouched (PARSE_NOT_OURS); one that is ours but broken is PARSE_BAD. */
+#ifndef MBX_PARSE_H
+#define MBX_PARSE_H
+
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/in.h>
+#include <bpf/bpf_endian.h>
+
+#include "maps.h"
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_NOT_IP,     /* not IPv4 (ARP, IPv6, VLAN, ...): kernel's business */
+	PARSE_BAD_L3,     /* truncated or inconsistent IPv4 header: let the kernel count it */
+	PARSE_OTHER_L4,   /* IPv4 but not TCP/UDP (ICMP, ...) */
+	PARSE_FRAGMENT,   /* IPv4 fragment */
+	PARSE_BAD_L4,     /* TCP/UDP header truncated or inconsistent */
+};
+
+struct pkt {
+	struct ethhdr *eth;
+	struct iphdr *ip4;
+	void *l4;
+	__u16 *l4_csum; /* NULL: UDP without checksum */
+	__u8 tcp_flags; /* TCP flags byte (FIN=1 SYN=2 RST=4 ACK=16) */
+	__u16 ip_len;   /* IPv4 total length */
+	struct flow_key key;
+};
+
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_ACK 0x10
+
+static __always_inline int parse_ipv4(void *data, void *data_end, struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_NOT_IP;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return PARSE_NOT_IP;
+	p->eth = eth;
+
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return PARSE_BAD_L3;
+	if (ip->version != 4 || ip->ihl < 5)
+		return PARSE_BAD_L3;
+	__u32 hlen = ip->ihl * 4;
+	__u16 tot = bpf_ntohs(ip->tot_len);
+	if (tot < hlen || (void *)ip + tot > data_end)
+		return PARSE_BAD_L3;
+	p->ip4 = ip;
+	p->ip_len = tot;
+
+	p->key.saddr[0] = ip->saddr;
+	p->key.daddr[0] = ip->daddr;
+	p->key.proto = ip->protocol;
+	p->key.family = AF_INET_;
+
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return PARSE_OTHER_L4;
+	/* MF set or a fragment offset: ports are missing or unreliable. */
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return PARSE_FRAGMENT;
+
+	void *l4 = (void *)ip + hlen;
+	p->l4 = l4;
+	__u32 l4len = tot - hlen;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return PARSE_BAD_L4;
+		if (th->doff < 5 || th->doff * 4 > l4len)
+			return PARSE_BAD_L4;
+		p->key.sport = th->source;
+		p->key.dport = th->dest;
+		p->l4_csum = &th->check;
+		p->tcp_flags = ((__u8 *)th)[13];
+	} else {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > data_end)
+			return PARSE_BAD_L4;
+		__u16 ulen = bpf_ntohs(uh->len);
+		if (ulen < sizeof(*uh) || ulen > l4len)
+			return PARSE_BAD_L4;
+		p->key.sport = uh->source;
+		p->key.dport = uh->dest;
+		p->l4_csum = uh->check ? &uh->check : 0;
+	}
+	return PARSE_OK;
+}
+
+#endif

@@ -1,0 +1,216 @@
+package lb
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Proto is an IP protocol number (TCP or UDP).
+type Proto uint8
+
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	}
+	return "proto" + strconv.Itoa(int(p))
+}
+
+// Forward is a forwarding method (ipvsadm -b/-g/-i/-m/-J).
+type Forward string
+
+const (
+	FullNAT Forward = "fnat"
+)
+
+// ForwardName is the column ipvsadm -ln prints for a method.
+func (f Forward) ForwardName() string {
+	switch f {
+	case FullNAT:
+		return "FullNat"
+	}
+	return string(f)
+}
+
+// ServiceKey identifies a virtual service.
+type ServiceKey struct {
+	Proto Proto      `json:"proto"`
+	Addr  netip.Addr `json:"addr"`
+	Port  uint16     `json:"port"`
+}
+
+func (k ServiceKey) String() string {
+	return fmt.Sprintf("%s %s", k.Proto, netip.AddrPortFrom(k.Addr, k.Port))
+}
+
+func (k ServiceKey) compare(o ServiceKey) int {
+	return cmp.Or(cmp.Compare(k.Proto, o.Proto), k.Addr.Compare(o.Addr), cmp.Compare(k.Port, o.Port))
+}
+
+// Real is a real server of a service.
+type Real struct {
+	Addr    netip.Addr `json:"addr"`
+	Port    uint16     `json:"port"`
+	Weight  int        `json:"weight"`
+	Forward Forward    `json:"forward"`
+}
+
+// AddrPort is the real server's address and port.
+func (r Real) AddrPort() netip.AddrPort { return netip.AddrPortFrom(r.Addr, r.Port) }
+
+// LocalAddr is a Full-NAT local address (LIP) and the device it lives on.
+type LocalAddr struct {
+	Addr netip.Addr `json:"addr"`
+	Dev  string     `json:"dev"`
+}
+
+// Service is a virtual service with its real servers and LIP pool.
+type Service struct {
+	Key        ServiceKey  `json:"key"`
+	Scheduler  string      `json:"scheduler"`
+	Reals      []Real      `json:"reals"`
+	LocalAddrs []LocalAddr `json:"local_addrs"`
+}
+
+// IfAddr is an address mbx puts on an interface (mbx addr add).
+type IfAddr struct {
+	Prefix netip.Prefix `json:"prefix"`
+	Dev    string       `json:"dev"`
+}
+
+// Config is the whole desired state. Services are kept sorted by key so
+// derived tables come out identical on every node.
+type Config struct {
+	Services  []*Service `json:"services"`
+	Addresses []IfAddr   `json:"addresses"`
+}
+
+// Clone returns a deep copy.
+func (c *Config) Clone() *Config {
+	n := &Config{Addresses: slices.Clone(c.Addresses)}
+	for _, s := range c.Services {
+		cs := *s
+		cs.Reals = slices.Clone(s.Reals)
+		cs.LocalAddrs = slices.Clone(s.LocalAddrs)
+		n.Services = append(n.Services, &cs)
+	}
+	return n
+}
+
+// Service returns the service with key k, or nil.
+func (c *Config) Service(k ServiceKey) *Service {
+	for _, s := range c.Services {
+		if s.Key == k {
+			return s
+		}
+	}
+	return nil
+}
+
+// Validate checks the whole configuration; the first problem is returned.
+func (c *Config) Validate() error {
+	seen := map[ServiceKey]bool{}
+	lips := map[netip.Addr]ServiceKey{}
+	for _, s := range c.Services {
+		if seen[s.Key] {
+			return fmt.Errorf("duplicate service %s", s.Key)
+		}
+		seen[s.Key] = true
+		if err := s.validate(); err != nil {
+			return err
+		}
+		for _, la := range s.LocalAddrs {
+			lips[la.Addr] = s.Key
+		}
+	}
+	for _, s := range c.Services {
+		if _, isLIP := lips[s.Key.Addr]; isLIP {
+			return fmt.Errorf("service %s: address %s is also a local address (LIP)", s.Key, s.Key.Addr)
+		}
+	}
+	for _, a := range c.Addresses {
+		if !a.Prefix.IsValid() || a.Dev == "" {
+			return fmt.Errorf("address %s on %q: need ADDR/LEN and a device", a.Prefix, a.Dev)
+		}
+	}
+	return nil
+}
+
+func (s *Service) validate() error {
+	k := s.Key
+	if k.Proto != TCP && k.Proto != UDP {
+		return fmt.Errorf("service %s: protocol must be TCP or UDP", k)
+	}
+	if !k.Addr.IsValid() || k.Addr.IsUnspecified() {
+		return fmt.Errorf("service %s: invalid virtual address", k)
+	}
+	if !k.Addr.Is4() {
+		return fmt.Errorf("service %s: IPv6 virtual services are not supported yet", k)
+	}
+	if k.Port == 0 {
+		return fmt.Errorf("service %s: port 0 (all ports) is not supported", k)
+	}
+	if _, ok := LookupScheduler(s.Scheduler); !ok {
+		return fmt.Errorf("service %s: unknown scheduler %q (have %s)", k, s.Scheduler, strings.Join(Schedulers(), ", "))
+	}
+	seen := map[netip.AddrPort]bool{}
+	for _, r := range s.Reals {
+		if seen[r.AddrPort()] {
+			return fmt.Errorf("service %s: duplicate real server %s", k, r.AddrPort())
+		}
+		seen[r.AddrPort()] = true
+		if err := r.validate(k); err != nil {
+			return fmt.Errorf("service %s: real server %s: %w", k, r.AddrPort(), err)
+		}
+	}
+	lseen := map[netip.Addr]bool{}
+	for _, la := range s.LocalAddrs {
+		if lseen[la.Addr] {
+			return fmt.Errorf("service %s: duplicate local address %s", k, la.Addr)
+		}
+		lseen[la.Addr] = true
+		if !la.Addr.IsValid() || la.Addr.Is4() != k.Addr.Is4() {
+			return fmt.Errorf("service %s: local address %s has the wrong family", k, la.Addr)
+		}
+		if la.Dev == "" {
+			return fmt.Errorf("service %s: local address %s needs a device (-F DEV)", k, la.Addr)
+		}
+	}
+	return nil
+}
+
+func (r Real) validate(k ServiceKey) error {
+	if !r.Addr.IsValid() || r.Addr.IsUnspecified() {
+		return errors.New("invalid address")
+	}
+	if r.Addr.Is4() != k.Addr.Is4() {
+		return errors.New("address family differs from the service's")
+	}
+	if r.Weight < 0 || r.Weight > 65535 {
+		return fmt.Errorf("weight %d out of range 0..65535", r.Weight)
+	}
+	switch r.Forward {
+	case FullNAT:
+	case "":
+		return errors.New("no forwarding method")
+	default:
+		return fmt.Errorf("forwarding method %q is not supported yet (only Full-NAT, -b)", r.Forward)
+	}
+	return nil
+}
+
+func (c *Config) sortServices() {
+	slices.SortFunc(c.Services, func(a, b *Service) int { return a.Key.compare(b.Key) })
+}
