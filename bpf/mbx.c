@@ -41,9 +41,12 @@ static __always_inline void account(const struct conn *c, const struct pkt *p)
 /* A new flow to a service: pick the real server from the service's table
  * (computed in Go), then a LIP and local port derived from the flow hash,
  * probing until the reply entry can be inserted (collision check). */
-/* Not inlined: the slow path gets its own stack frame. */
-static __attribute__((noinline)) int new_conn(struct xdp_md *ctx, struct pkt *p, const struct svc *s,
-				    const struct config *cfg, __u64 now)
+#define NEW_CONN_OK -1
+
+/* Not inlined: the slow path gets its own stack frame. On success fills fc
+ * with the client-side entry and returns NEW_CONN_OK, else a verdict. */
+static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s,
+					      const struct config *cfg, __u64 now, struct conn *fc)
 {
 	if (s->sched_len == 0) {
 		count(CNT_DROP_NO_REAL);
@@ -79,16 +82,17 @@ static __attribute__((noinline)) int new_conn(struct xdp_md *ctx, struct pkt *p,
 	rk.proto = p->key.proto;
 	rk.family = p->key.family;
 
-	struct conn rc = {};
-	__builtin_memcpy(rc.saddr, p->key.daddr, sizeof(rc.saddr));
-	__builtin_memcpy(rc.daddr, p->key.saddr, sizeof(rc.daddr));
-	rc.sport = p->key.dport;
-	rc.dport = p->key.sport;
-	rc.real_id = real_id;
-	rc.svc_id = s->id;
-	rc.state = state;
-	rc.flags = CONN_F_REPLY;
-	rc.last_seen = now;
+	/* fc first holds the reply entry, then becomes the client-side entry:
+	 * one conn on the stack keeps both frames under the 512-byte limit. */
+	__builtin_memcpy(fc->saddr, p->key.daddr, sizeof(fc->saddr));
+	__builtin_memcpy(fc->daddr, p->key.saddr, sizeof(fc->daddr));
+	fc->sport = p->key.dport;
+	fc->dport = p->key.sport;
+	fc->real_id = real_id;
+	fc->svc_id = s->id;
+	fc->state = state;
+	fc->flags = CONN_F_REPLY;
+	fc->last_seen = now;
 
 	int ok = 0;
 #pragma clang loop unroll(disable)
@@ -100,14 +104,14 @@ static __attribute__((noinline)) int new_conn(struct xdp_md *ctx, struct pkt *p,
 			break;
 		__builtin_memcpy(rk.daddr, la->addr, sizeof(rk.daddr));
 		rk.dport = bpf_htons((__u16)(cfg->port_lo + (cand >> 8) % range));
-		conn_set_csum(&rc, &rk);
-		if (bpf_map_update_elem(&conns, &rk, &rc, BPF_NOEXIST) == 0) {
+		conn_set_csum(fc, &rk);
+		if (bpf_map_update_elem(&conns, &rk, fc, BPF_NOEXIST) == 0) {
 			ok = 1;
 			break;
 		}
 		struct conn *old = bpf_map_lookup_elem(&conns, &rk);
 		if (old && !conn_alive(cfg, old, &rk, now)) {
-			if (bpf_map_update_elem(&conns, &rk, &rc, BPF_NOEXIST) == 0) {
+			if (bpf_map_update_elem(&conns, &rk, fc, BPF_NOEXIST) == 0) {
 				ok = 1;
 				break;
 			}
@@ -121,27 +125,21 @@ static __attribute__((noinline)) int new_conn(struct xdp_md *ctx, struct pkt *p,
 		return XDP_DROP;
 	}
 
-	struct conn fc = {};
-	__builtin_memcpy(fc.saddr, rk.daddr, sizeof(fc.saddr));
-	__builtin_memcpy(fc.daddr, rk.saddr, sizeof(fc.daddr));
-	fc.sport = rk.dport;
-	fc.dport = rk.sport;
-	fc.real_id = real_id;
-	fc.svc_id = s->id;
-	fc.state = state;
-	fc.last_seen = now;
-	conn_set_csum(&fc, &p->key);
+	__builtin_memcpy(fc->saddr, rk.daddr, sizeof(fc->saddr));
+	__builtin_memcpy(fc->daddr, rk.saddr, sizeof(fc->daddr));
+	fc->sport = rk.dport;
+	fc->dport = rk.sport;
+	fc->flags = 0;
+	conn_set_csum(fc, &p->key);
 	/* BPF_ANY: a racing CPU that scheduled the same SYN loses its entry
 	 * pair's forward half; its reply half expires unused. */
-	bpf_map_update_elem(&conns, &p->key, &fc, BPF_ANY);
+	bpf_map_update_elem(&conns, &p->key, fc, BPF_ANY);
 
 	struct real_stats *st = bpf_map_lookup_elem(&stats, &real_id);
 	if (st)
 		st->conns++;
 	count(CNT_CONN_NEW);
-	account(&fc, p);
-	rewrite_ipv4(p, &fc);
-	return xmit_ipv4(ctx, p);
+	return NEW_CONN_OK;
 }
 
 SEC("xdp")
@@ -150,6 +148,7 @@ int mbx_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct pkt p = {};
+	struct conn fresh;
 
 	switch (parse_ipv4(data, data_end, &p)) {
 	case PARSE_OK:
@@ -198,25 +197,28 @@ int mbx_xdp(struct xdp_md *ctx)
 	if (c) {
 		c->last_seen = now;
 		conn_track(cfg, c, &p);
-		account(c, &p);
 		count((c->flags & CONN_F_REPLY) ? CNT_FWD_OUT : CNT_FWD_IN);
-		rewrite_ipv4(&p, c);
-		return xmit_ipv4(ctx, &p);
+	} else {
+		struct svc_key sk = {};
+		__builtin_memcpy(sk.addr, p.key.daddr, sizeof(sk.addr));
+		sk.port = p.key.dport;
+		sk.proto = p.key.proto;
+		sk.family = p.key.family;
+		struct svc *s = bpf_map_lookup_elem(&services, &sk);
+		if (!s) {
+			count(CNT_PASS_NOT_OURS);
+			return XDP_PASS;
+		}
+		if (!is_new_syn(&p)) {
+			count(CNT_DROP_NO_CONN);
+			return XDP_DROP;
+		}
+		int v = new_conn(&p, s, cfg, now, &fresh);
+		if (v != NEW_CONN_OK)
+			return v;
+		c = &fresh;
 	}
-
-	struct svc_key sk = {};
-	__builtin_memcpy(sk.addr, p.key.daddr, sizeof(sk.addr));
-	sk.port = p.key.dport;
-	sk.proto = p.key.proto;
-	sk.family = p.key.family;
-	struct svc *s = bpf_map_lookup_elem(&services, &sk);
-	if (!s) {
-		count(CNT_PASS_NOT_OURS);
-		return XDP_PASS;
-	}
-	if (!is_new_syn(&p)) {
-		count(CNT_DROP_NO_CONN);
-		return XDP_DROP;
-	}
-	return new_conn(ctx, &p, s, cfg, now);
+	account(c, &p);
+	rewrite_ipv4(&p, c);
+	return xmit_ipv4(ctx, &p);
 }

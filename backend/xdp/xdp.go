@@ -87,7 +87,8 @@ func Load(opts backend.Options) (*Backend, error) {
 		retired:  map[lb.ServiceKey]backend.Counters{},
 	}
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
-		if errors.Is(err, os.ErrPermission) {
+		var ve *ebpf.VerifierError
+		if errors.Is(err, os.ErrPermission) && !errors.As(err, &ve) {
 			return nil, fmt.Errorf("loading the XDP datapath: %w (mbx needs root or CAP_BPF+CAP_NET_ADMIN)", err)
 		}
 		return nil, fmt.Errorf("loading the XDP datapath: %w", err)

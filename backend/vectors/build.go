@@ -1,0 +1,239 @@
+package vectors
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"strings"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+)
+
+// merge returns base with over's fields replacing base's, layer by layer.
+func merge(base Packet, over *Packet) Packet {
+	if over == nil {
+		return base
+	}
+	m := func(a, b map[string]any) map[string]any {
+		if a == nil && b == nil {
+			return nil
+		}
+		r := maps.Clone(a)
+		if r == nil {
+			r = map[string]any{}
+		}
+		maps.Copy(r, b)
+		return r
+	}
+	out := base
+	out.Iface = over.Iface
+	out.Eth = m(base.Eth, over.Eth)
+	out.ARP = m(base.ARP, over.ARP)
+	out.IP = m(base.IP, over.IP)
+	out.TCP = m(base.TCP, over.TCP)
+	out.UDP = m(base.UDP, over.UDP)
+	out.ICMP = m(base.ICMP, over.ICMP)
+	if over.Payload != "" {
+		out.Payload = over.Payload
+	}
+	out.Truncate, out.Patch, out.Raw = over.Truncate, over.Patch, over.Raw
+	return out
+}
+
+func tcpFlags(t *layers.TCP, s string) error {
+	for _, c := range strings.ToUpper(s) {
+		switch c {
+		case 'S':
+			t.SYN = true
+		case 'A':
+			t.ACK = true
+		case 'F':
+			t.FIN = true
+		case 'R':
+			t.RST = true
+		case 'P':
+			t.PSH = true
+		case 'U':
+			t.URG = true
+		case '.':
+		default:
+			return fmt.Errorf("unknown TCP flag %q", c)
+		}
+	}
+	return nil
+}
+
+// build serializes p. Numeric fields may name $variables already bound.
+func (f *File) build(p Packet, v vars) ([]byte, error) {
+	if p.Raw != "" {
+		return decodeHex(p.Raw)
+	}
+	var ls []gopacket.SerializableLayer
+	num := func(m map[string]any, key string, def uint64) (uint64, error) {
+		x, ok := m[key]
+		if !ok {
+			return def, nil
+		}
+		n, bound, err := v.num(x)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", key, err)
+		}
+		if !bound {
+			return 0, fmt.Errorf("%s: variable %v is not bound yet", key, x)
+		}
+		return n, nil
+	}
+	eth := &layers.Ethernet{EthernetType: layers.EthernetTypeIPv4}
+	for k, dst := range map[string]*net.HardwareAddr{"src": &eth.SrcMAC, "dst": &eth.DstMAC} {
+		s, _ := p.Eth[k].(string)
+		mac, err := f.macOf(s)
+		if err != nil {
+			return nil, fmt.Errorf("eth.%s: %w", k, err)
+		}
+		*dst = mac
+	}
+	ls = append(ls, eth)
+
+	var netLayer gopacket.NetworkLayer
+	switch {
+	case p.ARP != nil:
+		eth.EthernetType = layers.EthernetTypeARP
+		op, _ := num(p.ARP, "op", 1)
+		spa, err := parseAddr(p.ARP["spa"])
+		if err != nil {
+			return nil, fmt.Errorf("arp.spa: %w", err)
+		}
+		tpa, err := parseAddr(p.ARP["tpa"])
+		if err != nil {
+			return nil, fmt.Errorf("arp.tpa: %w", err)
+		}
+		ls = append(ls, &layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4,
+			HwAddressSize: 6, ProtAddressSize: 4, Operation: uint16(op),
+			SourceHwAddress: eth.SrcMAC, SourceProtAddress: spa.AsSlice(),
+			DstHwAddress: make([]byte, 6), DstProtAddress: tpa.AsSlice()})
+	case p.IP != nil:
+		src, err := parseAddr(p.IP["src"])
+		if err != nil {
+			return nil, fmt.Errorf("ip.src: %w", err)
+		}
+		dst, err := parseAddr(p.IP["dst"])
+		if err != nil {
+			return nil, fmt.Errorf("ip.dst: %w", err)
+		}
+		ttl, _ := num(p.IP, "ttl", 64)
+		id, _ := num(p.IP, "id", 1)
+		tos, _ := num(p.IP, "tos", 0)
+		frag, _ := num(p.IP, "frag", 0)
+		mf, _ := num(p.IP, "mf", 0)
+		ip := &layers.IPv4{Version: 4, TTL: uint8(ttl), Id: uint16(id), TOS: uint8(tos),
+			Flags: layers.IPv4DontFragment, SrcIP: src.AsSlice(), DstIP: dst.AsSlice(), FragOffset: uint16(frag)}
+		if frag != 0 || mf != 0 {
+			ip.Flags = 0
+		}
+		if mf != 0 {
+			ip.Flags = layers.IPv4MoreFragments
+		}
+		if o, ok := p.IP["options"].(string); ok {
+			b, err := decodeHex(o)
+			if err != nil || len(b) < 2 {
+				return nil, fmt.Errorf("ip.options: bad hex %q", o)
+			}
+			ip.Options = []layers.IPv4Option{{OptionType: b[0], OptionLength: b[1], OptionData: b[2:]}}
+		}
+		switch {
+		case p.TCP != nil:
+			ip.Protocol = layers.IPProtocolTCP
+		case p.UDP != nil:
+			ip.Protocol = layers.IPProtocolUDP
+		case p.ICMP != nil:
+			ip.Protocol = layers.IPProtocolICMPv4
+		}
+		netLayer = ip
+		ls = append(ls, ip)
+	}
+	switch {
+	case p.TCP != nil:
+		sp, err := num(p.TCP, "sport", 0)
+		if err != nil {
+			return nil, err
+		}
+		dp, err := num(p.TCP, "dport", 0)
+		if err != nil {
+			return nil, err
+		}
+		seq, _ := num(p.TCP, "seq", 1000)
+		ack, _ := num(p.TCP, "ack", 0)
+		win, _ := num(p.TCP, "win", 65535)
+		t := &layers.TCP{SrcPort: layers.TCPPort(sp), DstPort: layers.TCPPort(dp), Seq: uint32(seq), Ack: uint32(ack), Window: uint16(win)}
+		fl, _ := p.TCP["flags"].(string)
+		if err := tcpFlags(t, fl); err != nil {
+			return nil, err
+		}
+		_ = t.SetNetworkLayerForChecksum(netLayer)
+		ls = append(ls, t)
+	case p.UDP != nil:
+		sp, err := num(p.UDP, "sport", 0)
+		if err != nil {
+			return nil, err
+		}
+		dp, err := num(p.UDP, "dport", 0)
+		if err != nil {
+			return nil, err
+		}
+		u := &layers.UDP{SrcPort: layers.UDPPort(sp), DstPort: layers.UDPPort(dp)}
+		_ = u.SetNetworkLayerForChecksum(netLayer)
+		ls = append(ls, u)
+	case p.ICMP != nil:
+		typ, _ := num(p.ICMP, "type", 8)
+		id, _ := num(p.ICMP, "id", 1)
+		seq, _ := num(p.ICMP, "seq", 1)
+		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(uint8(typ), 0), Id: uint16(id), Seq: uint16(seq)})
+	}
+	if p.Payload != "" {
+		ls = append(ls, gopacket.Payload(p.Payload))
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
+		return nil, err
+	}
+	b := buf.Bytes()
+	if p.UDP != nil {
+		if nc, _ := p.UDP["nocsum"].(bool); nc {
+			off := 14 + int(b[14]&0xf)*4 + 6
+			b[off], b[off+1] = 0, 0
+		}
+	}
+	for _, pt := range p.Patch {
+		h, err := decodeHex(pt.Hex)
+		if err != nil || pt.Off+len(h) > len(b) {
+			return nil, fmt.Errorf("bad patch at %d", pt.Off)
+		}
+		copy(b[pt.Off:], h)
+	}
+	if p.Truncate > 0 && p.Truncate < len(b) {
+		b = b[:p.Truncate]
+	}
+	return append([]byte(nil), b...), nil
+}
+
+// bind learns unbound $variables of an expected packet's ports from the
+// actual output (e.g. the Full-NAT local port the datapath chose).
+func bind(p Packet, actual []byte, v vars) {
+	pkt := gopacket.NewPacket(actual, layers.LayerTypeEthernet, gopacket.Default)
+	set := func(m map[string]any, key string, val uint64) {
+		if s, ok := m[key].(string); ok && strings.HasPrefix(s, "$") {
+			if _, bound := v[s]; !bound {
+				v[s] = val
+			}
+		}
+	}
+	if t, ok := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP); ok && p.TCP != nil {
+		set(p.TCP, "sport", uint64(t.SrcPort))
+		set(p.TCP, "dport", uint64(t.DstPort))
+	}
+	if u, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && p.UDP != nil {
+		set(p.UDP, "sport", uint64(u.SrcPort))
+		set(p.UDP, "dport", uint64(u.DstPort))
+	}
+}
