@@ -105,9 +105,10 @@ struct {
 	__type(value, __u32); /* real id */
 } sched_slots SEC(".maps");
 
-/* Round-robin position per service and CPU. */
+/* Round-robin position per service, shared by all CPUs (atomic add; only
+ * new connections touch it), so rr rotates strictly as IPVS does. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_SERVICES);
 	__type(key, __u32);
 	__type(value, __u32);

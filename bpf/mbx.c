@@ -56,8 +56,7 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 	__u32 *pos = bpf_map_lookup_elem(&sched_pos, &sid);
 	if (!pos)
 		return XDP_DROP;
-	__u32 slot = s->sched_base + (*pos % s->sched_len);
-	*pos += 1;
+	__u32 slot = s->sched_base + (__sync_fetch_and_add(pos, 1) % s->sched_len);
 	__u32 *rid = bpf_map_lookup_elem(&sched_slots, &slot);
 	if (!rid)
 		return XDP_DROP;

@@ -113,9 +113,8 @@ func (b *Backend) applyService(s *lb.Service) error {
 		}
 		ps = &progService{id: id, reals: map[netip.AddrPort]uint32{}}
 		ps.entry.Id = id
-		// Start the round-robin position at 0 on every CPU: deterministic tables.
-		zeros := make([]uint32, runtime.NumCPU())
-		if err := b.objs.SchedPos.Put(id, zeros); err != nil {
+		// Start the round-robin position at 0: deterministic order.
+		if err := b.objs.SchedPos.Put(id, uint32(0)); err != nil {
 			return fmt.Errorf("sched_pos: %w", err)
 		}
 	}

@@ -1,0 +1,43 @@
+// Package cli is mbx's command line (urfave/cli/v2). Commands are thin: they
+// parse, call the daemon's API (control.Client) or a library, and print.
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	ucli "github.com/urfave/cli/v2"
+)
+
+// App returns the mbx command.
+func App() *ucli.App {
+	return &ucli.App{
+		Name:  "mbx",
+		Usage: "programmable network middlebox: L4 load balancer, TCP stream monitor, traffic distribution",
+		Commands: []*ucli.Command{
+			runCommand(),
+			ipvsadmCommand(),
+			addrCommand(),
+			labCommand(),
+		},
+		HideHelpCommand: true,
+	}
+}
+
+// Main runs the app and exits with a one-line error on failure.
+func Main() {
+	if err := App().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "mbx: "+strings.ReplaceAll(err.Error(), "\n", " "))
+		os.Exit(1)
+	}
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("bad --log-level %q (debug, info, warn, error)", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}

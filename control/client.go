@@ -1,0 +1,102 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/lb"
+)
+
+// Client talks to a daemon's socket.
+type Client struct {
+	path string
+	hc   *http.Client
+}
+
+// SocketPath returns flag if set, else $MBX_SOCKET, else DefaultSocket.
+func SocketPath(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv("MBX_SOCKET"); env != "" {
+		return env
+	}
+	return DefaultSocket
+}
+
+// NewClient returns a client for the socket at path.
+func NewClient(path string) *Client {
+	return &Client{path: path, hc: &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		}},
+	}}
+}
+
+func (c *Client) call(method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://mbx"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ne *net.OpError
+		if errors.As(err, &ne) {
+			return fmt.Errorf("mbx daemon is not running (cannot connect to %s)", c.path)
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e ErrorReply
+		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("daemon answered %s", resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Do applies ops together.
+func (c *Client) Do(ops []lb.Op) error {
+	return c.call("POST", "/v1/ops", OpsRequest{Ops: ops}, nil)
+}
+
+// Status reads the configuration with counters.
+func (c *Client) Status() (*Status, error) {
+	var s Status
+	return &s, c.call("GET", "/v1/status", nil, &s)
+}
+
+// Config reads the running configuration.
+func (c *Client) Config() (*lb.Config, error) {
+	var cfg lb.Config
+	return &cfg, c.call("GET", "/v1/config", nil, &cfg)
+}
+
+// Conns lists connections (limit 0: all).
+func (c *Client) Conns(limit int) ([]backend.Conn, error) {
+	var cs []backend.Conn
+	return cs, c.call("GET", fmt.Sprintf("/v1/conns?limit=%d", limit), nil, &cs)
+}
