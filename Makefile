@@ -1,0 +1,13 @@
+.PHONY: build generate test demo bench build-dpdk
+build:
+	go build -o mbx ./cmd/mbx
+generate:
+	go generate ./...
+test:
+	bash scripts/test.sh
+demo:
+	bash scripts/demo.sh
+bench:
+	bash bench/run.sh
+build-dpdk:
+	@echo "the DPDK backend is not written yet (issue 7)"; exit 1
