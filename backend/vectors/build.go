@@ -237,3 +237,25 @@ func bind(p Packet, actual []byte, v vars) {
 		set(p.UDP, "dport", uint64(u.DstPort))
 	}
 }
+
+// Build serializes a packet description (no $variables) into a frame; for
+// tests and benchmarks outside the replayer.
+func (f *File) Build(p Packet) ([]byte, error) { return f.build(p, vars{}) }
+
+// Find returns the vector file called name from dir.
+func Find(name string) (*File, error) {
+	dir, err := Dir()
+	if err != nil {
+		return nil, err
+	}
+	files, err := Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range files {
+		if f.Name == name {
+			return f, nil
+		}
+	}
+	return nil, fmt.Errorf("no vector file named %q in %s", name, dir)
+}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/backend/vectors"
+	"github.com/mbx-net/mbx/cli/ipvsadm"
 	"github.com/mbx-net/mbx/lab"
 	"github.com/mbx-net/mbx/lb"
 )
@@ -20,7 +21,10 @@ type testDatapath struct {
 	w   *lab.Worker
 	b   *Backend
 	idx map[string]int
+	cfg *lb.Config
 }
+
+func ipvsadmLines(s string) ([]lb.Op, error) { return ipvsadm.ParseLines(s) }
 
 func (d *testDatapath) Run(iface string, frame []byte) (verdict string, out []byte, err error) {
 	err = d.w.Do(func() error {
@@ -47,7 +51,7 @@ func setupXDP(t *testing.T, f *vectors.File, cfg *lb.Config) vectors.Datapath {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Close)
-	d := &testDatapath{w: w}
+	d := &testDatapath{w: w, cfg: cfg}
 	err = w.Do(func() error {
 		if d.idx, err = BuildTopology(f); err != nil {
 			return err

@@ -24,20 +24,21 @@ func svcName(k lb.ServiceKey) string {
 
 func selected(c *Command, k lb.ServiceKey) bool { return c.Service == nil || *c.Service == k }
 
-// largeNum prints as ipvsadm's print_largenum: 8 columns, K/M/G beyond.
+// largeNum prints as ipvsadm's print_largenum: 8 columns; numbers of more
+// than 8 digits in K (< 1e9), M (< 1e12), G (< 1e15) or T.
 func largeNum(n uint64, exact bool) string {
 	if exact || n < 100000000 {
 		return fmt.Sprintf("%8d", n)
 	}
-	units := []string{"K", "M", "G", "T"}
-	v := n
-	for i, u := range units {
-		v /= 1000
-		if v < 100000 || i == len(units)-1 {
-			return fmt.Sprintf("%7d%s", v, u)
-		}
+	switch {
+	case n < 1e9:
+		return fmt.Sprintf("%7dK", n/1e3)
+	case n < 1e12:
+		return fmt.Sprintf("%7dM", n/1e6)
+	case n < 1e15:
+		return fmt.Sprintf("%7dG", n/1e9)
 	}
-	return fmt.Sprintf("%8d", n)
+	return fmt.Sprintf("%7dT", n/1e12)
 }
 
 // List prints -L/-l output (with -n semantics: mbx never resolves names).

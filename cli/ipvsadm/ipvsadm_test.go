@@ -1,0 +1,169 @@
+package ipvsadm
+
+import (
+	"bytes"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/control"
+	"github.com/mbx-net/mbx/lb"
+)
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want string // op kind, or action name
+		err  string
+	}{
+		{"-A -t 10.0.0.100:80 -s rr", "add-service", ""},
+		{"-A -t10.0.0.100:80 -srr", "add-service", ""},
+		{"--add-service --tcp-service=10.0.0.100:80 --scheduler wrr", "add-service", ""},
+		{"-E -u 10.0.0.100:53 -s wrr", "edit-service", ""},
+		{"-D -t 10.0.0.100:80", "del-service", ""},
+		{"-C", "clear", ""},
+		{"-a -t 10.0.0.100:80 -r 192.168.100.2 -b", "add-real", ""},
+		{"-a -t 10.0.0.100:80 -r 192.168.100.2:8080 -b -w 3", "add-real", ""},
+		{"-e -t 10.0.0.100:80 -r 192.168.100.2 -b -w 0", "edit-real", ""},
+		{"-d -t 10.0.0.100:80 -r 192.168.100.2", "del-real", ""},
+		{"--add-laddr -z 192.168.100.200 -t 10.0.0.100:80 -F dpdk0", "add-laddr", ""},
+		{"-P -z 192.168.100.200 -t 10.0.0.100:80 -F dpdk0", "add-laddr", ""},
+		{"--del-laddr -z 192.168.100.200 -t 10.0.0.100:80", "del-laddr", ""},
+		{"-ln", "list", ""},
+		{"-lnc", "list", ""},
+		{"-L -n --stats", "list", ""},
+		{"-G", "get-laddr", ""},
+		{"-S -n", "save", ""},
+		{"-R", "restore", ""},
+		{"-A -t 10.0.0.100 -s rr", "", "malformed address"},
+		{"-A -t 10.0.0.100:80 -s nope", "", "unknown scheduler"},
+		{"-a -t 10.0.0.100:80 -r 192.168.100.2", "", "-g (the default)"},
+		{"-a -t 10.0.0.100:80 -r 192.168.100.2 -m", "", "not supported"},
+		{"-a -t 10.0.0.100:80 -r 192.168.100.2 -b -g", "", "only one forwarding method"},
+		{"-a -t 10.0.0.100:80 -b", "", "no real server"},
+		{"-a -r 192.168.100.2 -b", "", "no service"},
+		{"-A -D -t 10.0.0.100:80", "", "two commands"},
+		{"--add-laddr -z 192.168.100.200 -t 10.0.0.100:80", "", "-F DEV"},
+		{"--add-laddr -z nope -t 10.0.0.100:80 -F x", "", "malformed local address"},
+		{"-A -t 10.0.0.100:80 -p 60", "", "persistence"},
+		{"-t 10.0.0.100:80", "", "no command"},
+		{"-A -t", "", "needs an argument"},
+		{"-Y", "", "unknown option"},
+		{"-A extra", "", "unexpected argument"},
+	} {
+		c, err := Parse(strings.Fields(tc.line))
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: err %v, want %q", tc.line, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.line, err)
+			continue
+		}
+		got := map[Action]string{ActionList: "list", ActionSave: "save", ActionRestore: "restore", ActionGetLaddr: "get-laddr"}[c.Action]
+		if c.Action == ActionOps {
+			got = string(c.Ops[0].Kind)
+		}
+		if got != tc.want {
+			t.Errorf("%q: %s, want %s", tc.line, got, tc.want)
+		}
+	}
+}
+
+func TestParsedFields(t *testing.T) {
+	c, err := Parse(strings.Fields("-a -t 10.0.0.100:80 -r 192.168.100.2 -b -w 5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := c.Ops[0]
+	want := lb.Real{Addr: netip.MustParseAddr("192.168.100.2"), Port: 80, Weight: 5, Forward: lb.FullNAT}
+	if op.Real != want || op.Service.Port != 80 || op.Service.Proto != lb.TCP {
+		t.Fatalf("parsed %+v", op)
+	}
+	c, _ = Parse(strings.Fields("-lnc --stats -x"))
+	if !c.Numeric || !c.Conns || !c.Stats || !c.Exact {
+		t.Fatalf("flags %+v", c)
+	}
+}
+
+// The listing is byte-for-byte what the DPVS tutorial shows.
+func TestListMatchesTutorial(t *testing.T) {
+	st := &control.Status{ConnsMax: 0, Services: []control.ServiceStatus{{
+		Service: lb.Service{Key: lb.ServiceKey{Proto: lb.TCP, Addr: netip.MustParseAddr("10.0.0.100"), Port: 80}, Scheduler: "rr"},
+		RealStats: []control.RealStatus{
+			{Real: lb.Real{Addr: netip.MustParseAddr("192.168.100.2"), Port: 80, Weight: 1, Forward: lb.FullNAT}},
+			{Real: lb.Real{Addr: netip.MustParseAddr("192.168.100.3"), Port: 80, Weight: 1, Forward: lb.FullNAT}},
+		},
+		LaddrStats: []control.LaddrStatus{{LocalAddr: lb.LocalAddr{Addr: netip.MustParseAddr("192.168.100.200"), Dev: "dpdk0"}}},
+	}}}
+	var b bytes.Buffer
+	List(&b, &Command{Numeric: true}, st)
+	want := `IP Virtual Server version 1.2.1 (size=0)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  10.0.0.100:80 rr
+  -> 192.168.100.2:80             FullNat 1      0          0
+  -> 192.168.100.3:80             FullNat 1      0          0
+`
+	if got := trimLines(b.String()); got != want {
+		t.Fatalf("got:\n%s\nwant:\n%s", got, want)
+	}
+	b.Reset()
+	GetLaddr(&b, &Command{}, st)
+	wantG := `VIP:VPORT            TOTAL    SNAT_IP              CONFLICTS  CONNS
+10.0.0.100:80        1
+                              192.168.100.200      0          0
+`
+	if got := trimLines(b.String()); got != wantG {
+		t.Fatalf("got:\n%s\nwant:\n%s", got, wantG)
+	}
+}
+
+func trimLines(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		out = append(out, strings.TrimRight(l, " "))
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestStatsAndSaveRoundTrip(t *testing.T) {
+	cfg, err := (&lb.Config{}).Do(mustLines(t, `
+		-A -t 10.0.0.100:80 -s wrr
+		-a -t 10.0.0.100:80 -r 192.168.100.2:8080 -b -w 3
+		--add-laddr -z 192.168.100.200 -t 10.0.0.100:80 -F lan0
+		-A -u 10.0.0.100:53 -s rr
+		-a -u 10.0.0.100:53 -r 192.168.100.3 -b`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	Save(&b, &Command{}, cfg)
+	again, err := (&lb.Config{}).Do(mustLines(t, b.String()))
+	if err != nil {
+		t.Fatalf("restoring %q: %v", b.String(), err)
+	}
+	var b2 bytes.Buffer
+	Save(&b2, &Command{}, again)
+	if b.String() != b2.String() {
+		t.Fatalf("save/restore/save differs:\n%s\n%s", b.String(), b2.String())
+	}
+	st := &control.Status{Services: []control.ServiceStatus{{Service: *cfg.Services[0],
+		Stats: backend.Counters{Conns: 17, InPkts: 112, OutPkts: 89, InBytes: 10345, OutBytes: 123456789012}}}}
+	b.Reset()
+	List(&b, &Command{Stats: true}, st)
+	if !strings.Contains(b.String(), "TCP  10.0.0.100:80                      17      112       89    10345  123456M") {
+		t.Fatalf("stats line:\n%s", b.String())
+	}
+}
+
+func mustLines(t *testing.T, s string) []lb.Op {
+	ops, err := ParseLines(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ops
+}
