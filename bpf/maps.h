@@ -34,6 +34,15 @@ struct conn {
 	__u8 state;
 	__u8 flags;
 	__u64 last_seen; /* bpf_ktime_get_coarse_ns() */
+	/* Next hop memoized from bpf_fib_lookup (nat.h): valid while fib_gen
+	 * is the config's, the packet came in on nh_in, and nh_stamp is recent. */
+	__u32 nh_in;
+	__u32 nh_out;
+	__u32 nh_stamp; /* coarse ns >> 20 (~1 ms units) */
+	__u32 nh_gen;
+	__u8 nh_dmac[6];
+	__u8 nh_smac[6];
+	__u32 pad2;
 };
 
 struct svc_key {
@@ -78,6 +87,8 @@ struct config {
 	__u16 port_lo;          /* Full-NAT local port range */
 	__u16 port_hi;
 	__u32 hash_seed;
+	__u32 fib_gen;      /* bumped by Go on route/neighbour/link changes */
+	__u32 fib_max_age;  /* memoized next hops expire after this (~ms units) */
 	__u32 pad;
 	__u64 timeout_ns[TCP_STATES];
 	/* fsm[dir][event][state] -> new state */
@@ -174,6 +185,16 @@ struct {
 	__type(key, struct local_key);
 	__type(value, __u32); /* LOCAL_* flags */
 } local_addrs SEC(".maps");
+
+/* Prefilter: a bit per value of the low 16 bits of every VIP and LIP (IPv4
+ * destination, host order). A clear bit means "not ours" without hashing. */
+#define LOCAL_BITS_WORDS 1024
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LOCAL_BITS_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} local_bits SEC(".maps");
 
 /* Egress interfaces for XDP_REDIRECT, keyed by ifindex. */
 struct {

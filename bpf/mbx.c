@@ -23,6 +23,14 @@ static __always_inline int is_local(const struct flow_key *k)
 	return bpf_map_lookup_elem(&local_addrs, &lk) != 0;
 }
 
+static __always_inline int maybe_local(const struct flow_key *k)
+{
+	__u32 low = bpf_ntohl(k->daddr[0]) & 0xffff;
+	__u32 word = low >> 6;
+	__u64 *w = bpf_map_lookup_elem(&local_bits, &word);
+	return w && (*w & (1ULL << (low & 63)));
+}
+
 static __always_inline void account(const struct conn *c, const struct pkt *p)
 {
 	__u32 id = c->real_id;
@@ -92,6 +100,7 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 	fc->state = state;
 	fc->flags = CONN_F_REPLY;
 	fc->last_seen = now;
+	fc->nh_out = 0;
 
 	int ok = 0;
 #pragma clang loop unroll(disable)
@@ -129,6 +138,7 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 	fc->sport = rk.dport;
 	fc->dport = rk.sport;
 	fc->flags = 0;
+	fc->nh_out = 0; /* no memoized next hop yet */
 	conn_set_csum(fc, &p->key);
 	/* BPF_ANY: a racing CPU that scheduled the same SYN loses its entry
 	 * pair's forward half; its reply half expires unused. */
@@ -175,6 +185,10 @@ int mbx_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
+	if (!maybe_local(&p.key)) {
+		count(CNT_PASS_NOT_OURS);
+		return XDP_PASS;
+	}
 	struct config *cfg = get_config();
 	if (!cfg)
 		return XDP_PASS;
@@ -219,5 +233,5 @@ int mbx_xdp(struct xdp_md *ctx)
 	}
 	account(c, &p);
 	rewrite_ipv4(&p, c);
-	return xmit_ipv4(ctx, &p);
+	return xmit_ipv4(ctx, &p, c, cfg, now);
 }

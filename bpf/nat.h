@@ -35,11 +35,34 @@ static __always_inline void rewrite_ipv4(struct pkt *p, const struct conn *c)
 		csum_apply_udp(p->l4_csum, c->csum_l4);
 }
 
-/* Sends the rewritten packet where the kernel's FIB says. Anything the fast
- * path cannot finish (neighbour unknown, no route, MTU) is handed to the
- * kernel as rewritten, which resolves or answers as a router would. */
-static __always_inline int xmit_ipv4(struct xdp_md *ctx, struct pkt *p)
+static __always_inline int xmit_to(struct xdp_md *ctx, struct pkt *p, __u32 out,
+				   const __u8 *dmac, const __u8 *smac)
 {
+	__builtin_memcpy(p->eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(p->eth->h_source, smac, ETH_ALEN);
+	if (out == ctx->ingress_ifindex) {
+		count(CNT_TX);
+		return XDP_TX;
+	}
+	count(CNT_REDIRECT);
+	return bpf_redirect_map(&tx_ports, out, XDP_PASS);
+}
+
+/* Sends the rewritten packet where the kernel's FIB says. The answer is
+ * memoized in the connection (a fib lookup costs more than the rest of the
+ * fast path) and trusted only while the kernel's routing/neighbour state is
+ * unchanged (cfg->fib_gen, bumped by Go from netlink events) and for at most
+ * cfg->fib_max_age. Anything the fast path cannot finish (neighbour unknown,
+ * no route, MTU) is handed to the kernel as rewritten, which resolves or
+ * answers as a router would; such results are never memoized. */
+static __always_inline int xmit_ipv4(struct xdp_md *ctx, struct pkt *p, struct conn *c,
+				     const struct config *cfg, __u64 now)
+{
+	__u32 stamp = (__u32)(now >> 20);
+	if (c->nh_gen == cfg->fib_gen && c->nh_in == ctx->ingress_ifindex && c->nh_out &&
+	    stamp - c->nh_stamp < cfg->fib_max_age)
+		return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
+
 	struct bpf_fib_lookup fib = {};
 	fib.family = AF_INET_;
 	fib.l4_protocol = p->key.proto;
@@ -50,14 +73,13 @@ static __always_inline int xmit_ipv4(struct xdp_md *ctx, struct pkt *p)
 
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		__builtin_memcpy(p->eth->h_dest, fib.dmac, ETH_ALEN);
-		__builtin_memcpy(p->eth->h_source, fib.smac, ETH_ALEN);
-		if (fib.ifindex == ctx->ingress_ifindex) {
-			count(CNT_TX);
-			return XDP_TX;
-		}
-		count(CNT_REDIRECT);
-		return bpf_redirect_map(&tx_ports, fib.ifindex, XDP_PASS);
+		c->nh_in = ctx->ingress_ifindex;
+		c->nh_out = fib.ifindex;
+		c->nh_stamp = stamp;
+		c->nh_gen = cfg->fib_gen;
+		__builtin_memcpy(c->nh_dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(c->nh_smac, fib.smac, ETH_ALEN);
+		return xmit_to(ctx, p, fib.ifindex, fib.dmac, fib.smac);
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count(CNT_PASS_NO_NEIGH);

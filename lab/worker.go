@@ -56,7 +56,17 @@ func NewWorker() (*Worker, error) {
 // Do runs fn inside the namespace and returns its error.
 func (w *Worker) Do(fn func() error) error {
 	errc := make(chan error, 1)
-	w.jobs <- func() { errc <- fn() }
+	w.jobs <- func() {
+		ok := false
+		defer func() {
+			if !ok { // fn called runtime.Goexit (t.Fatal): report instead of hanging
+				errc <- fmt.Errorf("worker job did not return (t.Fatal inside Worker.Do?)")
+			}
+		}()
+		err := fn()
+		ok = true
+		errc <- err
+	}
 	return <-errc
 }
 

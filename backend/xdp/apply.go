@@ -22,6 +22,8 @@ type progService struct {
 	reals     map[netip.AddrPort]uint32 // real server -> real id
 }
 
+const localBitsWords = 1024
+
 var fwdModes = map[lb.Forward]uint8{lb.FullNAT: 1}
 
 // Apply reconciles the maps with cfg. New tables are written to fresh
@@ -71,6 +73,27 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 		}
 	}
 	b.locals = wantLocals
+	return b.writeLocalBits()
+}
+
+// writeLocalBits rebuilds the datapath's prefilter from the local addresses.
+func (b *Backend) writeLocalBits() error {
+	words := make([]uint64, localBitsWords)
+	for k := range b.locals {
+		if k.Family != 2 {
+			continue
+		}
+		a := wordsAddr(k.Addr, 2).As4()
+		low := uint32(a[2])<<8 | uint32(a[3])
+		words[low>>6] |= 1 << (low & 63)
+	}
+	keys := make([]uint32, localBitsWords)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := b.objs.LocalBits.BatchUpdate(keys, words, nil); err != nil {
+		return fmt.Errorf("local_bits: %w", err)
+	}
 	return nil
 }
 

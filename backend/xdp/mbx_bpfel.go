@@ -19,6 +19,8 @@ type mbxConfig struct {
 	PortLo         uint16
 	PortHi         uint16
 	HashSeed       uint32
+	FibGen         uint32
+	FibMaxAge      uint32
 	Pad            uint32
 	TimeoutNs      [16]uint64
 	Fsm            [2][4][16]uint8
@@ -38,6 +40,13 @@ type mbxConn struct {
 	Flags    uint8
 	_        [4]byte
 	LastSeen uint64
+	NhIn     uint32
+	NhOut    uint32
+	NhStamp  uint32
+	NhGen    uint32
+	NhDmac   [6]uint8
+	NhSmac   [6]uint8
+	Pad2     uint32
 }
 
 type mbxFlowKey struct {
@@ -110,6 +119,7 @@ const (
 	mbxMapLaddrConflicts = "laddr_conflicts"
 	mbxMapLaddrs         = "laddrs"
 	mbxMapLocalAddrs     = "local_addrs"
+	mbxMapLocalBits      = "local_bits"
 	mbxMapReals          = "reals"
 	mbxMapSchedPos       = "sched_pos"
 	mbxMapSchedSlots     = "sched_slots"
@@ -174,6 +184,7 @@ type mbxMapSpecs struct {
 	LaddrConflicts *ebpf.MapSpec `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.MapSpec `ebpf:"laddrs"`
 	LocalAddrs     *ebpf.MapSpec `ebpf:"local_addrs"`
+	LocalBits      *ebpf.MapSpec `ebpf:"local_bits"`
 	Reals          *ebpf.MapSpec `ebpf:"reals"`
 	SchedPos       *ebpf.MapSpec `ebpf:"sched_pos"`
 	SchedSlots     *ebpf.MapSpec `ebpf:"sched_slots"`
@@ -214,6 +225,7 @@ type mbxMaps struct {
 	LaddrConflicts *ebpf.Map `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.Map `ebpf:"laddrs"`
 	LocalAddrs     *ebpf.Map `ebpf:"local_addrs"`
+	LocalBits      *ebpf.Map `ebpf:"local_bits"`
 	Reals          *ebpf.Map `ebpf:"reals"`
 	SchedPos       *ebpf.Map `ebpf:"sched_pos"`
 	SchedSlots     *ebpf.Map `ebpf:"sched_slots"`
@@ -230,6 +242,7 @@ func (m *mbxMaps) Close() error {
 		m.LaddrConflicts,
 		m.Laddrs,
 		m.LocalAddrs,
+		m.LocalBits,
 		m.Reals,
 		m.SchedPos,
 		m.SchedSlots,

@@ -60,7 +60,7 @@ func setupXDP(t *testing.T, f *vectors.File, cfg *lb.Config) vectors.Datapath {
 			return err
 		}
 		for _, i := range d.idx {
-			if err := d.b.objs.TxPorts.Put(uint32(i), uint32(i)); err != nil {
+			if err := d.b.AddTxPort(i); err != nil {
 				return err
 			}
 		}

@@ -50,6 +50,8 @@ type Backend struct {
 	retired  map[lb.ServiceKey]backend.Counters
 
 	sysctls []sysctlRestore
+	fibGen  uint32
+	fibDone chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
 	sweep   sweepResult
@@ -104,6 +106,8 @@ func (b *Backend) writeConfig() error {
 	var c mbxConfig
 	c.PortLo, c.PortHi = b.opts.PortLo, b.opts.PortHi
 	c.HashSeed = b.opts.HashSeed
+	c.FibGen = b.fibGen
+	c.FibMaxAge = uint32(fibMaxAge.Nanoseconds() >> 20)
 	for i, d := range b.opts.Timeouts {
 		c.TimeoutNs[i] = uint64(d)
 	}
@@ -119,6 +123,12 @@ func (b *Backend) writeConfig() error {
 		return fmt.Errorf("writing datapath config: %w", err)
 	}
 	return nil
+}
+
+// AddTxPort makes ifindex a target of XDP_REDIRECT (Open does it for every
+// attached interface; tests and benchmarks that only Load call it).
+func (b *Backend) AddTxPort(ifindex int) error {
+	return b.objs.TxPorts.Put(uint32(ifindex), uint32(ifindex))
 }
 
 // Program is the XDP entry program (for tests and benchmarks).
@@ -164,12 +174,16 @@ func Open(opts backend.Options) (*Backend, error) {
 			return nil, fmt.Errorf("attaching XDP (%s mode) to %s: %w", opts.XDPMode, l.Attrs().Name, err)
 		}
 		b.links = append(b.links, lk)
-		if err := b.objs.TxPorts.Put(uint32(l.Attrs().Index), uint32(l.Attrs().Index)); err != nil {
+		if err := b.AddTxPort(l.Attrs().Index); err != nil {
 			b.Close()
 			return nil, fmt.Errorf("adding %s to the redirect map: %w", l.Attrs().Name, err)
 		}
 	}
 	if err := b.setSysctls(); err != nil {
+		b.Close()
+		return nil, err
+	}
+	if err := b.watchFIB(); err != nil {
 		b.Close()
 		return nil, err
 	}
@@ -183,6 +197,10 @@ func (b *Backend) Close() error {
 		close(b.stop)
 		<-b.done
 		b.stop = nil
+	}
+	if b.fibDone != nil {
+		close(b.fibDone)
+		b.fibDone = nil
 	}
 	var errs []error
 	for _, l := range b.links {
