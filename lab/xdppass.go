@@ -33,16 +33,22 @@ func attachXDPPass(ns netns.NsHandle, ifname string) error {
 	// netlink has no per-namespace XDP setter: enter the namespace on a
 	// locked thread for the call.
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
+		runtime.UnlockOSThread()
 		return err
 	}
 	defer orig.Close()
 	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
 		return err
 	}
-	defer netns.Set(orig)
+	// Unlock only once back in the original namespace (else the thread must die).
+	defer func() {
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
 	l, err := netlink.LinkByName(ifname)
 	if err != nil {
 		return err

@@ -1,0 +1,530 @@
+// Command fwdbench measures forwarder cost per packet through the lab, all
+// variants interleaved in one run: plain XDP_REDIRECT, kernel routing,
+// nftables DNAT and mbx Full-NAT (and prints ratios). Method (platform
+// notes): a BPF_PROG_TEST_RUN live-frames generator on CPU1 sends UDP into
+// the forwarder; the forwarder's receive veth runs threaded NAPI pinned to
+// CPU0; an XDP sink drops and counts; the metric is the NAPI kthread's CPU
+// time (schedstat) over delivered packets.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/mbx-net/mbx/lab"
+)
+
+var topo = &lab.Topology{
+	Name:  "fwdbench",
+	Hosts: []string{"gen", "fwd", "sink"},
+	Links: []lab.Link{
+		{A: lab.End{Host: "gen", Iface: "eth0", Addrs: []string{"198.18.10.2/24"}, MAC: "02:00:00:00:10:02"},
+			B: lab.End{Host: "fwd", Iface: "in0", Addrs: []string{"198.18.10.1/24"}, MAC: "02:00:00:00:10:01"}},
+		{A: lab.End{Host: "fwd", Iface: "out0", Addrs: []string{"198.18.11.1/24"}, MAC: "02:00:00:00:11:01"},
+			B: lab.End{Host: "sink", Iface: "eth0", Addrs: []string{"198.18.11.2/24"}, MAC: "02:00:00:00:11:02"}},
+	},
+}
+
+const (
+	vip     = "198.18.12.100"
+	sinkIP  = "198.18.11.2"
+	sinkMAC = "02:00:00:00:11:02"
+	outMAC  = "02:00:00:00:11:01"
+	flows   = 16
+)
+
+func main() {
+	rounds := flag.Int("rounds", 3, "interleaved rounds")
+	dur := flag.Duration("duration", 2*time.Second, "generator time per variant and round")
+	mbxBin := flag.String("mbx", "", "mbx binary (built when empty)")
+	flag.Parse()
+	if err := run(*rounds, *dur, *mbxBin); err != nil {
+		fmt.Fprintln(os.Stderr, "fwdbench:", err)
+		os.Exit(1)
+	}
+}
+
+type variant struct {
+	name  string
+	setup func() error
+	down  func()
+}
+
+func run(rounds int, dur time.Duration, mbxBin string) error {
+	if mbxBin == "" {
+		dir, _ := os.MkdirTemp("", "fwdbench")
+		defer os.RemoveAll(dir)
+		mbxBin = filepath.Join(dir, "mbx")
+		if out, err := exec.Command("go", "build", "-o", mbxBin, "./cmd/mbx").CombinedOutput(); err != nil {
+			return fmt.Errorf("building mbx: %v %s", err, out)
+		}
+	}
+	l, err := lab.Up(topo, "fwd", os.Getpid())
+	if err != nil {
+		return err
+	}
+	defer l.Down()
+	sh := func(h, cmd string) error { _, err := l.Run(h, "sh", "-c", cmd); return err }
+	for _, c := range []string{
+		"sysctl -qw net.ipv4.ip_forward=1",
+		"ip route add 198.18.12.0/24 via " + sinkIP,
+		"ip neigh replace " + sinkIP + " lladdr " + sinkMAC + " dev out0 nud permanent",
+	} {
+		if err := sh("fwd", c); err != nil {
+			return err
+		}
+	}
+	if err := sh("sink", "ip neigh replace 198.18.11.1 lladdr "+outMAC+" dev eth0 nud permanent"); err != nil {
+		return err
+	}
+	sinkCount, err := newSink(l)
+	if err != nil {
+		return err
+	}
+	defer sinkCount.Close()
+
+	var daemon *exec.Cmd
+	var stopDaemon func()
+	sock := filepath.Join(os.TempDir(), fmt.Sprintf("fwdbench-%d.sock", os.Getpid()))
+	variants := []variant{
+		{"xdp-redirect", func() error { return attachIn(l, redirectProg) }, func() { detachIn(l) }},
+		{"kernel-route", func() error { return nil }, func() {}},
+		{"nft-dnat", func() error {
+			return sh("fwd", "nft add table ip fwdbench && nft add chain ip fwdbench pre '{ type nat hook prerouting priority -100; }' && "+
+				"nft add rule ip fwdbench pre ip daddr "+vip+" udp dport 5000 dnat to "+sinkIP+":5000")
+		}, func() { _ = sh("fwd", "nft delete table ip fwdbench") }},
+		{"mbx-fnat", func() error {
+			daemon = l.Command("fwd", mbxBin, "run", "--iface", "in0", "--iface", "out0", "--socket", sock, "--conn-max", "65536")
+			logf, _ := os.Create(filepath.Join(os.TempDir(), "fwdbench-mbx.log"))
+			daemon.Stdout, daemon.Stderr = logf, logf
+			if err := daemon.Start(); err != nil {
+				return err
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- daemon.Wait() }()
+			for up := false; !up; {
+				select {
+				case err := <-exited:
+					daemon = nil
+					b, _ := os.ReadFile(logf.Name())
+					return fmt.Errorf("mbx run exited (%v): %s", err, b)
+				case <-time.After(50 * time.Millisecond):
+					_, serr := os.Stat(sock)
+					up = serr == nil
+				}
+			}
+			stopDaemon = func() { daemon.Process.Signal(os.Interrupt); <-exited }
+			for _, c := range []string{
+				"-A -u " + vip + ":5000 -s rr", "-a -u " + vip + ":5000 -r " + sinkIP + " -b",
+				"--add-laddr -z 198.18.11.200 -u " + vip + ":5000 -F out0",
+			} {
+				if _, err := l.Run("fwd", mbxBin, append([]string{"ipvsadm", "--socket", sock}, strings.Fields(c)...)...); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, func() {
+			if stopDaemon != nil {
+				stopDaemon()
+				stopDaemon = nil
+			}
+		}},
+	}
+
+	gen, err := newGenerator(l)
+	if err != nil {
+		return err
+	}
+	defer gen.Close()
+
+	results := map[string][]float64{}
+	for r := 0; r < rounds; r++ {
+		// Rotate the order each round: no variant always runs first.
+		order := append(append([]variant(nil), variants[r%len(variants):]...), variants[:r%len(variants)]...)
+		for _, v := range order {
+			if err := v.setup(); err != nil {
+				v.down()
+				return fmt.Errorf("%s: %w", v.name, err)
+			}
+			ns, pps, err := measure(l, gen, sinkCount, dur)
+			v.down()
+			if err != nil {
+				return fmt.Errorf("%s: %w", v.name, err)
+			}
+			fmt.Printf("round %d %-13s %7.0f ns/pkt  %6.2f Mpps delivered\n", r+1, v.name, ns, pps/1e6)
+			results[v.name] = append(results[v.name], ns)
+		}
+	}
+	med := map[string]float64{}
+	fmt.Printf("\nforwarder CPU ns/packet, median of %d interleaved rounds (XDP drop sink):\n", rounds)
+	for _, v := range variants {
+		s := append([]float64(nil), results[v.name]...)
+		sort.Float64s(s)
+		med[v.name] = s[len(s)/2]
+		fmt.Printf("  %-13s %7.0f\n", v.name, med[v.name])
+	}
+	fmt.Printf("\nratios:\n")
+	fmt.Printf("  mbx-fnat / xdp-redirect  %.2f  (target <= 1.3)\n", med["mbx-fnat"]/med["xdp-redirect"])
+	fmt.Printf("  mbx-fnat / nft-dnat      %.2f  (target <= 0.4)\n", med["mbx-fnat"]/med["nft-dnat"])
+	fmt.Printf("  mbx-fnat / kernel-route  %.2f\n", med["mbx-fnat"]/med["kernel-route"])
+	fmt.Printf("  nft-dnat / xdp-redirect  %.2f\n", med["nft-dnat"]/med["xdp-redirect"])
+	return nil
+}
+
+// inNS runs fn on a thread inside host's namespace.
+func inNS(l *lab.Lab, host string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// Enter, run, and restore before unlocking: a thread left in the
+		// namespace could be Go's main thread, which would move the whole
+		// process into the lab (and lab.Down kills what is in it).
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.GetFromName(l.NS(host))
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		err = fn()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+func mustMAC(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+
+// redirectProg: rewrite MACs toward the sink, redirect to out0 through a
+// devmap (as mbx does: bulked transmission; the strongest plain baseline).
+func redirectProg(devmap *ebpf.Map) asm.Instructions {
+	d, s := mustMAC(sinkMAC), mustMAC(outMAC)
+	w := func(b []byte) int32 { return int32(uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24) }
+	h := func(b []byte) int32 { return int32(uint32(b[0]) | uint32(b[1])<<8) }
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 14),
+		asm.JGT.Reg(asm.R4, asm.R3, "drop"),
+		asm.StoreImm(asm.R2, 0, int64(w(d[0:4])), asm.Word),
+		asm.StoreImm(asm.R2, 4, int64(h(d[4:6])), asm.Half),
+		asm.StoreImm(asm.R2, 6, int64(w(s[0:4])), asm.Word),
+		asm.StoreImm(asm.R2, 10, int64(h(s[4:6])), asm.Half),
+		asm.LoadMapPtr(asm.R1, devmap.FD()),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Imm(asm.R3, 0),
+		asm.FnRedirectMap.Call(),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("drop"),
+		asm.Return(),
+	}
+}
+
+func attachIn(l *lab.Lab, mk func(*ebpf.Map) asm.Instructions) error {
+	return inNS(l, "fwd", func() error {
+		out, err := netlink.LinkByName("out0")
+		if err != nil {
+			return err
+		}
+		in, err := netlink.LinkByName("in0")
+		if err != nil {
+			return err
+		}
+		devmap, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.DevMap, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			return err
+		}
+		defer devmap.Close() // the attached program keeps it alive
+		if err := devmap.Put(uint32(0), uint32(out.Attrs().Index)); err != nil {
+			return err
+		}
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: mk(devmap)})
+		if err != nil {
+			return err
+		}
+		defer prog.Close()
+		return netlink.LinkSetXdpFdWithFlags(in, prog.FD(), 2 /* XDP_FLAGS_DRV_MODE */)
+	})
+}
+
+func detachIn(l *lab.Lab) {
+	_ = inNS(l, "fwd", func() error {
+		in, err := netlink.LinkByName("in0")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetXdpFdWithFlags(in, -1, 2)
+	})
+}
+
+// sink drops everything on the sink host's eth0 and counts it.
+type sink struct {
+	count *ebpf.Map
+	prog  *ebpf.Program
+}
+
+func newSink(l *lab.Lab) (*sink, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		return nil, err
+	}
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("out"),
+		asm.Return(),
+	}})
+	if err != nil {
+		return nil, err
+	}
+	err = inNS(l, "sink", func() error {
+		lk, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetXdpFdWithFlags(lk, p.FD(), 2)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &sink{count: m, prog: p}, nil
+}
+
+func (s *sink) read() uint64 {
+	var v uint64
+	_ = s.count.Lookup(uint32(0), &v)
+	return v
+}
+
+func (s *sink) Close() { s.prog.Close(); s.count.Close() }
+
+// generator: an XDP program run in live-frames mode on the gen host. Each
+// run rewrites the frame from its template (live frames are recycled
+// without reset), varies the source port over a few flows, and XDP_TXes it.
+type generator struct {
+	prog    *ebpf.Program
+	tmpl    *ebpf.Map
+	frame   []byte
+	ifindex int
+	l       *lab.Lab
+}
+
+func newGenerator(l *lab.Lab) (*generator, error) {
+	eth := &layers.Ethernet{SrcMAC: mustMAC("02:00:00:00:10:02"), DstMAC: mustMAC("02:00:00:00:10:01"), EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.ParseIP("198.18.10.2").To4(), DstIP: net.ParseIP(vip).To4()}
+	udp := &layers.UDP{SrcPort: 10000, DstPort: 5000}
+	_ = udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload(make([]byte, 18))); err != nil {
+		return nil, err
+	}
+	frame := buf.Bytes()
+	frame[40], frame[41] = 0, 0 // UDP checksum 0: ports can vary without recomputing
+	tmpl, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(len(frame)), MaxEntries: 1})
+	if err != nil {
+		return nil, err
+	}
+	if err := tmpl.Put(uint32(0), frame); err != nil {
+		return nil, err
+	}
+	ctr, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		return nil, err
+	}
+	insns := asm.Instructions{
+		asm.LoadMem(asm.R7, asm.R1, 0, asm.Word),
+		asm.LoadMem(asm.R8, asm.R1, 4, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Add.Imm(asm.R2, int32(len(frame))),
+		asm.JGT.Reg(asm.R2, asm.R8, "out"),
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, tmpl.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+	}
+	for off := 0; off < len(frame); off += 4 {
+		size := asm.Word
+		if len(frame)-off < 4 {
+			size = asm.Half
+		}
+		insns = append(insns, asm.LoadMem(asm.R3, asm.R0, int16(off), size), asm.StoreMem(asm.R7, int16(off), asm.R3, size))
+	}
+	insns = append(insns,
+		asm.LoadMapPtr(asm.R1, ctr.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "tx"),
+		asm.LoadMem(asm.R3, asm.R0, 0, asm.Word),
+		asm.Add.Imm(asm.R3, 1),
+		asm.StoreMem(asm.R0, 0, asm.R3, asm.Word),
+		asm.And.Imm(asm.R3, flows-1),
+		asm.LSh.Imm(asm.R3, 8), // network-order port 10000+i: vary the high byte
+		asm.Add.Imm(asm.R3, 0x1027),
+		asm.StoreMem(asm.R7, 34, asm.R3, asm.Half),
+		asm.Mov.Imm(asm.R0, 3).WithSymbol("tx"), // XDP_TX
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("out"),
+		asm.Return(),
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: insns})
+	if err != nil {
+		return nil, fmt.Errorf("generator: %w", err)
+	}
+	g := &generator{prog: prog, tmpl: tmpl, frame: frame, l: l}
+	err = inNS(l, "gen", func() error {
+		lk, err := netlink.LinkByName("eth0")
+		g.ifindex = lk.Attrs().Index
+		return err
+	})
+	return g, err
+}
+
+func (g *generator) Close() { g.prog.Close(); g.tmpl.Close() }
+
+type xdpMd struct{ Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32 }
+
+type progRunAttr struct {
+	progFd, retval, dataSizeIn, dataSizeOut uint32
+	dataIn, dataOut                         uint64
+	repeat, duration                        uint32
+	ctxSizeIn, ctxSizeOut                   uint32
+	ctxIn, ctxOut                           uint64
+	flags, cpu, batchSize                   uint32
+	_                                       uint32
+}
+
+// burst sends repeat frames (live-frames mode) from CPU1 in the gen namespace.
+func (g *generator) run(until time.Time) error {
+	return inNS(g.l, "gen", func() error {
+		var set unix.CPUSet
+		set.Set(1)
+		_ = unix.SchedSetaffinity(0, &set)
+		data := append([]byte(nil), g.frame...)
+		ctx := xdpMd{DataEnd: uint32(len(data)), IngressIfindex: uint32(g.ifindex)}
+		for time.Now().Before(until) {
+			attr := progRunAttr{progFd: uint32(g.prog.FD()), dataSizeIn: uint32(len(data)),
+				dataIn: uint64(uintptr(unsafe.Pointer(&data[0]))), repeat: 1 << 18,
+				ctxSizeIn: uint32(unsafe.Sizeof(ctx)), ctxIn: uint64(uintptr(unsafe.Pointer(&ctx))),
+				flags: 2 /* BPF_F_TEST_XDP_LIVE_FRAMES */, batchSize: 64}
+			_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+			if errno != 0 && errno != unix.EINTR {
+				return fmt.Errorf("live-frames run: %w", errno)
+			}
+		}
+		return nil
+	})
+}
+
+// napiThread turns on threaded NAPI for in0, pins its kthread to CPU0 and
+// returns its pid.
+func napiThread(l *lab.Lab) (int, error) {
+	if _, err := l.Run("fwd", "sh", "-c", "echo 1 > /sys/class/net/in0/threaded"); err != nil {
+		return 0, err
+	}
+	idx, err := l.Run("fwd", "cat", "/sys/class/net/in0/ifindex")
+	if err != nil {
+		return 0, err
+	}
+	_ = idx
+	out, err := exec.Command("sh", "-c", "ps -eo pid,comm | awk '$2 ~ /^napi\\// {print $1, $2}'").Output()
+	if err != nil {
+		return 0, err
+	}
+	// The newest napi thread is in0's (just created by the switch to threaded).
+	best := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 1 {
+			continue
+		}
+		if pid, err := strconv.Atoi(f[0]); err == nil && pid > best {
+			best = pid
+		}
+	}
+	if best == 0 {
+		return 0, fmt.Errorf("no napi kthread found")
+	}
+	var set unix.CPUSet
+	set.Set(0)
+	if err := unix.SchedSetaffinity(best, &set); err != nil {
+		return 0, err
+	}
+	return best, nil
+}
+
+func cpuNs(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.Fields(string(b))[0], 10, 64)
+}
+
+func measure(l *lab.Lab, g *generator, s *sink, dur time.Duration) (nsPerPkt, pps float64, err error) {
+	pid, err := napiThread(l)
+	if err != nil {
+		return 0, 0, err
+	}
+	// Warm up (connection/conntrack entries, neighbours), then measure.
+	if err := g.run(time.Now().Add(200 * time.Millisecond)); err != nil {
+		return 0, 0, err
+	}
+	c0, err := cpuNs(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	p0 := s.read()
+	start := time.Now()
+	if err := g.run(start.Add(dur)); err != nil {
+		return 0, 0, err
+	}
+	time.Sleep(50 * time.Millisecond)
+	c1, err := cpuNs(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	pkts := s.read() - p0
+	if pkts == 0 {
+		return 0, 0, fmt.Errorf("no packet reached the sink")
+	}
+	return float64(c1-c0) / float64(pkts), float64(pkts) / time.Since(start).Seconds(), nil
+}
