@@ -108,7 +108,7 @@ func BenchmarkXDP(b *testing.B) {
 	b.Run("bare-pass", func(b *testing.B) {
 		frame := cases[0].frame
 		err := w.Do(func() error {
-			ret, per, err := runRepeat(pass, idx["wan0"], frame, b.N)
+			ret, per, err := RunXDP(pass, idx["wan0"], frame, b.N, 0)
 			if err == nil && ret != 2 {
 				err = fmt.Errorf("verdict %d", ret)
 			}

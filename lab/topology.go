@@ -302,7 +302,7 @@ func (l *Lab) placeEnd(tmp string, e End, isSwitch bool) error {
 		if err := hd.LinkSetMaster(lk, br); err != nil {
 			return err
 		}
-		if err := attachXDPPass(ns, e.Iface); err != nil {
+		if err := attachXDPPass(l.NS(e.Host), e.Iface); err != nil {
 			return err
 		}
 	}

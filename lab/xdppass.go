@@ -2,12 +2,10 @@ package lab
 
 import (
 	"fmt"
-	"runtime"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // attachXDPPass attaches a program that passes everything to link l.
@@ -17,7 +15,7 @@ import (
 // for XDP_REDIRECT); without one, one-arm traffic waits in the ring until
 // other traffic wakes the peer. Attached through netlink so it stays after
 // this process exits and goes away with the namespace.
-func attachXDPPass(ns netns.NsHandle, ifname string) error {
+func attachXDPPass(nsName, ifname string) error {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:    ebpf.XDP,
 		License: "GPL",
@@ -30,31 +28,15 @@ func attachXDPPass(ns netns.NsHandle, ifname string) error {
 		return fmt.Errorf("XDP pass program: %w", err)
 	}
 	defer prog.Close()
-	// netlink has no per-namespace XDP setter: enter the namespace on a
-	// locked thread for the call.
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	// Unlock only once back in the original namespace (else the thread must die).
-	defer func() {
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
+	// netlink has no per-namespace XDP setter: run the call inside it.
+	return doInNS(nsName, func() error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return err
 		}
-	}()
-	l, err := netlink.LinkByName(ifname)
-	if err != nil {
-		return err
-	}
-	if err := netlink.LinkSetXdpFdWithFlags(l, prog.FD(), 0); err != nil {
-		return fmt.Errorf("attaching XDP pass to %s: %w", ifname, err)
-	}
-	return nil
+		if err := netlink.LinkSetXdpFdWithFlags(l, prog.FD(), 0); err != nil {
+			return fmt.Errorf("attaching XDP pass to %s: %w", ifname, err)
+		}
+		return nil
+	})
 }

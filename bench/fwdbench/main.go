@@ -14,21 +14,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/mbx-net/mbx/bench"
 	"github.com/mbx-net/mbx/lab"
 )
 
@@ -189,46 +187,15 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	return nil
 }
 
-// inNS runs fn on a thread inside host's namespace.
-func inNS(l *lab.Lab, host string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// Enter, run, and restore before unlocking: a thread left in the
-		// namespace could be Go's main thread, which would move the whole
-		// process into the lab (and lab.Down kills what is in it).
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.GetFromName(l.NS(host))
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		err = fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
-}
-
 func mustMAC(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
 
 // redirectProg: rewrite MACs toward the sink, redirect to out0 through a
 // devmap (as mbx does: bulked transmission; the strongest plain baseline).
 func redirectProg(devmap *ebpf.Map) asm.Instructions {
 	d, s := mustMAC(sinkMAC), mustMAC(outMAC)
-	w := func(b []byte) int32 { return int32(uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24) }
+	w := func(b []byte) int32 {
+		return int32(uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24)
+	}
 	h := func(b []byte) int32 { return int32(uint32(b[0]) | uint32(b[1])<<8) }
 	return asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
@@ -251,7 +218,7 @@ func redirectProg(devmap *ebpf.Map) asm.Instructions {
 }
 
 func attachIn(l *lab.Lab, mk func(*ebpf.Map) asm.Instructions) error {
-	return inNS(l, "fwd", func() error {
+	return l.Do("fwd", func() error {
 		out, err := netlink.LinkByName("out0")
 		if err != nil {
 			return err
@@ -278,7 +245,7 @@ func attachIn(l *lab.Lab, mk func(*ebpf.Map) asm.Instructions) error {
 }
 
 func detachIn(l *lab.Lab) {
-	_ = inNS(l, "fwd", func() error {
+	_ = l.Do("fwd", func() error {
 		in, err := netlink.LinkByName("in0")
 		if err != nil {
 			return err
@@ -313,7 +280,7 @@ func newSink(l *lab.Lab) (*sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = inNS(l, "sink", func() error {
+	err = l.Do("sink", func() error {
 		lk, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -356,37 +323,15 @@ func newGenerator(l *lab.Lab) (*generator, error) {
 	}
 	frame := buf.Bytes()
 	frame[40], frame[41] = 0, 0 // UDP checksum 0: ports can vary without recomputing
-	tmpl, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(len(frame)), MaxEntries: 1})
+	tmpl, err := bench.NewTemplate(frame)
 	if err != nil {
-		return nil, err
-	}
-	if err := tmpl.Put(uint32(0), frame); err != nil {
 		return nil, err
 	}
 	ctr, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
 		return nil, err
 	}
-	insns := asm.Instructions{
-		asm.LoadMem(asm.R7, asm.R1, 0, asm.Word),
-		asm.LoadMem(asm.R8, asm.R1, 4, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.R7),
-		asm.Add.Imm(asm.R2, int32(len(frame))),
-		asm.JGT.Reg(asm.R2, asm.R8, "out"),
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-		asm.LoadMapPtr(asm.R1, tmpl.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "out"),
-	}
-	for off := 0; off < len(frame); off += 4 {
-		size := asm.Word
-		if len(frame)-off < 4 {
-			size = asm.Half
-		}
-		insns = append(insns, asm.LoadMem(asm.R3, asm.R0, int16(off), size), asm.StoreMem(asm.R7, int16(off), asm.R3, size))
-	}
+	insns := bench.RestoreFrame(tmpl, len(frame), "out")
 	insns = append(insns,
 		asm.LoadMapPtr(asm.R1, ctr.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
@@ -410,7 +355,7 @@ func newGenerator(l *lab.Lab) (*generator, error) {
 		return nil, fmt.Errorf("generator: %w", err)
 	}
 	g := &generator{prog: prog, tmpl: tmpl, frame: frame, l: l}
-	err = inNS(l, "gen", func() error {
+	err = l.Do("gen", func() error {
 		lk, err := netlink.LinkByName("eth0")
 		g.ifindex = lk.Attrs().Index
 		return err
@@ -420,34 +365,15 @@ func newGenerator(l *lab.Lab) (*generator, error) {
 
 func (g *generator) Close() { g.prog.Close(); g.tmpl.Close() }
 
-type xdpMd struct{ Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32 }
-
-type progRunAttr struct {
-	progFd, retval, dataSizeIn, dataSizeOut uint32
-	dataIn, dataOut                         uint64
-	repeat, duration                        uint32
-	ctxSizeIn, ctxSizeOut                   uint32
-	ctxIn, ctxOut                           uint64
-	flags, cpu, batchSize                   uint32
-	_                                       uint32
-}
-
-// burst sends repeat frames (live-frames mode) from CPU1 in the gen namespace.
+// run sends frames (live-frames mode) from CPU1 in the gen namespace until until.
 func (g *generator) run(until time.Time) error {
-	return inNS(g.l, "gen", func() error {
+	return g.l.Do("gen", func() error {
 		var set unix.CPUSet
 		set.Set(1)
 		_ = unix.SchedSetaffinity(0, &set)
-		data := append([]byte(nil), g.frame...)
-		ctx := xdpMd{DataEnd: uint32(len(data)), IngressIfindex: uint32(g.ifindex)}
 		for time.Now().Before(until) {
-			attr := progRunAttr{progFd: uint32(g.prog.FD()), dataSizeIn: uint32(len(data)),
-				dataIn: uint64(uintptr(unsafe.Pointer(&data[0]))), repeat: 1 << 18,
-				ctxSizeIn: uint32(unsafe.Sizeof(ctx)), ctxIn: uint64(uintptr(unsafe.Pointer(&ctx))),
-				flags: 2 /* BPF_F_TEST_XDP_LIVE_FRAMES */, batchSize: 64}
-			_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-			if errno != 0 && errno != unix.EINTR {
-				return fmt.Errorf("live-frames run: %w", errno)
+			if _, _, err := bench.RunXDP(g.prog, g.ifindex, g.frame, 1<<18, bench.LiveFrames); err != nil {
+				return fmt.Errorf("live-frames run: %w", err)
 			}
 		}
 		return nil
@@ -460,11 +386,6 @@ func napiThread(l *lab.Lab) (int, error) {
 	if _, err := l.Run("fwd", "sh", "-c", "echo 1 > /sys/class/net/in0/threaded"); err != nil {
 		return 0, err
 	}
-	idx, err := l.Run("fwd", "cat", "/sys/class/net/in0/ifindex")
-	if err != nil {
-		return 0, err
-	}
-	_ = idx
 	out, err := exec.Command("sh", "-c", "ps -eo pid,comm | awk '$2 ~ /^napi\\// {print $1, $2}'").Output()
 	if err != nil {
 		return 0, err
