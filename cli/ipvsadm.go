@@ -73,6 +73,14 @@ func runIpvsadm(args []string, stdin io.Reader, stdout io.Writer) error {
 		}
 		ipvsadm.GetLaddr(stdout, cmd, st)
 	case ipvsadm.ActionList:
+		if cmd.Timeout {
+			st, err := cl.Status()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "Timeout (tcp tcpfin udp): %d %d %d\n", st.Timeouts.TCP, st.Timeouts.TCPFin, st.Timeouts.UDP)
+			return nil
+		}
 		if cmd.Conns {
 			conns, err := cl.Conns(0)
 			if err != nil {

@@ -11,6 +11,7 @@ type Status struct {
 	Services []ServiceStatus   `json:"services"`
 	Datapath map[string]uint64 `json:"datapath"`
 	ConnsMax int               `json:"conns_max"`
+	Timeouts lb.Timeouts       `json:"timeouts"` // effective, seconds
 }
 
 // ServiceStatus is one service with its counters.

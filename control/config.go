@@ -14,6 +14,7 @@ import (
 
 // The YAML configuration file (mbx run --config FILE):
 //
+//	timeouts: {tcp: 900, tcpfin: 120, udp: 300}   # as ipvsadm --set
 //	addresses:
 //	  - {addr: 198.18.0.100/32, dev: wan0}
 //	services:
@@ -25,6 +26,7 @@ import (
 //	    laddrs:
 //	      - {addr: 198.18.1.200, dev: lan0}
 type fileConfig struct {
+	Timeouts  *lb.Timeouts  `yaml:"timeouts"`
 	Addresses []fileAddr    `yaml:"addresses"`
 	Services  []fileService `yaml:"services"`
 }
@@ -130,6 +132,14 @@ func ParseConfig(data []byte) ([]lb.Op, error) {
 		}
 		ops = append(ops, op)
 		return nil
+	}
+	if fc.Timeouts != nil {
+		if err := apply(nodeLine(&root, "timeouts"), lb.Op{Kind: lb.OpSetTimeout, Timeouts: *fc.Timeouts}); err != nil {
+			return nil, err
+		}
+		if err := cfg.Validate(); err != nil {
+			return nil, lineError{nodeLine(&root, "timeouts"), err}
+		}
 	}
 	for i, a := range fc.Addresses {
 		line := nodeLine(&root, "addresses", i)

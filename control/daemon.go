@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/flow"
 	"github.com/mbx-net/mbx/lb"
 )
 
@@ -113,7 +114,8 @@ func (d *Daemon) Status() (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Backend: d.beName, Datapath: snap.Datapath, ConnsMax: snap.ConnsMax}
+	st := &Status{Backend: d.beName, Datapath: snap.Datapath, ConnsMax: snap.ConnsMax,
+		Timeouts: lb.Seconds(cfg.Timeouts.Effective(flow.IPVSTimeouts()))}
 	for _, s := range cfg.Services {
 		ss := ServiceStatus{Service: *s, Stats: snap.Services[s.Key]}
 		for _, r := range s.Reals {

@@ -1,9 +1,12 @@
 package lb
 
 import (
+	"time"
+
 	"cmp"
 	"errors"
 	"fmt"
+	"github.com/mbx-net/mbx/flow"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -90,16 +93,25 @@ type IfAddr struct {
 	Dev    string       `json:"dev"`
 }
 
+// Timeouts are ipvsadm's --set values in seconds (0: keep the default):
+// TCP applies to established connections, TCPFin to FIN_WAIT, UDP to UDP.
+type Timeouts struct {
+	TCP    int `json:"tcp" yaml:"tcp"`
+	TCPFin int `json:"tcpfin" yaml:"tcpfin"`
+	UDP    int `json:"udp" yaml:"udp"`
+}
+
 // Config is the whole desired state. Services are kept sorted by key so
 // derived tables come out identical on every node.
 type Config struct {
 	Services  []*Service `json:"services"`
 	Addresses []IfAddr   `json:"addresses"`
+	Timeouts  Timeouts   `json:"timeouts"`
 }
 
 // Clone returns a deep copy.
 func (c *Config) Clone() *Config {
-	n := &Config{Addresses: slices.Clone(c.Addresses)}
+	n := &Config{Addresses: slices.Clone(c.Addresses), Timeouts: c.Timeouts}
 	for _, s := range c.Services {
 		cs := *s
 		cs.Reals = slices.Clone(s.Reals)
@@ -138,6 +150,11 @@ func (c *Config) Validate() error {
 	for _, s := range c.Services {
 		if _, isLIP := lips[s.Key.Addr]; isLIP {
 			return fmt.Errorf("service %s: address %s is also a local address (LIP)", s.Key, s.Key.Addr)
+		}
+	}
+	for _, t := range []int{c.Timeouts.TCP, c.Timeouts.TCPFin, c.Timeouts.UDP} {
+		if t < 0 || t > 31*24*3600 {
+			return fmt.Errorf("timeout %d s out of range 0..%d", t, 31*24*3600)
 		}
 	}
 	for _, a := range c.Addresses {
@@ -213,4 +230,23 @@ func (r Real) validate(k ServiceKey) error {
 
 func (c *Config) sortServices() {
 	slices.SortFunc(c.Services, func(a, b *Service) int { return a.Key.compare(b.Key) })
+}
+
+// Effective returns base with t's non-zero values applied, mapped onto
+// connection states as IPVS does.
+func (t Timeouts) Effective(base flow.Timeouts) flow.Timeouts {
+	set := func(st flow.State, sec int) {
+		if sec > 0 {
+			base[st] = time.Duration(sec) * time.Second
+		}
+	}
+	set(flow.StateEstablished, t.TCP)
+	set(flow.StateFinWait, t.TCPFin)
+	set(flow.StateUDP, t.UDP)
+	return base
+}
+
+// Seconds reads the three ipvsadm timeouts back from per-state timeouts.
+func Seconds(f flow.Timeouts) Timeouts {
+	return Timeouts{TCP: int(f[flow.StateEstablished] / time.Second), TCPFin: int(f[flow.StateFinWait] / time.Second), UDP: int(f[flow.StateUDP] / time.Second)}
 }

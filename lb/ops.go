@@ -21,6 +21,7 @@ const (
 	OpDelLaddr    OpKind = "del-laddr"
 	OpAddAddr     OpKind = "add-addr"
 	OpDelAddr     OpKind = "del-addr"
+	OpSetTimeout  OpKind = "set-timeouts"
 )
 
 // Op is one change; which fields matter depends on Kind.
@@ -31,6 +32,7 @@ type Op struct {
 	Real      Real       `json:"real"`
 	Laddr     LocalAddr  `json:"laddr"`
 	Addr      IfAddr     `json:"addr"`
+	Timeouts  Timeouts   `json:"timeouts"`
 }
 
 // DefaultScheduler is used when -s is omitted. ipvsadm defaults to wlc,
@@ -43,6 +45,18 @@ func (c *Config) Apply(op Op) error {
 	switch op.Kind {
 	case OpClear:
 		c.Services = nil
+		return nil
+	case OpSetTimeout:
+		// As ipvsadm --set: a 0 keeps the current value.
+		t := &c.Timeouts
+		for _, p := range []struct {
+			dst *int
+			v   int
+		}{{&t.TCP, op.Timeouts.TCP}, {&t.TCPFin, op.Timeouts.TCPFin}, {&t.UDP, op.Timeouts.UDP}} {
+			if p.v != 0 {
+				*p.dst = p.v
+			}
+		}
 		return nil
 	case OpAddAddr:
 		if slices.Contains(c.Addresses, op.Addr) {

@@ -41,6 +41,12 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 	if err := b.checkCapacity(cfg); err != nil {
 		return err
 	}
+	if to := cfg.Timeouts.Effective(b.baseTO); to != b.opts.Timeouts {
+		b.opts.Timeouts = to
+		if err := b.writeConfig(); err != nil {
+			return err
+		}
+	}
 	want := map[lb.ServiceKey]bool{}
 	wantLocals := map[mbxLocalKey]uint32{}
 	for _, s := range cfg.Services {

@@ -21,7 +21,9 @@ type sweepResult struct {
 // pair walks the table calling fn for each entry with whether its
 // connection is alive (either direction fresh, as the datapath decides).
 func (b *Backend) walk(fn func(k *mbxFlowKey, c *mbxConn, alive bool, now uint64)) {
+	b.mu.Lock()
 	to := b.opts.Timeouts
+	b.mu.Unlock()
 	now := monoNow()
 	stale := func(c *mbxConn) bool {
 		return int64(now-c.LastSeen) > int64(to[c.State%flow.NumStates])
@@ -149,7 +151,9 @@ func (b *Backend) Conns(limit int) ([]backend.Conn, error) {
 	}
 	b.mu.Unlock()
 	var out []backend.Conn
+	b.mu.Lock()
 	to := b.opts.Timeouts
+	b.mu.Unlock()
 	b.walk(func(k *mbxFlowKey, c *mbxConn, alive bool, now uint64) {
 		if !alive || c.Flags&1 != 0 || (limit > 0 && len(out) >= limit) {
 			return

@@ -51,6 +51,7 @@ type Backend struct {
 
 	sysctls []sysctlRestore
 	fibGen  uint32
+	baseTO  flow.Timeouts // from Options; the config's --set values apply on top
 	fibDone chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
@@ -95,6 +96,7 @@ func Load(opts backend.Options) (*Backend, error) {
 		}
 		return nil, fmt.Errorf("loading the XDP datapath: %w", err)
 	}
+	b.baseTO = opts.Timeouts
 	if err := b.writeConfig(); err != nil {
 		b.objs.Close()
 		return nil, err

@@ -147,6 +147,8 @@ mbx ipvsadm: ipvsadm-compatible control of a running mbx daemon
   mbx ipvsadm --del-laddr|-Q -z LIP -t|-u VIP:PORT
   mbx ipvsadm -G|--get-laddr [-t|-u VIP:PORT]
   mbx ipvsadm -L|-l [-n] [-c] [--stats] [-x] [-t|-u VIP:PORT]
+  mbx ipvsadm --set TCP TCPFIN UDP       (idle timeouts in seconds; 0 keeps one)
+  mbx ipvsadm -L --timeout
   mbx ipvsadm -S [-n] > rules
   mbx ipvsadm -R < rules
 

@@ -33,6 +33,7 @@ type Command struct {
 	Conns   bool // -c
 	Stats   bool // --stats
 	Exact   bool // -x/--exact
+	Timeout bool // -L --timeout
 }
 
 type optSpec struct {
@@ -55,7 +56,7 @@ var shortOpts = map[byte]optSpec{
 }
 
 var longOpts = func() map[string]optSpec {
-	m := map[string]optSpec{"stats": {"stats", false}, "rate": {"rate", false}}
+	m := map[string]optSpec{"stats": {"stats", false}, "rate": {"rate", false}, "timeout": {"timeout", false}, "set": {"set", false}}
 	for _, o := range shortOpts {
 		m[o.long] = o
 	}
@@ -72,6 +73,13 @@ func getopt(args []string) ([]opt, error) {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
+		case a == "--set":
+			// ipvsadm --set TCP TCPFIN UDP: three values.
+			if i+3 >= len(args) {
+				return nil, errors.New("--set needs three values: TCP TCPFIN UDP (seconds)")
+			}
+			out = append(out, opt{"set", strings.Join(args[i+1:i+4], " ")})
+			i += 3
 		case strings.HasPrefix(a, "--") && len(a) > 2:
 			name, val, hasVal := strings.Cut(a[2:], "=")
 			spec, ok := longOpts[name]
@@ -120,7 +128,7 @@ var commands = map[string]bool{
 	"add-service": true, "edit-service": true, "delete-service": true, "clear": true,
 	"restore": true, "save": true, "add-server": true, "edit-server": true,
 	"delete-server": true, "list": true, "zero": true, "add-laddr": true,
-	"del-laddr": true, "get-laddr": true,
+	"del-laddr": true, "get-laddr": true, "set": true,
 }
 
 // Parse parses one ipvsadm command line (without the program name).
@@ -130,6 +138,7 @@ func Parse(args []string) (*Command, error) {
 		return nil, err
 	}
 	var (
+		setArg  string
 		cmd     string
 		svc     *lb.ServiceKey
 		sched   string
@@ -154,6 +163,9 @@ func Parse(args []string) (*Command, error) {
 				return nil, fmt.Errorf("options --%s and --%s are two commands; give one", cmd, o.name)
 			}
 			cmd = o.name
+			if o.name == "set" {
+				setArg = o.arg
+			}
 			continue
 		}
 		switch o.name {
@@ -199,6 +211,8 @@ func Parse(args []string) (*Command, error) {
 			c.Stats = true
 		case "exact":
 			c.Exact = true
+		case "timeout":
+			c.Timeout = true
 		case "persistent":
 			return nil, errors.New("persistence (-p) is not supported yet")
 		case "match":
@@ -254,6 +268,16 @@ func Parse(args []string) (*Command, error) {
 		return nil, errors.New("-Z (zero counters) is not supported yet")
 	case "clear":
 		c.Ops = []lb.Op{{Kind: lb.OpClear}}
+	case "set":
+		var v [3]int
+		for i, f := range strings.Fields(setArg) {
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 0 {
+				return nil, fmt.Errorf("--set: bad timeout %q (seconds, 0 keeps the current value)", f)
+			}
+			v[i] = n
+		}
+		c.Ops = []lb.Op{{Kind: lb.OpSetTimeout, Timeouts: lb.Timeouts{TCP: v[0], TCPFin: v[1], UDP: v[2]}}}
 	case "add-service", "edit-service", "delete-service":
 		if err := needSvc(); err != nil {
 			return nil, err
