@@ -6,6 +6,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // attachXDPPass attaches a program that passes everything to link l.
@@ -34,7 +35,7 @@ func attachXDPPass(nsName, ifname string) error {
 		if err != nil {
 			return err
 		}
-		if err := netlink.LinkSetXdpFdWithFlags(l, prog.FD(), 0); err != nil {
+		if err := netlink.LinkSetXdpFdWithFlags(l, prog.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
 			return fmt.Errorf("attaching XDP pass to %s: %w", ifname, err)
 		}
 		return nil

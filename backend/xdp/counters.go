@@ -1,6 +1,7 @@
 package xdp
 
-// counterNames follows enum counter in bpf/consts.h, in order.
+// counterNames follows enum counter in bpf/consts.h, in order. Forwarded
+// packets and bytes are counted per real server (stats map), not here.
 var counterNames = []string{
 	"rx",
 	"pass_not_ours",
@@ -13,8 +14,6 @@ var counterNames = []string{
 	"drop_no_port",
 	"conn_new",
 	"conn_reuse",
-	"fwd_in",
-	"fwd_out",
 	"tx",
 	"redirect",
 	"pass_no_neigh",

@@ -162,7 +162,17 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 				v.down()
 				return fmt.Errorf("%s: %w", v.name, err)
 			}
+			if os.Getenv("FWDBENCH_DEBUG") != "" {
+				out, _ := l.Run("fwd", "sh", "-c", "id=$(ip -d link show in0 | grep -o 'prog/xdp id [0-9]*' | awk '{print $3}'); [ -n \"$id\" ] && bpftool prog dump xlated id $id")
+				fmt.Fprintf(os.Stderr, "  in0 xdp: %s\n", strings.TrimSpace(out))
+			}
 			ns, pps, err := measure(l, gen, sinkCount, dur)
+			if os.Getenv("FWDBENCH_DEBUG") != "" {
+				for _, h := range [][2]string{{"fwd", "in0"}, {"fwd", "out0"}, {"sink", "eth0"}} {
+					out, _ := l.Run(h[0], "sh", "-c", "ethtool -S "+h[1]+" | grep -v ': 0$' | tr -s ' ' | tr '\n' ' '")
+					fmt.Fprintf(os.Stderr, "  %s/%s: %s\n", h[0], h[1], out)
+				}
+			}
 			v.down()
 			if err != nil {
 				return fmt.Errorf("%s: %w", v.name, err)
@@ -179,11 +189,21 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		med[v.name] = s[len(s)/2]
 		fmt.Printf("  %-13s %7.0f\n", v.name, med[v.name])
 	}
-	fmt.Printf("\nratios:\n")
-	fmt.Printf("  mbx-fnat / xdp-redirect  %.2f  (target <= 1.3)\n", med["mbx-fnat"]/med["xdp-redirect"])
-	fmt.Printf("  mbx-fnat / nft-dnat      %.2f  (target <= 0.4)\n", med["mbx-fnat"]/med["nft-dnat"])
-	fmt.Printf("  mbx-fnat / kernel-route  %.2f\n", med["mbx-fnat"]/med["kernel-route"])
-	fmt.Printf("  nft-dnat / xdp-redirect  %.2f\n", med["nft-dnat"]/med["xdp-redirect"])
+	// Ratios per round (variants measured seconds apart), then the median:
+	// steadier than a ratio of medians on a noisy machine.
+	ratio := func(a, b string) float64 {
+		var rs []float64
+		for i := range results[a] {
+			rs = append(rs, results[a][i]/results[b][i])
+		}
+		sort.Float64s(rs)
+		return rs[len(rs)/2]
+	}
+	fmt.Printf("\nratios (median of per-round ratios):\n")
+	fmt.Printf("  mbx-fnat / xdp-redirect  %.2f  (target <= 1.3)\n", ratio("mbx-fnat", "xdp-redirect"))
+	fmt.Printf("  mbx-fnat / nft-dnat      %.2f  (target <= 0.4)\n", ratio("mbx-fnat", "nft-dnat"))
+	fmt.Printf("  mbx-fnat / kernel-route  %.2f\n", ratio("mbx-fnat", "kernel-route"))
+	fmt.Printf("  nft-dnat / xdp-redirect  %.2f\n", ratio("nft-dnat", "xdp-redirect"))
 	return nil
 }
 
@@ -191,7 +211,7 @@ func mustMAC(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
 
 // redirectProg: rewrite MACs toward the sink, redirect to out0 through a
 // devmap (as mbx does: bulked transmission; the strongest plain baseline).
-func redirectProg(devmap *ebpf.Map) asm.Instructions {
+func redirectProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 	d, s := mustMAC(sinkMAC), mustMAC(outMAC)
 	w := func(b []byte) int32 {
 		return int32(uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24)
@@ -208,7 +228,7 @@ func redirectProg(devmap *ebpf.Map) asm.Instructions {
 		asm.StoreImm(asm.R2, 6, int64(w(s[0:4])), asm.Word),
 		asm.StoreImm(asm.R2, 10, int64(h(s[4:6])), asm.Half),
 		asm.LoadMapPtr(asm.R1, devmap.FD()),
-		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Imm(asm.R2, int32(outIfindex)),
 		asm.Mov.Imm(asm.R3, 0),
 		asm.FnRedirectMap.Call(),
 		asm.Return(),
@@ -217,7 +237,7 @@ func redirectProg(devmap *ebpf.Map) asm.Instructions {
 	}
 }
 
-func attachIn(l *lab.Lab, mk func(*ebpf.Map) asm.Instructions) error {
+func attachIn(l *lab.Lab, mk func(*ebpf.Map, int) asm.Instructions) error {
 	return l.Do("fwd", func() error {
 		out, err := netlink.LinkByName("out0")
 		if err != nil {
@@ -227,20 +247,20 @@ func attachIn(l *lab.Lab, mk func(*ebpf.Map) asm.Instructions) error {
 		if err != nil {
 			return err
 		}
-		devmap, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.DevMap, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		devmap, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.DevMapHash, KeySize: 4, ValueSize: 4, MaxEntries: 8})
 		if err != nil {
 			return err
 		}
 		defer devmap.Close() // the attached program keeps it alive
-		if err := devmap.Put(uint32(0), uint32(out.Attrs().Index)); err != nil {
+		if err := devmap.Put(uint32(out.Attrs().Index), uint32(out.Attrs().Index)); err != nil {
 			return err
 		}
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: mk(devmap)})
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: mk(devmap, out.Attrs().Index)})
 		if err != nil {
 			return err
 		}
 		defer prog.Close()
-		return netlink.LinkSetXdpFdWithFlags(in, prog.FD(), 2 /* XDP_FLAGS_DRV_MODE */)
+		return netlink.LinkSetXdpFdWithFlags(in, prog.FD(), unix.XDP_FLAGS_DRV_MODE)
 	})
 }
 
@@ -250,7 +270,7 @@ func detachIn(l *lab.Lab) {
 		if err != nil {
 			return err
 		}
-		return netlink.LinkSetXdpFdWithFlags(in, -1, 2)
+		return netlink.LinkSetXdpFdWithFlags(in, -1, unix.XDP_FLAGS_DRV_MODE)
 	})
 }
 
@@ -285,7 +305,7 @@ func newSink(l *lab.Lab) (*sink, error) {
 		if err != nil {
 			return err
 		}
-		return netlink.LinkSetXdpFdWithFlags(lk, p.FD(), 2)
+		return netlink.LinkSetXdpFdWithFlags(lk, p.FD(), unix.XDP_FLAGS_DRV_MODE)
 	})
 	if err != nil {
 		return nil, err
@@ -403,6 +423,9 @@ func napiThread(l *lab.Lab) (int, error) {
 	}
 	if best == 0 {
 		return 0, fmt.Errorf("no napi kthread found")
+	}
+	if os.Getenv("FWDBENCH_DEBUG") != "" {
+		fmt.Fprintf(os.Stderr, "napi threads: %s -> %d\n", strings.ReplaceAll(strings.TrimSpace(string(out)), "\n", "; "), best)
 	}
 	var set unix.CPUSet
 	set.Set(0)
