@@ -25,6 +25,7 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Value: control.DefaultSocket, Usage: "control socket"},
 			&ucli.StringFlag{Name: "xdp-mode", Value: "native", Usage: "native or generic"},
 			&ucli.IntFlag{Name: "conn-max", Value: 1 << 20, Usage: "connections the table holds"},
+			&ucli.UintFlag{Name: "hash-seed", Usage: "flow hash seed; give every node of a cluster the same one"},
 			&ucli.StringFlag{Name: "log-level", Value: "info"},
 		},
 		Action: func(c *ucli.Context) error {
@@ -46,10 +47,11 @@ func runCommand() *ucli.Command {
 				return fmt.Errorf("--conn-max must be positive")
 			}
 			be, err := backend.Open(c.String("backend"), backend.Options{
-				Ifaces:  c.StringSlice("iface"),
-				XDPMode: c.String("xdp-mode"),
-				ConnMax: c.Int("conn-max"),
-				Logger:  log,
+				Ifaces:   c.StringSlice("iface"),
+				XDPMode:  c.String("xdp-mode"),
+				ConnMax:  c.Int("conn-max"),
+				HashSeed: uint32(c.Uint("hash-seed")),
+				Logger:   log,
 			})
 			if err != nil {
 				return err

@@ -169,6 +169,12 @@ func TestRunFailures(t *testing.T) {
 		// A second daemon on a live socket is refused.
 		out, err := e.lab.Command("lb", mbxBin, "run", "--iface", "wan0", "--socket", a).CombinedOutput()
 		oneLineError(t, string(out), err, "")
+		// Stopping one instance leaves forwarding on for the other.
+		ca.Process.Signal(os.Interrupt)
+		ca.Wait()
+		if v := strings.TrimSpace(e.host("lb", "cat", "/proc/sys/net/ipv4/ip_forward")); v != "1" {
+			t.Fatalf("ip_forward is %s after one of two instances stopped", v)
+		}
 	})
 }
 

@@ -216,11 +216,13 @@ func (b *Backend) Close() error {
 
 // sysctls: fib lookups need forwarding on; handing a rewritten packet to the
 // kernel (unresolved neighbour) needs accept_local, since its source (a LIP or
-// VIP) is one of ours. Values are restored on Close.
+// VIP) is one of ours. accept_local is per interface and restored on Close;
+// ip_forward is node-wide and left on (another instance in the namespace may
+// rely on it, and a load balancer node forwards anyway).
 type sysctlRestore struct{ path, old string }
 
 func (b *Backend) setSysctls() error {
-	set := func(path, val string) error {
+	set := func(path, val string, restore bool) error {
 		old, err := os.ReadFile(path)
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", path, err)
@@ -231,15 +233,17 @@ func (b *Backend) setSysctls() error {
 		if err := os.WriteFile(path, []byte(val), 0o644); err != nil {
 			return fmt.Errorf("setting %s: %w", path, err)
 		}
-		b.log.Info("set sysctl", "path", path, "value", val, "was", strings.TrimSpace(string(old)))
-		b.sysctls = append(b.sysctls, sysctlRestore{path, strings.TrimSpace(string(old))})
+		b.log.Info("set sysctl", "path", path, "value", val, "was", strings.TrimSpace(string(old)), "restored_on_exit", restore)
+		if restore {
+			b.sysctls = append(b.sysctls, sysctlRestore{path, strings.TrimSpace(string(old))})
+		}
 		return nil
 	}
-	if err := set("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
+	if err := set("/proc/sys/net/ipv4/ip_forward", "1", false); err != nil {
 		return err
 	}
 	for _, ifc := range b.opts.Ifaces {
-		if err := set("/proc/sys/net/ipv4/conf/"+ifc+"/accept_local", "1"); err != nil {
+		if err := set("/proc/sys/net/ipv4/conf/"+ifc+"/accept_local", "1", true); err != nil {
 			return err
 		}
 	}
