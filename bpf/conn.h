@@ -36,13 +36,12 @@ static __always_inline int is_new_syn(const struct pkt *p)
 static __always_inline void twin_key(struct flow_key *tk, const struct conn *c,
 				     const struct flow_key *k)
 {
-	__builtin_memcpy(tk->saddr, c->daddr, sizeof(tk->saddr));
-	__builtin_memcpy(tk->daddr, c->saddr, sizeof(tk->daddr));
+	tk->saddr = c->daddr;
+	tk->daddr = c->saddr;
 	tk->sport = c->dport;
 	tk->dport = c->sport;
 	tk->proto = k->proto;
-	tk->family = k->family;
-	tk->pad = 0;
+	tk->pad[0] = tk->pad[1] = tk->pad[2] = 0;
 }
 
 static __always_inline int conn_stale(const struct config *cfg, const struct conn *c, __u64 now)

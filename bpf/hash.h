@@ -35,15 +35,11 @@ static __always_inline __u32 hash_final(__u32 h)
 static __always_inline __u32 flow_hash(const struct flow_key *k, __u32 seed)
 {
 	__u32 h = seed;
-#pragma unroll
-	for (int i = 0; i < 4; i++)
-		h = hash_mix(h, k->saddr[i]);
-#pragma unroll
-	for (int i = 0; i < 4; i++)
-		h = hash_mix(h, k->daddr[i]);
+	h = hash_mix(h, k->saddr);
+	h = hash_mix(h, k->daddr);
 	h = hash_mix(h, (__u32)k->sport | ((__u32)k->dport << 16));
-	h = hash_mix(h, (__u32)k->proto | ((__u32)k->family << 8));
-	return hash_final(h ^ 40);
+	h = hash_mix(h, (__u32)k->proto | ((__u32)AF_INET_ << 8));
+	return hash_final(h ^ 16);
 }
 
 /* Candidate i for a new Full-NAT connection's LIP and local port. */

@@ -18,14 +18,14 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 static __always_inline int is_local(const struct flow_key *k)
 {
 	struct local_key lk = {};
-	__builtin_memcpy(lk.addr, k->daddr, sizeof(lk.addr));
-	lk.family = k->family;
+	lk.addr[0] = k->daddr;
+	lk.family = AF_INET_;
 	return bpf_map_lookup_elem(&local_addrs, &lk) != 0;
 }
 
 static __always_inline int maybe_local(const struct flow_key *k)
 {
-	__u32 low = bpf_ntohl(k->daddr[0]) & 0xffff;
+	__u32 low = bpf_ntohl(k->daddr) & 0xffff;
 	__u32 word = low >> 6;
 	__u64 *w = bpf_map_lookup_elem(&local_bits, &word);
 	return w && (*w & (1ULL << (low & 63)));
@@ -84,15 +84,14 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 	__u8 state = p->key.proto == IPPROTO_TCP ? cfg->fsm[DIR_INPUT][0][TCPS_NONE] : UDP_STATE;
 
 	struct flow_key rk = {};
-	__builtin_memcpy(rk.saddr, rs->addr, sizeof(rk.saddr));
+	rk.saddr = rs->addr[0];
 	rk.sport = rs->port ? rs->port : p->key.dport;
 	rk.proto = p->key.proto;
-	rk.family = p->key.family;
 
 	/* fc first holds the reply entry, then becomes the client-side entry:
 	 * one conn on the stack keeps both frames under the 512-byte limit. */
-	__builtin_memcpy(fc->saddr, p->key.daddr, sizeof(fc->saddr));
-	__builtin_memcpy(fc->daddr, p->key.saddr, sizeof(fc->daddr));
+	fc->saddr = p->key.daddr;
+	fc->daddr = p->key.saddr;
 	fc->sport = p->key.dport;
 	fc->dport = p->key.sport;
 	fc->real_id = real_id;
@@ -110,7 +109,7 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 		struct laddr *la = bpf_map_lookup_elem(&laddrs, &li);
 		if (!la)
 			break;
-		__builtin_memcpy(rk.daddr, la->addr, sizeof(rk.daddr));
+		rk.daddr = la->addr[0];
 		rk.dport = bpf_htons((__u16)(cfg->port_lo + (cand >> 8) % range));
 		conn_set_csum(fc, &rk);
 		if (bpf_map_update_elem(&conns, &rk, fc, BPF_NOEXIST) == 0) {
@@ -133,8 +132,8 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 		return XDP_DROP;
 	}
 
-	__builtin_memcpy(fc->saddr, rk.daddr, sizeof(fc->saddr));
-	__builtin_memcpy(fc->daddr, rk.saddr, sizeof(fc->daddr));
+	fc->saddr = rk.daddr;
+	fc->daddr = rk.saddr;
 	fc->sport = rk.dport;
 	fc->dport = rk.sport;
 	fc->flags = 0;
@@ -214,10 +213,10 @@ int mbx_xdp(struct xdp_md *ctx)
 		conn_track(cfg, c, &p);
 	} else {
 		struct svc_key sk = {};
-		__builtin_memcpy(sk.addr, p.key.daddr, sizeof(sk.addr));
+		sk.addr[0] = p.key.daddr;
 		sk.port = p.key.dport;
 		sk.proto = p.key.proto;
-		sk.family = p.key.family;
+		sk.family = AF_INET_;
 		struct svc *s = bpf_map_lookup_elem(&services, &sk);
 		if (!s) {
 			count(CNT_PASS_NOT_OURS);

@@ -11,8 +11,8 @@
 static __always_inline void conn_set_csum(struct conn *c, const struct flow_key *k)
 {
 	__u32 d = 0;
-	d = csum_add_diff32(d, k->saddr[0], c->saddr[0]);
-	d = csum_add_diff32(d, k->daddr[0], c->daddr[0]);
+	d = csum_add_diff32(d, k->saddr, c->saddr);
+	d = csum_add_diff32(d, k->daddr, c->daddr);
 	c->csum_l3 = d;
 	d = csum_add_diff16(d, k->sport, c->sport);
 	d = csum_add_diff16(d, k->dport, c->dport);
@@ -22,8 +22,8 @@ static __always_inline void conn_set_csum(struct conn *c, const struct flow_key 
 static __always_inline void rewrite_ipv4(struct pkt *p, const struct conn *c)
 {
 	struct iphdr *ip = p->ip4;
-	ip->saddr = c->saddr[0];
-	ip->daddr = c->daddr[0];
+	ip->saddr = c->saddr;
+	ip->daddr = c->daddr;
 	csum_apply(&ip->check, c->csum_l3);
 	/* sport and dport are the first 4 bytes of both TCP and UDP headers. */
 	__u16 *ports = p->l4;

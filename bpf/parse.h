@@ -59,10 +59,9 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct pkt *p)
 	p->ip4 = ip;
 	p->ip_len = tot;
 
-	p->key.saddr[0] = ip->saddr;
-	p->key.daddr[0] = ip->daddr;
+	p->key.saddr = ip->saddr;
+	p->key.daddr = ip->daddr;
 	p->key.proto = ip->protocol;
-	p->key.family = AF_INET_;
 
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return PARSE_OTHER_L4;

@@ -6,9 +6,8 @@ import (
 	"net/netip"
 )
 
-// Key is one direction of a flow, laid out exactly as struct flow_key in
-// bpf/maps.h: addresses as 16 bytes (IPv4 in the first 4), ports in network
-// byte order as they appear on the wire.
+// Key is one direction of a flow (struct flow_key in bpf/maps.h holds the
+// IPv4 addresses and ports as they appear on the wire).
 type Key struct {
 	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16 // host byte order
@@ -60,18 +59,14 @@ func hashFinal(h uint32) uint32 {
 	return h
 }
 
-// Hash is the flow hash of bpf/hash.h, bit for bit.
+// Hash is the flow hash of bpf/hash.h, bit for bit (IPv4 flows).
 func (k Key) Hash(seed uint32) uint32 {
 	h := seed
-	for _, w := range AddrWords(k.Src) {
-		h = hashMix(h, w)
-	}
-	for _, w := range AddrWords(k.Dst) {
-		h = hashMix(h, w)
-	}
+	h = hashMix(h, AddrWords(k.Src)[0])
+	h = hashMix(h, AddrWords(k.Dst)[0])
 	h = hashMix(h, PortWord(k.SrcPort)|PortWord(k.DstPort)<<16)
 	h = hashMix(h, uint32(k.Proto)|uint32(k.Family())<<8)
-	return hashFinal(h ^ 40)
+	return hashFinal(h ^ 16)
 }
 
 // PortCandStep spaces the LIP/port candidates a new Full-NAT flow probes.

@@ -28,8 +28,8 @@ type mbxConfig struct {
 
 type mbxConn struct {
 	_        structs.HostLayout
-	Saddr    [4]uint32
-	Daddr    [4]uint32
+	Saddr    uint32
+	Daddr    uint32
 	Sport    uint16
 	Dport    uint16
 	CsumL3   uint32
@@ -50,14 +50,13 @@ type mbxConn struct {
 }
 
 type mbxFlowKey struct {
-	_      structs.HostLayout
-	Saddr  [4]uint32
-	Daddr  [4]uint32
-	Sport  uint16
-	Dport  uint16
-	Proto  uint8
-	Family uint8
-	Pad    uint16
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
 }
 
 type mbxLaddr struct {

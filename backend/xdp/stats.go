@@ -45,8 +45,11 @@ func (b *Backend) walk(fn func(k *mbxFlowKey, c *mbxConn, alive bool, now uint64
 }
 
 func twinKey(k *mbxFlowKey, c *mbxConn) mbxFlowKey {
-	return mbxFlowKey{Saddr: c.Daddr, Daddr: c.Saddr, Sport: c.Dport, Dport: c.Sport, Proto: k.Proto, Family: k.Family}
+	return mbxFlowKey{Saddr: c.Daddr, Daddr: c.Saddr, Sport: c.Dport, Dport: c.Sport, Proto: k.Proto}
 }
+
+// addr4 turns an address word of the datapath back into an address.
+func addr4(w uint32) netip.Addr { return wordsAddr([4]uint32{w}, 2) }
 
 // sweepOnce deletes dead connections (both entries) and recounts.
 func (b *Backend) sweepOnce() {
@@ -59,7 +62,7 @@ func (b *Backend) sweepOnce() {
 		}
 		r.entries++
 		if c.Flags&1 != 0 { // reply entry: keyed RS -> LIP
-			r.lipConns[wordsAddr(k.Daddr, k.Family)]++
+			r.lipConns[addr4(k.Daddr)]++
 			return
 		}
 		if flow.State(c.State) == flow.StateEstablished {
@@ -158,14 +161,13 @@ func (b *Backend) Conns(limit int) ([]backend.Conn, error) {
 		if !alive || c.Flags&1 != 0 || (limit > 0 && len(out) >= limit) {
 			return
 		}
-		fam := k.Family
 		idle := time.Duration(now - c.LastSeen)
 		out = append(out, backend.Conn{
 			Proto:   lb.Proto(k.Proto),
-			Client:  netip.AddrPortFrom(wordsAddr(k.Saddr, fam), htons(k.Sport)),
-			Virtual: netip.AddrPortFrom(wordsAddr(k.Daddr, fam), htons(k.Dport)),
-			Local:   netip.AddrPortFrom(wordsAddr(c.Saddr, fam), htons(c.Sport)),
-			Real:    netip.AddrPortFrom(wordsAddr(c.Daddr, fam), htons(c.Dport)),
+			Client:  netip.AddrPortFrom(addr4(k.Saddr), htons(k.Sport)),
+			Virtual: netip.AddrPortFrom(addr4(k.Daddr), htons(k.Dport)),
+			Local:   netip.AddrPortFrom(addr4(c.Saddr), htons(c.Sport)),
+			Real:    netip.AddrPortFrom(addr4(c.Daddr), htons(c.Dport)),
 			State:   flow.State(c.State),
 			Expire:  max(0, to[c.State%flow.NumStates]-idle),
 		})
