@@ -2,6 +2,7 @@
 build:
 	go build -o mbx ./cmd/mbx
 generate:
+	bash scripts/setup.sh --clang
 	go generate ./...
 test:
 	bash scripts/test.sh

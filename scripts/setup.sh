@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what mbx's demo, tests and benchmarks need on Debian 12 / Ubuntu
-# (as root). Idempotent; safe to run every time.
+# (as root). Idempotent; safe to run every time. With --clang also the BPF
+# toolchain, needed only to regenerate the committed BPF objects.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root" >&2; exit 1; }
 
-pkgs=(iproute2 ethtool curl nginx-light iperf3 wrk tcpdump nftables util-linux procps
-      clang llvm libbpf-dev linux-libc-dev)
+pkgs=(iproute2 ethtool curl nginx-light iperf3 wrk tcpdump nftables util-linux procps)
+[ "${1:-}" = "--clang" ] && pkgs+=(clang llvm libbpf-dev linux-libc-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
