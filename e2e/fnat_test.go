@@ -242,10 +242,11 @@ func TestFullNATIperf(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &r); err != nil || r.Error != "" {
 			t.Fatalf("iperf3: %v %s", err, r.Error)
 		}
-		// The sender completes only when all 1 GiB was acknowledged; the
-		// receiver's summary closes its last interval a little early (an
-		// iperf3 reporting quirk), so allow it 64 KiB of slack.
-		if r.End.SumSent.Bytes < 1<<30 || r.End.SumReceived.Bytes < 1<<30-64<<10 {
+		// The sender completes only when TCP acknowledged all 1 GiB (a broken
+		// path stalls or errors instead); iperf3's receiver summary closes its
+		// last interval early by up to a few socket buffers, so it is only
+		// checked to 99%. Byte integrity is the sha256 download tests' job.
+		if r.End.SumSent.Bytes < 1<<30 || r.End.SumReceived.Bytes < 0.99*(1<<30) {
 			t.Fatalf("sent %.0f, received %.0f bytes, want 1 GiB", r.End.SumSent.Bytes, r.End.SumReceived.Bytes)
 		}
 		t.Logf("1 GiB at %.2f Gbit/s", r.End.SumReceived.BitsPerSecond/1e9)
