@@ -10,7 +10,14 @@
 #define MAX_LADDRS 4096
 #define MAX_IFACES 64
 /* Slots of all scheduler tables together; a service owns a contiguous range. */
-#define SCHED_SLOTS (1 << 20)
+#define SCHED_SLOTS (1 << 22)
+
+/* svc.flags: how new flows index the service's table (lb.Pick). */
+#define PICK_RR 0
+#define PICK_SRC 1
+#define PICK_DST 2
+#define PICK_FLOW 3
+#define PICK_MASK 3
 /* How many LIP/port candidates a new Full-NAT connection probes. */
 #define PORT_TRIES 16
 

@@ -42,6 +42,16 @@ static __always_inline __u32 flow_hash(const struct flow_key *k, __u32 seed)
 	return hash_final(h ^ 16);
 }
 
+/* Scheduling hashes (flow/hash.go SchedIndex): mh re-mixes the flow hash so
+ * the real-server pick and the LIP/port pick are independent; sh/dh hash one
+ * address. */
+#define SCHED_SALT 0x5bd1e995
+
+static __always_inline __u32 sched_hash(__u32 addr, __u32 seed)
+{
+	return hash_final(hash_mix(seed ^ SCHED_SALT, addr));
+}
+
 /* Candidate i for a new Full-NAT connection's LIP and local port. */
 #define PORT_CAND_STEP 0x9e3779b1
 

@@ -58,7 +58,7 @@ struct svc {
 	__u32 sched_len;  /* 0: no usable real server */
 	__u32 laddr_base; /* first entry in laddrs */
 	__u32 laddr_len;
-	__u32 flags;
+	__u32 flags; /* PICK_* */
 };
 
 struct real {

@@ -60,11 +60,27 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 		count(CNT_DROP_NO_REAL);
 		return XDP_DROP;
 	}
-	__u32 sid = s->id;
-	__u32 *pos = bpf_map_lookup_elem(&sched_pos, &sid);
-	if (!pos)
-		return XDP_DROP;
-	__u32 slot = s->sched_base + (__sync_fetch_and_add(pos, 1) % s->sched_len);
+	__u32 h = flow_hash(&p->key, cfg->hash_seed);
+	__u32 n;
+	switch (s->flags & PICK_MASK) {
+	case PICK_SRC:
+		n = sched_hash(p->key.saddr, cfg->hash_seed);
+		break;
+	case PICK_DST:
+		n = sched_hash(p->key.daddr, cfg->hash_seed);
+		break;
+	case PICK_FLOW:
+		n = hash_final(h ^ SCHED_SALT);
+		break;
+	default: {
+		__u32 sid = s->id;
+		__u32 *pos = bpf_map_lookup_elem(&sched_pos, &sid);
+		if (!pos)
+			return XDP_DROP;
+		n = __sync_fetch_and_add(pos, 1);
+	}
+	}
+	__u32 slot = s->sched_base + n % s->sched_len;
 	__u32 *rid = bpf_map_lookup_elem(&sched_slots, &slot);
 	if (!rid)
 		return XDP_DROP;
@@ -80,7 +96,6 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 	}
 
 	__u32 range = (__u32)cfg->port_hi - cfg->port_lo + 1;
-	__u32 h = flow_hash(&p->key, cfg->hash_seed);
 	__u8 state = p->key.proto == IPPROTO_TCP ? cfg->fsm[DIR_INPUT][0][TCPS_NONE] : UDP_STATE;
 
 	struct flow_key rk = {};

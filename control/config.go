@@ -15,6 +15,7 @@ import (
 // The YAML configuration file (mbx run --config FILE):
 //
 //	timeouts: {tcp: 900, tcpfin: 120, udp: 300}   # as ipvsadm --set
+//	maglev: {size: 65537, seed: 0}                 # mh/sh/dh tables; equal on every node
 //	addresses:
 //	  - {addr: 198.18.0.100/32, dev: wan0}
 //	services:
@@ -26,9 +27,10 @@ import (
 //	    laddrs:
 //	      - {addr: 198.18.1.200, dev: lan0}
 type fileConfig struct {
-	Timeouts  *lb.Timeouts  `yaml:"timeouts"`
-	Addresses []fileAddr    `yaml:"addresses"`
-	Services  []fileService `yaml:"services"`
+	Timeouts  *lb.Timeouts     `yaml:"timeouts"`
+	Maglev    *lb.MaglevParams `yaml:"maglev"`
+	Addresses []fileAddr       `yaml:"addresses"`
+	Services  []fileService    `yaml:"services"`
 }
 
 type fileAddr struct {
@@ -140,6 +142,13 @@ func ParseConfig(data []byte) ([]lb.Op, error) {
 		if err := cfg.Validate(); err != nil {
 			return nil, lineError{nodeLine(&root, "timeouts"), err}
 		}
+	}
+	if fc.Maglev != nil {
+		cfg.Maglev = *fc.Maglev
+		if err := cfg.Validate(); err != nil {
+			return nil, lineError{nodeLine(&root, "maglev"), err}
+		}
+		ops = append(ops, lb.Op{Kind: lb.OpSetMaglev, Maglev: *fc.Maglev})
 	}
 	for i, a := range fc.Addresses {
 		line := nodeLine(&root, "addresses", i)

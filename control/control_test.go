@@ -26,6 +26,7 @@ func TestParseConfigErrorsNameTheLine(t *testing.T) {
 		{"unknown protocol", "services:\n  - vip: 198.18.0.100:80\n    proto: sctp\n", "2: unknown protocol"},
 		{"bad laddr", "services:\n  - vip: 198.18.0.100:80\n    laddrs:\n      - {addr: x, dev: lan0}\n", "4: malformed local address"},
 		{"bad address", "addresses:\n  - {addr: 198.18.0.100, dev: wan0}\n", "2: malformed address"},
+		{"maglev size not prime", "maglev: {size: 65536}\n", "1: maglev table size"},
 	} {
 		_, err := ParseConfig([]byte(tc.text))
 		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
@@ -36,6 +37,7 @@ func TestParseConfigErrorsNameTheLine(t *testing.T) {
 
 func TestParseConfigGood(t *testing.T) {
 	ops, err := ParseConfig([]byte(`
+maglev: {size: 251, seed: 9}
 addresses:
   - {addr: 198.18.0.100/32, dev: wan0}
 services:
@@ -56,7 +58,7 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Services) != 2 || len(cfg.Addresses) != 1 || cfg.Services[0].Reals[0].Weight != 3 || cfg.Services[0].Reals[1].Port != 8080 {
+	if cfg.Maglev.Size != 251 || cfg.Maglev.Seed != 9 || len(cfg.Services) != 2 || len(cfg.Addresses) != 1 || cfg.Services[0].Reals[0].Weight != 3 || cfg.Services[0].Reals[1].Port != 8080 {
 		t.Fatalf("config %+v", cfg.Services[0])
 	}
 	if _, err := LoadConfigFile(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {

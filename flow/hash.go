@@ -80,3 +80,28 @@ func LocalCandidate(h uint32, i int, nLIPs int, lo, hi uint16) (lip int, port ui
 	rng := uint32(hi) - uint32(lo) + 1
 	return int(c % uint32(nLIPs)), uint16(uint32(lo) + (c>>8)%rng)
 }
+
+// schedSalt separates the scheduling hash from the LIP/port hash.
+const schedSalt = 0x5bd1e995
+
+// Pick modes (lb.Pick), repeated here to keep flow free of lb.
+const (
+	PickRoundRobin = 0
+	PickSource     = 1
+	PickDest       = 2
+	PickFlow       = 3
+)
+
+// SchedHash is the number a datapath reduces modulo the table length to pick
+// a real server for a new flow under a hash scheduler (bpf/mbx.c new_conn):
+// every node and backend picks the same real server for the same flow.
+func (k Key) SchedHash(pick int, seed uint32) uint32 {
+	switch pick {
+	case PickSource:
+		return hashFinal(hashMix(seed^schedSalt, AddrWords(k.Src)[0]))
+	case PickDest:
+		return hashFinal(hashMix(seed^schedSalt, AddrWords(k.Dst)[0]))
+	default:
+		return hashFinal(k.Hash(seed) ^ schedSalt)
+	}
+}

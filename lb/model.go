@@ -104,14 +104,15 @@ type Timeouts struct {
 // Config is the whole desired state. Services are kept sorted by key so
 // derived tables come out identical on every node.
 type Config struct {
-	Services  []*Service `json:"services"`
-	Addresses []IfAddr   `json:"addresses"`
-	Timeouts  Timeouts   `json:"timeouts"`
+	Services  []*Service   `json:"services"`
+	Addresses []IfAddr     `json:"addresses"`
+	Timeouts  Timeouts     `json:"timeouts"`
+	Maglev    MaglevParams `json:"maglev"`
 }
 
 // Clone returns a deep copy.
 func (c *Config) Clone() *Config {
-	n := &Config{Addresses: slices.Clone(c.Addresses), Timeouts: c.Timeouts}
+	n := &Config{Addresses: slices.Clone(c.Addresses), Timeouts: c.Timeouts, Maglev: c.Maglev}
 	for _, s := range c.Services {
 		cs := *s
 		cs.Reals = slices.Clone(s.Reals)
@@ -151,6 +152,9 @@ func (c *Config) Validate() error {
 		if _, isLIP := lips[s.Key.Addr]; isLIP {
 			return fmt.Errorf("service %s: address %s is also a local address (LIP)", s.Key, s.Key.Addr)
 		}
+	}
+	if err := c.Maglev.validate(); err != nil {
+		return err
 	}
 	for _, t := range []int{c.Timeouts.TCP, c.Timeouts.TCPFin, c.Timeouts.UDP} {
 		if t < 0 || t > 31*24*3600 {

@@ -22,17 +22,19 @@ const (
 	OpAddAddr     OpKind = "add-addr"
 	OpDelAddr     OpKind = "del-addr"
 	OpSetTimeout  OpKind = "set-timeouts"
+	OpSetMaglev   OpKind = "set-maglev"
 )
 
 // Op is one change; which fields matter depends on Kind.
 type Op struct {
-	Kind      OpKind     `json:"kind"`
-	Service   ServiceKey `json:"service"`
-	Scheduler string     `json:"scheduler,omitempty"`
-	Real      Real       `json:"real"`
-	Laddr     LocalAddr  `json:"laddr"`
-	Addr      IfAddr     `json:"addr"`
-	Timeouts  Timeouts   `json:"timeouts"`
+	Kind      OpKind       `json:"kind"`
+	Service   ServiceKey   `json:"service"`
+	Scheduler string       `json:"scheduler,omitempty"`
+	Real      Real         `json:"real"`
+	Laddr     LocalAddr    `json:"laddr"`
+	Addr      IfAddr       `json:"addr"`
+	Timeouts  Timeouts     `json:"timeouts"`
+	Maglev    MaglevParams `json:"maglev"`
 }
 
 // DefaultScheduler is used when -s is omitted. ipvsadm defaults to wlc,
@@ -45,6 +47,9 @@ func (c *Config) Apply(op Op) error {
 	switch op.Kind {
 	case OpClear:
 		c.Services = nil
+		return nil
+	case OpSetMaglev:
+		c.Maglev = op.Maglev
 		return nil
 	case OpSetTimeout:
 		// As ipvsadm --set: a 0 keeps the current value.

@@ -5,17 +5,35 @@ import (
 	"sort"
 )
 
-// A Scheduler turns a service's real servers into a lookup table: a sequence
-// of indices into reals. Datapaths pick table[position % len] for a new flow
-// (rr, wrr). Real servers with weight 0 never appear (drained).
+// Pick is how a datapath indexes a service's table for a new flow.
+type Pick uint8
+
+const (
+	PickRoundRobin Pick = iota // table[position++ % len] (rr, wrr)
+	PickSource                 // table[hash(source address) % len] (sh)
+	PickDest                   // table[hash(destination address) % len] (dh)
+	PickFlow                   // table[hash(flow) % len] (mh: Maglev)
+)
+
+// A Scheduler turns a service's real servers into a lookup table: indices
+// into reals, which datapaths index as Pick says. Real servers with weight 0
+// never appear (drained). Tables are computed here, once, for every backend.
 type Scheduler interface {
-	Table(reals []Real) []int
+	Table(reals []Real, p MaglevParams) []int
+	Pick() Pick
 }
 
-// SchedulerFunc adapts a function to Scheduler.
-type SchedulerFunc func(reals []Real) []int
+type scheduler struct {
+	table func(reals []Real, p MaglevParams) []int
+	pick  Pick
+}
 
-func (f SchedulerFunc) Table(reals []Real) []int { return f(reals) }
+func (s scheduler) Table(reals []Real, p MaglevParams) []int { return s.table(reals, p) }
+func (s scheduler) Pick() Pick                               { return s.pick }
+
+func sequence(f func([]Real) []int) func([]Real, MaglevParams) []int {
+	return func(r []Real, _ MaglevParams) []int { return f(r) }
+}
 
 var schedulers = map[string]Scheduler{}
 
@@ -42,8 +60,13 @@ func Schedulers() []string {
 const MaxTable = 1 << 16
 
 func init() {
-	RegisterScheduler("rr", SchedulerFunc(roundRobin))
-	RegisterScheduler("wrr", SchedulerFunc(weightedRoundRobin))
+	RegisterScheduler("rr", scheduler{sequence(roundRobin), PickRoundRobin})
+	RegisterScheduler("wrr", scheduler{sequence(weightedRoundRobin), PickRoundRobin})
+	// Consistent hashing for all three hash schedulers: IPVS's sh/dh use a
+	// 256-entry table that reshuffles on every change; Maglev moves ~1/N.
+	RegisterScheduler("sh", scheduler{Maglev, PickSource})
+	RegisterScheduler("dh", scheduler{Maglev, PickDest})
+	RegisterScheduler("mh", scheduler{Maglev, PickFlow})
 }
 
 func roundRobin(reals []Real) []int {

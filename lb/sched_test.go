@@ -42,7 +42,7 @@ func TestSchedulerTables(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s not registered", tc.sched)
 		}
-		table := s.Table(reals(tc.weights...))
+		table := s.Table(reals(tc.weights...), MaglevParams{})
 		if got := counts(table, len(tc.weights)); !slices.Equal(got, tc.want) {
 			t.Errorf("%s %v: counts %v, want %v", tc.sched, tc.weights, got, tc.want)
 		}
@@ -54,7 +54,7 @@ func TestSchedulerTables(t *testing.T) {
 
 func TestWRRLargeWeightsAreScaled(t *testing.T) {
 	s, _ := LookupScheduler("wrr")
-	table := s.Table(reals(65535, 65534, 1, 40000))
+	table := s.Table(reals(65535, 65534, 1, 40000), MaglevParams{})
 	if len(table) > MaxTable {
 		t.Fatalf("table of %d slots exceeds %d", len(table), MaxTable)
 	}
@@ -71,9 +71,9 @@ func TestWRRLargeWeightsAreScaled(t *testing.T) {
 func TestTablesAreDeterministic(t *testing.T) {
 	for _, name := range Schedulers() {
 		s, _ := LookupScheduler(name)
-		a := s.Table(reals(3, 5, 7, 0, 2))
+		a := s.Table(reals(3, 5, 7, 0, 2), MaglevParams{})
 		for i := 0; i < 10; i++ {
-			if b := s.Table(reals(3, 5, 7, 0, 2)); !slices.Equal(a, b) {
+			if b := s.Table(reals(3, 5, 7, 0, 2), MaglevParams{}); !slices.Equal(a, b) {
 				t.Fatalf("%s: tables differ between runs", name)
 			}
 		}

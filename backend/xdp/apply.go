@@ -38,7 +38,13 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 	}
 	b.pending = nil
 
-	if err := b.checkCapacity(cfg); err != nil {
+	// Each service's scheduler table, computed once per Apply.
+	tables := map[lb.ServiceKey][]int{}
+	for _, s := range cfg.Services {
+		sch, _ := lb.LookupScheduler(s.Scheduler)
+		tables[s.Key] = sch.Table(s.Reals, cfg.Maglev)
+	}
+	if err := b.checkCapacity(cfg, tables); err != nil {
 		return err
 	}
 	if to := cfg.Timeouts.Effective(b.baseTO); to != b.opts.Timeouts {
@@ -51,7 +57,7 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 	wantLocals := map[mbxLocalKey]uint32{}
 	for _, s := range cfg.Services {
 		want[s.Key] = true
-		if err := b.applyService(s); err != nil {
+		if err := b.applyService(s, tables[s.Key]); err != nil {
 			return fmt.Errorf("service %s: %w", s.Key, err)
 		}
 		wantLocals[localKey(s.Key.Addr)] |= 1
@@ -103,13 +109,12 @@ func (b *Backend) writeLocalBits() error {
 	return nil
 }
 
-func (b *Backend) checkCapacity(cfg *lb.Config) error {
+func (b *Backend) checkCapacity(cfg *lb.Config, tables map[lb.ServiceKey][]int) error {
 	nReals, nSlots, nLaddrs := 0, 0, 0
 	for _, s := range cfg.Services {
 		nReals += len(s.Reals)
 		nLaddrs += len(s.LocalAddrs)
-		sch, _ := lb.LookupScheduler(s.Scheduler)
-		nSlots += len(sch.Table(s.Reals))
+		nSlots += len(tables[s.Key])
 	}
 	switch {
 	case len(cfg.Services) > maxServices:
@@ -132,7 +137,7 @@ func svcKey(k lb.ServiceKey) mbxSvcKey {
 	return mbxSvcKey{Addr: addrWords(k.Addr), Port: htons(k.Port), Proto: uint8(k.Proto), Family: family(k.Addr)}
 }
 
-func (b *Backend) applyService(s *lb.Service) error {
+func (b *Backend) applyService(s *lb.Service, schedTable []int) error {
 	ps := b.services[s.Key]
 	fresh := ps == nil
 	if fresh {
@@ -172,13 +177,14 @@ func (b *Backend) applyService(s *lb.Service) error {
 		}
 	}
 
-	// Scheduler table.
+	// Scheduler table and how the datapath indexes it.
 	sch, _ := lb.LookupScheduler(s.Scheduler)
-	var table []uint32
-	for _, idx := range sch.Table(s.Reals) {
-		table = append(table, ids[idx])
+	table := make([]uint32, len(schedTable))
+	for i, idx := range schedTable {
+		table[i] = ids[idx]
 	}
 	entry := ps.entry
+	entry.Flags = uint32(sch.Pick())
 	if fresh || !slices.Equal(table, ps.table) {
 		base, err := b.slots.alloc(len(table))
 		if err != nil {

@@ -26,6 +26,8 @@ type testDatapath struct {
 
 func ipvsadmLines(s string) ([]lb.Op, error) { return ipvsadm.ParseLines(s) }
 
+var lbLookup = lb.LookupScheduler
+
 func (d *testDatapath) Run(iface string, frame []byte) (verdict string, out []byte, err error) {
 	err = d.w.Do(func() error {
 		verdict, out, err = TestRun(d.b.Program(), d.idx[iface], frame)

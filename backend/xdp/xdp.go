@@ -25,7 +25,7 @@ const (
 	maxServices = 4096
 	maxReals    = 16384
 	maxLaddrs   = 4096
-	schedSlots  = 1 << 20
+	schedSlots  = 1 << 22 // 16 MiB; room for ~30 Maglev services of 65537 slots and their swap
 )
 
 func init() {

@@ -130,3 +130,42 @@ func TestApplyKeepsConnections(t *testing.T) {
 		}
 	}
 }
+
+// Under the hash schedulers the datapath picks exactly the real server Go
+// predicts from the same table and flow.SchedHash (ECMP peers and the DPDK
+// backend depend on it); sh keeps a client on one real server.
+func TestHashSchedulersMatchGo(t *testing.T) {
+	for _, tc := range []struct {
+		sched string
+		pick  int
+	}{{"mh", flow.PickFlow}, {"sh", flow.PickSource}, {"dh", flow.PickDest}} {
+		t.Run(tc.sched, func(t *testing.T) {
+			f, d := fixture(t, `
+				-A -t 198.18.0.100:80 -s `+tc.sched+`
+				-a -t 198.18.0.100:80 -r 198.18.1.2 -b -w 2
+				-a -t 198.18.0.100:80 -r 198.18.1.3 -b -w 1
+				-a -t 198.18.0.100:80 -r 198.18.1.4 -b -w 1
+				--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`)
+			svc := d.cfg.Services[0]
+			sch, _ := lbLookup(tc.sched)
+			table := sch.Table(svc.Reals, d.cfg.Maglev)
+			seen := map[netip.Addr]int{}
+			for sport := 43000; sport < 43200; sport++ {
+				_, out := d.send(t, f, syn(sport))
+				got, _, _ := decode(t, out)
+				k := flow.Key{Src: netip.MustParseAddr("198.18.0.2"), Dst: netip.MustParseAddr("198.18.0.100"), SrcPort: uint16(sport), DstPort: 80, Proto: 6}
+				want := svc.Reals[table[k.SchedHash(tc.pick, 0)%uint32(len(table))]].Addr
+				if got != want {
+					t.Fatalf("sport %d: datapath picked %s, Go predicts %s", sport, got, want)
+				}
+				seen[got]++
+			}
+			if tc.pick == flow.PickFlow && len(seen) != 3 {
+				t.Fatalf("mh used %d of 3 real servers: %v", len(seen), seen)
+			}
+			if tc.pick != flow.PickFlow && len(seen) != 1 {
+				t.Fatalf("%s spread one client over %v", tc.sched, seen)
+			}
+		})
+	}
+}

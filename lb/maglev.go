@@ -1,0 +1,133 @@
+package lb
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"net/netip"
+)
+
+// MaglevDefaultSize is the default lookup table size (a prime, as Maglev
+// needs; Katran and IPVS use the same).
+const MaglevDefaultSize = 65537
+
+// MaglevMaxSize bounds a table so a change always fits the datapath.
+const MaglevMaxSize = 1<<19 + 1 // not prime itself: only a bound
+
+// MaglevParams set the Maglev tables of the whole node. Every node of a
+// cluster must use the same values to build identical tables.
+type MaglevParams struct {
+	Size int    `json:"size" yaml:"size"`
+	Seed uint32 `json:"seed" yaml:"seed"`
+}
+
+func (p MaglevParams) withDefaults() MaglevParams {
+	if p.Size == 0 {
+		p.Size = MaglevDefaultSize
+	}
+	return p
+}
+
+func (p MaglevParams) validate() error {
+	if p.Size == 0 {
+		return nil
+	}
+	if p.Size < 7 || p.Size > MaglevMaxSize || !isPrime(p.Size) {
+		return fmt.Errorf("maglev table size %d must be a prime between 7 and %d", p.Size, MaglevMaxSize)
+	}
+	return nil
+}
+
+func isPrime(n int) bool {
+	if n < 2 {
+		return false
+	}
+	for d := 2; d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// realHash hashes a real server's identity (address and port) with a seed;
+// murmur3-style mixing as in flow/, so any node computes the same values.
+func realHash(a netip.Addr, port uint16, seed uint32) uint32 {
+	b := a.As16()
+	h := seed
+	for i := 0; i < 16; i += 4 {
+		k := binary.LittleEndian.Uint32(b[i:]) * 0xcc9e2d51
+		k = bits.RotateLeft32(k, 15) * 0x1b873593
+		h ^= k
+		h = bits.RotateLeft32(h, 13)*5 + 0xe6546b64
+	}
+	h ^= uint32(port)
+	h ^= h >> 16
+	h *= 0x85ebca6b
+	h ^= h >> 13
+	h *= 0xc2b2ae35
+	h ^= h >> 16
+	return h
+}
+
+// Maglev builds the weighted Maglev lookup table (Eisenbud et al., NSDI
+// 2016) with Katran's weighting: in each round every real gains its weight
+// in credit and claims its next preferred free slot per max-weight credit,
+// so slot counts follow the weights. Reals with weight 0 get no slot.
+// The result lists indices into reals, len(result) == size.
+func Maglev(reals []Real, p MaglevParams) []int {
+	p = p.withDefaults()
+	m := uint32(p.Size)
+	type cand struct {
+		idx          int
+		pos, skip    uint32 // current preference: offset + next*skip (mod m)
+		weight, cred int
+	}
+	var cs []cand
+	maxW := 0
+	for i, r := range reals {
+		if r.Weight <= 0 {
+			continue
+		}
+		h1 := realHash(r.Addr, r.Port, p.Seed)
+		h2 := realHash(r.Addr, r.Port, p.Seed^0x9e3779b9)
+		cs = append(cs, cand{idx: i, pos: h1 % m, skip: h2%(m-1) + 1, weight: r.Weight})
+		maxW = max(maxW, r.Weight)
+	}
+	if len(cs) == 0 {
+		return nil
+	}
+	entry := make([]int32, m)
+	for i := range entry {
+		entry[i] = -1
+	}
+	filled := uint32(0)
+	for {
+		for i := range cs {
+			c := &cs[i]
+			c.cred += c.weight
+			for c.cred >= maxW {
+				c.cred -= maxW
+				// Next preferred slot of this real that is still free;
+				// stepping by skip (mod m) walks its permutation.
+				for entry[c.pos] >= 0 {
+					if c.pos += c.skip; c.pos >= m {
+						c.pos -= m
+					}
+				}
+				entry[c.pos] = int32(c.idx)
+				if c.pos += c.skip; c.pos >= m {
+					c.pos -= m
+				}
+				filled++
+				if filled == m {
+					out := make([]int, m)
+					for j, e := range entry {
+						out[j] = int(e)
+					}
+					return out
+				}
+			}
+		}
+	}
+}
