@@ -20,6 +20,7 @@ func App() *ucli.App {
 			runCommand(),
 			ipvsadmCommand(),
 			addrCommand(),
+			reloadCommand(),
 			labCommand(),
 		},
 		HideHelpCommand: true,

@@ -57,6 +57,7 @@ func runCommand() *ucli.Command {
 				return err
 			}
 			d := control.NewDaemon(be, c.String("backend"), log)
+			d.SetConfigFile(c.String("config"))
 			cleanup := func() {
 				_ = d.Shutdown()
 				_ = be.Close()
@@ -74,9 +75,17 @@ func runCommand() *ucli.Command {
 			}
 			log.Info("mbx running", "backend", c.String("backend"), "ifaces", c.StringSlice("iface"), "socket", c.String("socket"))
 			sig := make(chan os.Signal, 1)
-			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-			s := <-sig
-			log.Info("stopping", "signal", s.String())
+			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+			for s := range sig {
+				if s == syscall.SIGHUP {
+					if err := d.Reload(); err != nil {
+						log.Error("reload refused; the running configuration is unchanged", "err", err)
+					}
+					continue
+				}
+				log.Info("stopping", "signal", s.String())
+				break
+			}
 			_ = srv.Close()
 			cleanup()
 			return nil

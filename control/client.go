@@ -100,3 +100,6 @@ func (c *Client) Conns(limit int) ([]backend.Conn, error) {
 	var cs []backend.Conn
 	return cs, c.call("GET", fmt.Sprintf("/v1/conns?limit=%d", limit), nil, &cs)
 }
+
+// Reload asks the daemon to re-read its configuration file.
+func (c *Client) Reload() error { return c.call("POST", "/v1/reload", nil, nil) }

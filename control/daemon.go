@@ -2,6 +2,7 @@ package control
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 
@@ -12,13 +13,14 @@ import (
 
 // Daemon holds the desired state and the backend that realises it.
 type Daemon struct {
-	mu      sync.Mutex
-	cfg     *lb.Config
-	be      backend.Backend
-	beName  string
-	owned   map[ifAddr]bool // addresses mbx added (removed again by mbx)
-	present map[ifAddr]bool // addresses currently wanted and on their device
-	log     *slog.Logger
+	mu         sync.Mutex
+	cfg        *lb.Config
+	be         backend.Backend
+	beName     string
+	owned      map[ifAddr]bool // addresses mbx added (removed again by mbx)
+	present    map[ifAddr]bool // addresses currently wanted and on their device
+	configFile string
+	log        *slog.Logger
 }
 
 // NewDaemon wraps a running backend with an empty configuration.
@@ -26,9 +28,7 @@ func NewDaemon(be backend.Backend, beName string, log *slog.Logger) *Daemon {
 	return &Daemon{cfg: &lb.Config{}, be: be, beName: beName, owned: map[ifAddr]bool{}, present: map[ifAddr]bool{}, log: log}
 }
 
-// Do applies ops together: all of them or none. The order is validate,
-// add addresses, program the backend, remove addresses no longer wanted;
-// a failure rolls back what was done.
+// Do applies ops together: all of them or none.
 func (d *Daemon) Do(ops []lb.Op) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -36,6 +36,52 @@ func (d *Daemon) Do(ops []lb.Op) error {
 	if err != nil {
 		return err
 	}
+	if err := d.apply(next); err != nil {
+		return err
+	}
+	for _, op := range ops {
+		d.log.Info("applied", "op", op.Kind, "service", op.Service.String())
+	}
+	return nil
+}
+
+// SetConfigFile names the file Reload reads.
+func (d *Daemon) SetConfigFile(path string) {
+	d.mu.Lock()
+	d.configFile = path
+	d.mu.Unlock()
+}
+
+// Reload re-reads the configuration file and makes it the running
+// configuration, applying only the difference (established connections are
+// untouched). The file replaces the configuration whole, as keepalived's
+// reload does: changes made at run time that are not in the file go. A file
+// with any error changes nothing.
+func (d *Daemon) Reload() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.configFile == "" {
+		return errors.New("no configuration file to reload (mbx run --config FILE)")
+	}
+	ops, err := LoadConfigFile(d.configFile)
+	if err != nil {
+		return err
+	}
+	next, err := (&lb.Config{}).Do(ops)
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.configFile, err)
+	}
+	if err := d.apply(next); err != nil {
+		return err
+	}
+	d.log.Info("reloaded", "file", d.configFile, "services", len(next.Services))
+	return nil
+}
+
+// apply makes next the running configuration. The order is: put addresses
+// on devices, program the backend, remove addresses no longer wanted; a
+// failure rolls back what was done. Called with d.mu held.
+func (d *Daemon) apply(next *lb.Config) error {
 	want := wantedAddrs(next)
 	var add, del []ifAddr
 	for a := range want {
@@ -92,9 +138,6 @@ func (d *Daemon) Do(ops []lb.Op) error {
 		delete(d.present, a)
 	}
 	d.cfg = next
-	for _, op := range ops {
-		d.log.Info("applied", "op", op.Kind, "service", op.Service.String())
-	}
 	return nil
 }
 
