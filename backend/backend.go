@@ -24,6 +24,8 @@ type Options struct {
 	PortLo   uint16        // Full-NAT local port range
 	PortHi   uint16
 	HashSeed uint32 // flow hash seed; equal on every node of a cluster
+	PinDir   string // keep state (and the attachment) here across restarts; "" = none
+	Fresh    bool   // discard state a previous run left in PinDir
 	Logger   *slog.Logger
 }
 
@@ -57,6 +59,11 @@ type Backend interface {
 	Conns(limit int) ([]Conn, error)
 	// Close detaches from every interface and releases everything.
 	Close() error
+	// Handover exits leaving the data plane running with its state, for
+	// the next start to take over (restart or upgrade without loss).
+	Handover() error
+	// Adopted is how many services a previous run left running.
+	Adopted() int
 }
 
 // Counters are IPVS's per-service / per-real statistics.

@@ -21,6 +21,7 @@ func App() *ucli.App {
 			ipvsadmCommand(),
 			addrCommand(),
 			reloadCommand(),
+			stopCommand(),
 			labCommand(),
 		},
 		HideHelpCommand: true,

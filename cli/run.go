@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	ucli "github.com/urfave/cli/v2"
@@ -26,6 +28,9 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "xdp-mode", Value: "native", Usage: "native or generic"},
 			&ucli.IntFlag{Name: "conn-max", Value: 1 << 20, Usage: "connections the table holds"},
 			&ucli.UintFlag{Name: "hash-seed", Usage: "flow hash seed; give every node of a cluster the same one"},
+			&ucli.StringFlag{Name: "instance", Usage: "instance name for pinned state /sys/fs/bpf/mbx/NAME (default: the socket's file name)"},
+			&ucli.StringFlag{Name: "pin-dir", Usage: "where state is pinned for restarts without loss (default /sys/fs/bpf/mbx/INSTANCE; 'none' disables)"},
+			&ucli.BoolFlag{Name: "fresh", Usage: "discard state a previous run left (drops its connections)"},
 			&ucli.StringFlag{Name: "log-level", Value: "info"},
 		},
 		Action: func(c *ucli.Context) error {
@@ -46,7 +51,20 @@ func runCommand() *ucli.Command {
 			if c.Int("conn-max") < 1 {
 				return fmt.Errorf("--conn-max must be positive")
 			}
+			instance := c.String("instance")
+			if instance == "" {
+				instance = strings.TrimSuffix(filepath.Base(c.String("socket")), ".sock")
+			}
+			pinDir := c.String("pin-dir")
+			switch pinDir {
+			case "":
+				pinDir = filepath.Join("/sys/fs/bpf/mbx", instance)
+			case "none":
+				pinDir = ""
+			}
 			be, err := backend.Open(c.String("backend"), backend.Options{
+				PinDir:   pinDir,
+				Fresh:    c.Bool("fresh"),
 				Ifaces:   c.StringSlice("iface"),
 				XDPMode:  c.String("xdp-mode"),
 				ConnMax:  c.Int("conn-max"),
@@ -58,14 +76,27 @@ func runCommand() *ucli.Command {
 			}
 			d := control.NewDaemon(be, c.String("backend"), log)
 			d.SetConfigFile(c.String("config"))
+			if pinDir != "" {
+				d.SetStateFile(filepath.Join(filepath.Dir(c.String("socket")), instance+".state.json"))
+			}
 			cleanup := func() {
 				_ = d.Shutdown()
 				_ = be.Close()
 			}
-			if len(ops) > 0 {
+			switch {
+			case len(ops) > 0:
 				if err := d.Do(ops); err != nil {
 					cleanup()
 					return fmt.Errorf("%s: %w", c.String("config"), err)
+				}
+			case be.Adopted() > 0:
+				// A restart took over a running data plane: keep serving
+				// what it was configured with.
+				if ok, err := d.RestoreState(); err != nil {
+					cleanup()
+					return err
+				} else if ok {
+					log.Info("restored the configuration of the previous run", "services", be.Adopted())
 				}
 			}
 			srv, err := control.Listen(d, c.String("socket"))
@@ -75,18 +106,35 @@ func runCommand() *ucli.Command {
 			}
 			log.Info("mbx running", "backend", c.String("backend"), "ifaces", c.StringSlice("iface"), "socket", c.String("socket"))
 			sig := make(chan os.Signal, 1)
-			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-			for s := range sig {
-				if s == syscall.SIGHUP {
-					if err := d.Reload(); err != nil {
-						log.Error("reload refused; the running configuration is unchanged", "err", err)
+			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR2)
+			stop := make(chan bool, 1)
+			srv.Stop = func(keep bool) { stop <- keep }
+			keep := false
+		wait:
+			for {
+				select {
+				case s := <-sig:
+					if s == syscall.SIGHUP {
+						if err := d.Reload(); err != nil {
+							log.Error("reload refused; the running configuration is unchanged", "err", err)
+						}
+						continue
 					}
-					continue
+					keep = s == syscall.SIGUSR2
+					log.Info("stopping", "signal", s.String(), "keep_datapath", keep)
+					break wait
+				case keep = <-stop:
+					log.Info("stopping", "request", "mbx stop", "keep_datapath", keep)
+					break wait
 				}
-				log.Info("stopping", "signal", s.String())
-				break
 			}
 			_ = srv.Close()
+			if keep && pinDir != "" {
+				// Restart/upgrade without loss: the pinned datapath keeps
+				// forwarding until the next `mbx run` takes it over.
+				d.Handover()
+				return be.Handover()
+			}
 			cleanup()
 			return nil
 		},

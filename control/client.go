@@ -103,3 +103,13 @@ func (c *Client) Conns(limit int) ([]backend.Conn, error) {
 
 // Reload asks the daemon to re-read its configuration file.
 func (c *Client) Reload() error { return c.call("POST", "/v1/reload", nil, nil) }
+
+// Stop asks the daemon to exit; with keep it leaves the data plane running
+// for the next start to take over.
+func (c *Client) Stop(keep bool) error {
+	q := ""
+	if keep {
+		q = "?keep=1"
+	}
+	return c.call("POST", "/v1/stop"+q, nil, nil)
+}

@@ -83,6 +83,8 @@ func (f *fakeBackend) Apply(c *lb.Config) error {
 func (f *fakeBackend) Snapshot() (*backend.Snapshot, error) { return &backend.Snapshot{}, nil }
 func (f *fakeBackend) Conns(int) ([]backend.Conn, error)    { return nil, nil }
 func (f *fakeBackend) Close() error                         { return nil }
+func (f *fakeBackend) Handover() error                      { return nil }
+func (f *fakeBackend) Adopted() int                         { return 0 }
 
 func TestDaemonIsAllOrNothing(t *testing.T) {
 	fb := &fakeBackend{}

@@ -1,9 +1,12 @@
 package control
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"os"
 	"sync"
 
 	"github.com/mbx-net/mbx/backend"
@@ -20,6 +23,7 @@ type Daemon struct {
 	owned      map[ifAddr]bool // addresses mbx added (removed again by mbx)
 	present    map[ifAddr]bool // addresses currently wanted and on their device
 	configFile string
+	stateFile  string // desired state saved for a restart ("" = none)
 	log        *slog.Logger
 }
 
@@ -138,7 +142,84 @@ func (d *Daemon) apply(next *lb.Config) error {
 		delete(d.present, a)
 	}
 	d.cfg = next
+	d.saveState()
 	return nil
+}
+
+// savedState is what a restarted daemon needs that the data plane does not
+// hold: the desired state and which addresses mbx put on devices.
+type savedState struct {
+	Config *lb.Config `json:"config"`
+	Owned  []ifAddrJS `json:"owned"`
+}
+
+type ifAddrJS struct {
+	Prefix netip.Prefix `json:"prefix"`
+	Dev    string       `json:"dev"`
+}
+
+// SetStateFile names the file the desired state is saved to after every
+// change (for restarts without loss).
+func (d *Daemon) SetStateFile(path string) {
+	d.mu.Lock()
+	d.stateFile = path
+	d.mu.Unlock()
+}
+
+func (d *Daemon) saveState() {
+	if d.stateFile == "" {
+		return
+	}
+	st := savedState{Config: d.cfg}
+	for a := range d.owned {
+		st.Owned = append(st.Owned, ifAddrJS{a.prefix, a.dev})
+	}
+	b, err := json.Marshal(st)
+	if err == nil {
+		tmp := d.stateFile + ".tmp"
+		if err = os.WriteFile(tmp, b, 0o600); err == nil {
+			err = os.Rename(tmp, d.stateFile)
+		}
+	}
+	if err != nil {
+		d.log.Warn("saving state for restarts", "file", d.stateFile, "err", err)
+	}
+}
+
+// RestoreState makes the saved desired state running again (after a
+// restart that took over a running data plane); false if there is none.
+func (d *Daemon) RestoreState() (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stateFile == "" {
+		return false, nil
+	}
+	b, err := os.ReadFile(d.stateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var st savedState
+	if err := json.Unmarshal(b, &st); err != nil || st.Config == nil {
+		return false, fmt.Errorf("state file %s is unreadable: %v", d.stateFile, err)
+	}
+	if err := st.Config.Validate(); err != nil {
+		return false, fmt.Errorf("state file %s: %w", d.stateFile, err)
+	}
+	for _, a := range st.Owned {
+		d.owned[ifAddr{a.Prefix, a.Dev}] = true
+	}
+	return true, d.apply(st.Config)
+}
+
+// Handover leaves addresses and the saved state in place for the next
+// daemon (restart without loss); the backend is handed over by its owner.
+func (d *Daemon) Handover() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.saveState()
 }
 
 // Config returns a copy of the running configuration.
@@ -186,5 +267,8 @@ func (d *Daemon) Shutdown() error {
 	}
 	d.owned = map[ifAddr]bool{}
 	d.present = map[ifAddr]bool{}
+	if d.stateFile != "" {
+		_ = os.Remove(d.stateFile)
+	}
 	return errors.Join(errs...)
 }

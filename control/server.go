@@ -18,6 +18,9 @@ const DefaultSocket = "/run/mbx/mbx.sock"
 
 // Server serves a Daemon's API on a unix socket.
 type Server struct {
+	// Stop, when set, is called by `mbx stop` (keep: hand the data plane over).
+	Stop func(keep bool)
+
 	d    *Daemon
 	path string
 	ln   net.Listener
@@ -54,6 +57,12 @@ func Listen(d *Daemon, path string) (*Server, error) {
 	mux.HandleFunc("GET /v1/status", s.status)
 	mux.HandleFunc("GET /v1/config", s.config)
 	mux.HandleFunc("GET /v1/conns", s.conns)
+	mux.HandleFunc("POST /v1/stop", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, nil)
+		if s.Stop != nil {
+			go s.Stop(r.URL.Query().Get("keep") == "1")
+		}
+	})
 	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) { reply(w, struct{}{}, s.d.Reload()) })
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go s.srv.Serve(ln)

@@ -18,8 +18,9 @@ import (
 
 const vip = "198.18.0.100"
 
-// twoArm is the DPVS tutorial's two-arm Full-NAT with nginx on both RSs.
-func twoArm(t *testing.T) (*env, string) {
+// twoArmNoDaemon is the DPVS tutorial's two-arm topology with nginx on both
+// real servers (serving a 20 MB file whose sha256 it returns).
+func twoArmNoDaemon(t *testing.T) (*env, string) {
 	need(t, "nginx", "curl", "ethtool")
 	e := newEnv(t, "fnat-two-arm")
 	files := e.dir + "/files"
@@ -27,6 +28,12 @@ func twoArm(t *testing.T) (*env, string) {
 	sum := writeRandom(t, filepath.Join(files, "20M.bin"), 20<<20)
 	e.nginx("rs1", files)
 	e.nginx("rs2", files)
+	return e, sum
+}
+
+// twoArm adds mbx and the tutorial's Full-NAT service.
+func twoArm(t *testing.T) (*env, string) {
+	e, sum := twoArmNoDaemon(t)
 	e.startDaemon("--iface", "wan0", "--iface", "lan0")
 	e.mustMbx("addr", "add", vip+"/32", "dev", "wan0")
 	e.ipvsadm(`

@@ -53,6 +53,8 @@ type Backend struct {
 	fibGen  uint32
 	baseTO  flow.Timeouts // from Options; the config's --set values apply on top
 	fibDone chan struct{}
+	adopted int
+	created map[link.Link]bool // links this run attached (not taken over)
 	stop    chan struct{}
 	done    chan struct{}
 	sweep   sweepResult
@@ -89,12 +91,30 @@ func Load(opts backend.Options) (*Backend, error) {
 		laddrIdx: newRangeAlloc(maxLaddrs),
 		retired:  map[lb.ServiceKey]backend.Counters{},
 	}
-	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
+	var copts *ebpf.CollectionOptions
+	if opts.PinDir != "" {
+		if err := preparePins(spec, opts.PinDir, opts.Fresh); err != nil {
+			return nil, err
+		}
+		copts = &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}
+	}
+	if err := spec.LoadAndAssign(&b.objs, copts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.Is(err, os.ErrPermission) && !errors.As(err, &ve) {
 			return nil, fmt.Errorf("loading the XDP datapath: %w (mbx needs root or CAP_BPF+CAP_NET_ADMIN)", err)
 		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("state pinned in %s does not fit this mbx or --conn-max: %w; start with --fresh to discard it (drops its connections)", opts.PinDir, err)
+		}
 		return nil, fmt.Errorf("loading the XDP datapath: %w", err)
+	}
+	if opts.PinDir != "" {
+		n, err := b.adopt()
+		if err != nil {
+			b.objs.Close()
+			return nil, fmt.Errorf("reading pinned state in %s: %w", opts.PinDir, err)
+		}
+		b.adopted = n
 	}
 	b.baseTO = opts.Timeouts
 	if err := b.writeConfig(); err != nil {
@@ -160,7 +180,11 @@ func Open(opts backend.Options) (*Backend, error) {
 		if err != nil {
 			return nil, fmt.Errorf("interface %s: %w", name, err)
 		}
-		if x := l.Attrs().Xdp; x != nil && x.Attached {
+		if pl, err := pinnedLink(opts.PinDir, name); err != nil {
+			return nil, fmt.Errorf("pinned link for %s: %w", name, err)
+		} else if pl != nil {
+			pl.Close() // ours, from a previous run: taken over below
+		} else if x := l.Attrs().Xdp; x != nil && x.Attached {
 			return nil, fmt.Errorf("interface %s already has an XDP program (id %d); remove it first (ip link set dev %s xdp off)", name, x.ProgId, name)
 		}
 		lks = append(lks, l)
@@ -170,31 +194,102 @@ func Open(opts backend.Options) (*Backend, error) {
 		return nil, err
 	}
 	for _, l := range lks {
-		lk, err := link.AttachXDP(link.XDPOptions{Program: b.objs.MbxXdp, Interface: l.Attrs().Index, Flags: flags})
+		lk, err := b.attach(l.Attrs().Name, l.Attrs().Index, flags)
 		if err != nil {
-			b.Close()
-			return nil, fmt.Errorf("attaching XDP (%s mode) to %s: %w", opts.XDPMode, l.Attrs().Name, err)
+			b.abort()
+			return nil, err
 		}
 		b.links = append(b.links, lk)
 		if err := b.AddTxPort(l.Attrs().Index); err != nil {
-			b.Close()
+			b.abort()
 			return nil, fmt.Errorf("adding %s to the redirect map: %w", l.Attrs().Name, err)
 		}
 	}
 	if err := b.setSysctls(); err != nil {
-		b.Close()
+		b.abort()
 		return nil, err
 	}
 	if err := b.watchFIB(); err != nil {
-		b.Close()
+		b.abort()
 		return nil, err
 	}
 	b.startSweeper()
 	return b, nil
 }
 
-// Close detaches and releases everything (safe to call on a partial Open).
-func (b *Backend) Close() error {
+// attach puts the program on an interface: by swapping it into the link a
+// previous run pinned (atomic: packets never miss a program), or by
+// attaching anew (and pinning the link when state is pinned).
+func (b *Backend) attach(name string, ifindex int, flags link.XDPAttachFlags) (link.Link, error) {
+	if pl, err := pinnedLink(b.opts.PinDir, name); err != nil {
+		return nil, err
+	} else if pl != nil {
+		if err := pl.Update(b.objs.MbxXdp); err != nil {
+			pl.Close()
+			return nil, fmt.Errorf("taking over the XDP link on %s: %w", name, err)
+		}
+		b.log.Info("took over the running datapath", "iface", name)
+		return pl, nil
+	}
+	lk, err := link.AttachXDP(link.XDPOptions{Program: b.objs.MbxXdp, Interface: ifindex, Flags: flags})
+	if err != nil {
+		return nil, fmt.Errorf("attaching XDP (%s mode) to %s: %w", b.opts.XDPMode, name, err)
+	}
+	if b.opts.PinDir != "" {
+		if err := lk.Pin(linkPin(b.opts.PinDir, name)); err != nil {
+			lk.Close()
+			return nil, fmt.Errorf("pinning the XDP link of %s: %w", name, err)
+		}
+	}
+	if b.created == nil {
+		b.created = map[link.Link]bool{}
+	}
+	b.created[lk] = true
+	return lk, nil
+}
+
+// abort undoes a failed Open without touching what a previous run left
+// running: links it created are detached, taken-over links and pinned state
+// stay as they were.
+func (b *Backend) abort() {
+	if b.opts.PinDir == "" || (b.adopted == 0 && len(b.created) == len(b.links)) {
+		b.Close()
+		return
+	}
+	b.stopWorkers()
+	for _, l := range b.links {
+		if b.created[l] {
+			_ = l.Unpin()
+		}
+		l.Close()
+	}
+	b.links = nil
+	b.restoreSysctls()
+	b.objs.Close()
+}
+
+// Adopted is how many services a previous run left running in the pinned state.
+func (b *Backend) Adopted() int { return b.adopted }
+
+// Handover releases this process's hold but leaves the pinned links
+// attached and the pinned maps in place: packets keep flowing and the next
+// `mbx run` takes over. Without pinning it is Close.
+func (b *Backend) Handover() error {
+	if b.opts.PinDir == "" {
+		return b.Close()
+	}
+	b.stopWorkers()
+	var errs []error
+	for _, l := range b.links {
+		errs = append(errs, l.Close()) // the pin keeps the program attached
+	}
+	b.links = nil
+	b.sysctls = nil // accept_local stays: the datapath still relies on it
+	errs = append(errs, b.objs.Close())
+	return errors.Join(errs...)
+}
+
+func (b *Backend) stopWorkers() {
 	if b.stop != nil {
 		close(b.stop)
 		<-b.done
@@ -204,13 +299,25 @@ func (b *Backend) Close() error {
 		close(b.fibDone)
 		b.fibDone = nil
 	}
+}
+
+// Close detaches and releases everything (safe to call on a partial Open),
+// including state pinned for restarts.
+func (b *Backend) Close() error {
+	b.stopWorkers()
 	var errs []error
 	for _, l := range b.links {
+		if b.opts.PinDir != "" {
+			errs = append(errs, l.Unpin())
+		}
 		errs = append(errs, l.Close())
 	}
 	b.links = nil
 	b.restoreSysctls()
 	errs = append(errs, b.objs.Close())
+	if b.opts.PinDir != "" {
+		errs = append(errs, os.RemoveAll(b.opts.PinDir))
+	}
 	return errors.Join(errs...)
 }
 

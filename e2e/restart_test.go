@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Restart and upgrade without loss: with state pinned on a bpffs, `mbx stop
+// --keep-datapath` (and SIGUSR2) leave the datapath forwarding; the next
+// `mbx run` takes the links over atomically and restores its configuration.
+// wrk and a long iperf3 transfer run across two restarts (the second one a
+// different binary file) without a failed request and with the transfer
+// complete.
+func TestRestartWithoutLoss(t *testing.T) {
+	need(t, "nginx", "wrk", "iperf3", "curl")
+	e, _ := twoArmNoDaemon(t)
+	// A bpffs on the host, visible inside `ip netns exec` (mounts made by
+	// the daemon there would vanish with it).
+	bpffs := filepath.Join("/run", fmt.Sprintf("mbx-e2e-bpf-%d", os.Getpid()))
+	if err := os.MkdirAll(bpffs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mounting bpffs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(bpffs, syscall.MNT_DETACH); os.Remove(bpffs) })
+	pin := filepath.Join(bpffs, "lb")
+	upgraded := filepath.Join(e.dir, "mbx-new")
+	copyFile(t, mbxBin, upgraded)
+
+	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", pin)
+	e.mustMbx("addr", "add", vip+"/32", "dev", "wan0")
+	e.ipvsadm(`
+		-A -t 198.18.0.100:80 -s rr
+		-a -t 198.18.0.100:80 -r 198.18.1.2 -b
+		-a -t 198.18.0.100:80 -r 198.18.1.3 -b
+		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0
+		-A -t 198.18.0.100:5201 -s rr
+		-a -t 198.18.0.100:5201 -r 198.18.1.2 -b
+		--add-laddr -z 198.18.1.201 -t 198.18.0.100:5201 -F lan0`)
+	e.background("rs1", "iperf3", "-s", "-p", "5201")
+	e.waitTCP("rs1", "127.0.0.1:5201")
+	before := e.mustMbx("ipvsadm", "-S", "-n")
+
+	wrk := e.lab.Command("client", "wrk", "-t2", "-c16", "-d10s", "http://"+vip+"/")
+	var wrkOut strings.Builder
+	wrk.Stdout, wrk.Stderr = &wrkOut, &wrkOut
+	iperf := e.lab.Command("client", "iperf3", "-c", vip, "-t", "9", "-J")
+	var iperfOut strings.Builder
+	iperf.Stdout = &iperfOut
+	for _, c := range []interface{ Start() error }{wrk, iperf} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	restart := func(how string, bin string) {
+		time.Sleep(2 * time.Second)
+		if how == "stop" {
+			e.mustMbx("stop", "--keep-datapath")
+		} else {
+			e.daemon.Process.Signal(syscall.SIGUSR2)
+		}
+		e.daemon.Wait()
+		e.daemon = nil
+		// Nothing of mbx runs now; the datapath must still be attached.
+		if out, _ := e.lab.Run("lb", "ip", "link", "show", "wan0"); !strings.Contains(out, "xdp") {
+			t.Fatalf("datapath detached by a keep-datapath stop:\n%s", out)
+		}
+		time.Sleep(500 * time.Millisecond)
+		saved := mbxBin
+		mbxBin = bin
+		e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", pin)
+		mbxBin = saved
+		if got := e.mustMbx("ipvsadm", "-S", "-n"); got != before {
+			t.Fatalf("configuration after restart:\n%s\nwant:\n%s", got, before)
+		}
+	}
+	restart("stop", mbxBin)
+	restart("usr2", upgraded)
+
+	if err := wrk.Wait(); err != nil {
+		t.Fatalf("wrk: %v", err)
+	}
+	if err := iperf.Wait(); err != nil {
+		t.Fatalf("iperf3 across restarts: %v\n%s", err, iperfOut.String())
+	}
+	t.Logf("%s", wrkOut.String())
+	if strings.Contains(wrkOut.String(), "Socket errors") || strings.Contains(wrkOut.String(), "Non-2xx") {
+		t.Fatalf("requests failed across restarts:\n%s", wrkOut.String())
+	}
+	var r struct {
+		End struct {
+			SumSent struct {
+				Bytes float64 `json:"bytes"`
+			} `json:"sum_sent"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(iperfOut.String()), &r); err != nil || r.Error != "" || r.End.SumSent.Bytes == 0 {
+		t.Fatalf("iperf3: %v %s", err, r.Error)
+	}
+	t.Logf("iperf3 sent %.0f MB across two restarts", r.End.SumSent.Bytes/1e6)
+
+	// --fresh discards the pinned state.
+	e.stopDaemon()
+	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", pin, "--fresh")
+	if got := e.mustMbx("ipvsadm", "-S", "-n"); strings.TrimSpace(got) != "" {
+		t.Fatalf("--fresh kept: %s", got)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	in, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+}
