@@ -2,6 +2,7 @@ package control
 
 import (
 	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/health"
 	"github.com/mbx-net/mbx/lb"
 )
 
@@ -22,10 +23,12 @@ type ServiceStatus struct {
 	LaddrStats []LaddrStatus    `json:"laddr_stats"`
 }
 
-// RealStatus is a real server with its counters.
+// RealStatus is a real server with its counters and, when it is checked,
+// its health.
 type RealStatus struct {
 	lb.Real
 	backend.RealStatus
+	Health *health.State `json:"health,omitempty"`
 }
 
 // LaddrStatus is a LIP with its usage.

@@ -23,7 +23,9 @@ import (
 //	    vip: 198.18.0.100:80
 //	    scheduler: rr
 //	    reals:
-//	      - {addr: 198.18.1.2:80, weight: 1, forward: fnat}
+//	      - {addr: 198.18.1.2:80, weight: 1, forward: fnat,
+//	         check: {type: tcp, interval: 2s, timeout: 1s, fall: 3, rise: 2},
+//	         inhibit_on_failure: true}
 //	    laddrs:
 //	      - {addr: 198.18.1.200, dev: lan0}
 type fileConfig struct {
@@ -47,9 +49,11 @@ type fileService struct {
 }
 
 type fileReal struct {
-	Addr    string `yaml:"addr"`
-	Weight  *int   `yaml:"weight"`
-	Forward string `yaml:"forward"`
+	Addr             string   `yaml:"addr"`
+	Weight           *int     `yaml:"weight"`
+	Forward          string   `yaml:"forward"`
+	Check            lb.Check `yaml:"check"`
+	InhibitOnFailure bool     `yaml:"inhibit_on_failure"`
 }
 
 type fileLaddr struct {
@@ -202,7 +206,7 @@ func ParseConfig(data []byte) ([]lb.Op, error) {
 			if fwd == "" {
 				fwd = lb.FullNAT
 			}
-			real := lb.Real{Addr: a, Port: p, Weight: w, Forward: fwd}
+			real := lb.Real{Addr: a, Port: p, Weight: w, Forward: fwd, Check: r.Check, InhibitOnFailure: r.InhibitOnFailure}
 			if err := apply(rl, lb.Op{Kind: lb.OpAddReal, Service: key, Real: real}); err != nil {
 				return nil, err
 			}

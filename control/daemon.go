@@ -11,6 +11,7 @@ import (
 
 	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/flow"
+	"github.com/mbx-net/mbx/health"
 	"github.com/mbx-net/mbx/lb"
 )
 
@@ -22,6 +23,7 @@ type Daemon struct {
 	beName     string
 	owned      map[ifAddr]bool // addresses mbx added (removed again by mbx)
 	present    map[ifAddr]bool // addresses currently wanted and on their device
+	health     *health.Monitor
 	configFile string
 	stateFile  string // desired state saved for a restart ("" = none)
 	log        *slog.Logger
@@ -29,7 +31,38 @@ type Daemon struct {
 
 // NewDaemon wraps a running backend with an empty configuration.
 func NewDaemon(be backend.Backend, beName string, log *slog.Logger) *Daemon {
-	return &Daemon{cfg: &lb.Config{}, be: be, beName: beName, owned: map[ifAddr]bool{}, present: map[ifAddr]bool{}, log: log}
+	d := &Daemon{cfg: &lb.Config{}, be: be, beName: beName, owned: map[ifAddr]bool{}, present: map[ifAddr]bool{}, log: log}
+	d.health = health.New(log, d.healthChanged)
+	return d
+}
+
+// effective is what the backend runs: the desired state with failed real
+// servers removed, or at weight 0 with inhibit_on_failure.
+func (d *Daemon) effective(cfg *lb.Config) *lb.Config {
+	e := cfg.Clone()
+	for _, s := range e.Services {
+		reals := s.Reals[:0]
+		for _, r := range s.Reals {
+			if !d.health.Up(s.Key, r.AddrPort()) {
+				if !r.InhibitOnFailure {
+					continue
+				}
+				r.Weight = 0
+			}
+			reals = append(reals, r)
+		}
+		s.Reals = reals
+	}
+	return e
+}
+
+// healthChanged re-applies the configuration when a real server went up or down.
+func (d *Daemon) healthChanged() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.be.Apply(d.effective(d.cfg)); err != nil {
+		d.log.Error("applying a health change", "err", err)
+	}
 }
 
 // Do applies ops together: all of them or none.
@@ -121,10 +154,10 @@ func (d *Daemon) apply(next *lb.Config) error {
 		}
 		added = append(added, a)
 	}
-	if err := d.be.Apply(next); err != nil {
+	if err := d.be.Apply(d.effective(next)); err != nil {
 		rollback()
 		// Put the backend back to the running configuration.
-		if rerr := d.be.Apply(d.cfg); rerr != nil {
+		if rerr := d.be.Apply(d.effective(d.cfg)); rerr != nil {
 			d.log.Error("restoring the running configuration after a failed change", "err", rerr)
 		}
 		return err
@@ -142,6 +175,7 @@ func (d *Daemon) apply(next *lb.Config) error {
 		delete(d.present, a)
 	}
 	d.cfg = next
+	d.health.Sync(next)
 	d.saveState()
 	return nil
 }
@@ -217,6 +251,7 @@ func (d *Daemon) RestoreState() (bool, error) {
 // Handover leaves addresses and the saved state in place for the next
 // daemon (restart without loss); the backend is handed over by its owner.
 func (d *Daemon) Handover() {
+	d.health.Stop()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.saveState()
@@ -232,8 +267,9 @@ func (d *Daemon) Config() *lb.Config {
 // Status returns the configuration with counters.
 func (d *Daemon) Status() (*Status, error) {
 	d.mu.Lock()
-	cfg := d.cfg.Clone()
+	cfg := d.effective(d.cfg)
 	d.mu.Unlock()
+	states := d.health.States()
 	snap, err := d.be.Snapshot()
 	if err != nil {
 		return nil, err
@@ -244,7 +280,11 @@ func (d *Daemon) Status() (*Status, error) {
 		ss := ServiceStatus{Service: *s, Stats: snap.Services[s.Key]}
 		for _, r := range s.Reals {
 			rs := snap.Reals[backend.RealRef{Service: s.Key, Real: r.AddrPort()}]
-			ss.RealStats = append(ss.RealStats, RealStatus{Real: r, RealStatus: rs})
+			st := RealStatus{Real: r, RealStatus: rs}
+			if h, ok := states[health.Key{Service: s.Key, Real: r.AddrPort()}]; ok {
+				st.Health = &h
+			}
+			ss.RealStats = append(ss.RealStats, st)
 		}
 		for _, la := range s.LocalAddrs {
 			ss.LaddrStats = append(ss.LaddrStats, LaddrStatus{LocalAddr: la, LaddrStatus: snap.Laddrs[backend.LaddrRef{Service: s.Key, Addr: la.Addr}]})
@@ -259,6 +299,7 @@ func (d *Daemon) Conns(limit int) ([]backend.Conn, error) { return d.be.Conns(li
 
 // Shutdown removes the addresses mbx added. The backend is closed by its owner.
 func (d *Daemon) Shutdown() error {
+	d.health.Stop()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error

@@ -68,7 +68,29 @@ type Real struct {
 	Port    uint16     `json:"port"`
 	Weight  int        `json:"weight"`
 	Forward Forward    `json:"forward"`
+	Check   Check      `json:"check"`
+	// InhibitOnFailure sets weight 0 on a failed check instead of removing
+	// the real server (keepalived's inhibit_on_failure).
+	InhibitOnFailure bool `json:"inhibit_on_failure,omitempty"`
 }
+
+// Check is a real server's health check (keepalived's TCP_CHECK, HTTP_GET,
+// SSL_GET, UDP_CHECK, MISC_CHECK). Type "" means none: always healthy.
+type Check struct {
+	Type     string        `json:"type,omitempty" yaml:"type"` // tcp, http, https, udp, misc
+	Port     uint16        `json:"port,omitempty" yaml:"port"` // default: the real server's
+	Interval time.Duration `json:"interval,omitempty" yaml:"interval"`
+	Timeout  time.Duration `json:"timeout,omitempty" yaml:"timeout"`
+	Retries  int           `json:"retries,omitempty" yaml:"retries"` // attempts per check
+	Rise     int           `json:"rise,omitempty" yaml:"rise"`       // successes to come back
+	Fall     int           `json:"fall,omitempty" yaml:"fall"`       // failures to go down
+	Path     string        `json:"path,omitempty" yaml:"path"`       // http(s)
+	Status   int           `json:"status,omitempty" yaml:"status"`   // http(s), default 200
+	Command  string        `json:"command,omitempty" yaml:"command"` // misc: exit 0 is healthy
+}
+
+// CheckTypes are the health checks mbx runs.
+var CheckTypes = map[string]bool{"": true, "tcp": true, "http": true, "https": true, "udp": true, "misc": true}
 
 // AddrPort is the real server's address and port.
 func (r Real) AddrPort() netip.AddrPort { return netip.AddrPortFrom(r.Addr, r.Port) }
@@ -221,6 +243,15 @@ func (r Real) validate(k ServiceKey) error {
 	}
 	if r.Weight < 0 || r.Weight > 65535 {
 		return fmt.Errorf("weight %d out of range 0..65535", r.Weight)
+	}
+	if !CheckTypes[r.Check.Type] {
+		return fmt.Errorf("unknown health check %q (tcp, http, https, udp, misc)", r.Check.Type)
+	}
+	if r.Check.Type == "misc" && r.Check.Command == "" {
+		return errors.New("misc health check without a command")
+	}
+	if r.Check.Interval < 0 || r.Check.Timeout < 0 || r.Check.Retries < 0 || r.Check.Rise < 0 || r.Check.Fall < 0 {
+		return errors.New("negative health check setting")
 	}
 	switch r.Forward {
 	case FullNAT:
