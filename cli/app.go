@@ -22,6 +22,7 @@ func App() *ucli.App {
 			addrCommand(),
 			reloadCommand(),
 			stopCommand(),
+			keepalivedCommand(),
 			labCommand(),
 		},
 		HideHelpCommand: true,

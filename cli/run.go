@@ -13,6 +13,7 @@ import (
 	"github.com/mbx-net/mbx/backend"
 	_ "github.com/mbx-net/mbx/backend/xdp" // registers the xdp backend
 	"github.com/mbx-net/mbx/control"
+	"github.com/mbx-net/mbx/keepalived"
 	"github.com/mbx-net/mbx/lb"
 )
 
@@ -24,6 +25,7 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "backend", Value: "xdp", Usage: "data plane: xdp or dpdk"},
 			&ucli.StringSliceFlag{Name: "iface", Usage: "interface to attach to (repeat)"},
 			&ucli.StringFlag{Name: "config", Usage: "YAML configuration file"},
+			&ucli.StringFlag{Name: "keepalived-conf", Usage: "keepalived.conf (virtual_server blocks) instead of --config"},
 			&ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Value: control.DefaultSocket, Usage: "control socket"},
 			&ucli.StringFlag{Name: "xdp-mode", Value: "native", Usage: "native or generic"},
 			&ucli.IntFlag{Name: "conn-max", Value: 1 << 20, Usage: "connections the table holds"},
@@ -43,8 +45,28 @@ func runCommand() *ucli.Command {
 			}
 			// Read and validate the configuration before touching anything.
 			var ops []lb.Op
-			if path := c.String("config"); path != "" {
-				if ops, err = control.LoadConfigFile(path); err != nil {
+			var loader func() ([]lb.Op, error)
+			configPath := c.String("config")
+			switch kc := c.String("keepalived-conf"); {
+			case kc != "" && configPath != "":
+				return fmt.Errorf("give --config or --keepalived-conf, not both")
+			case kc != "":
+				configPath = kc
+				loader = func() ([]lb.Op, error) {
+					res, err := keepalived.Load(kc)
+					if err != nil {
+						return nil, err
+					}
+					for _, w := range res.Warnings {
+						log.Warn("keepalived.conf: not used by mbx", "where", w)
+					}
+					return res.Ops, nil
+				}
+			case configPath != "":
+				loader = func() ([]lb.Op, error) { return control.LoadConfigFile(configPath) }
+			}
+			if loader != nil {
+				if ops, err = loader(); err != nil {
 					return err
 				}
 			}
@@ -75,7 +97,9 @@ func runCommand() *ucli.Command {
 				return err
 			}
 			d := control.NewDaemon(be, c.String("backend"), log)
-			d.SetConfigFile(c.String("config"))
+			if loader != nil {
+				d.SetConfigLoader(configPath, loader)
+			}
 			if pinDir != "" {
 				d.SetStateFile(filepath.Join(filepath.Dir(c.String("socket")), instance+".state.json"))
 			}
@@ -87,7 +111,7 @@ func runCommand() *ucli.Command {
 			case len(ops) > 0:
 				if err := d.Do(ops); err != nil {
 					cleanup()
-					return fmt.Errorf("%s: %w", c.String("config"), err)
+					return fmt.Errorf("%s: %w", configPath, err)
 				}
 			case be.Adopted() > 0:
 				// A restart took over a running data plane: keep serving

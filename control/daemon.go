@@ -25,6 +25,7 @@ type Daemon struct {
 	present    map[ifAddr]bool // addresses currently wanted and on their device
 	health     *health.Monitor
 	configFile string
+	loadConfig func() ([]lb.Op, error)
 	stateFile  string // desired state saved for a restart ("" = none)
 	log        *slog.Logger
 }
@@ -82,10 +83,19 @@ func (d *Daemon) Do(ops []lb.Op) error {
 	return nil
 }
 
-// SetConfigFile names the file Reload reads.
+// SetConfigFile names the YAML file Reload reads.
 func (d *Daemon) SetConfigFile(path string) {
+	if path == "" {
+		return
+	}
+	d.SetConfigLoader(path, func() ([]lb.Op, error) { return LoadConfigFile(path) })
+}
+
+// SetConfigLoader names the file Reload reads and how to read it (YAML,
+// keepalived.conf).
+func (d *Daemon) SetConfigLoader(path string, load func() ([]lb.Op, error)) {
 	d.mu.Lock()
-	d.configFile = path
+	d.configFile, d.loadConfig = path, load
 	d.mu.Unlock()
 }
 
@@ -97,10 +107,10 @@ func (d *Daemon) SetConfigFile(path string) {
 func (d *Daemon) Reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.configFile == "" {
-		return errors.New("no configuration file to reload (mbx run --config FILE)")
+	if d.loadConfig == nil {
+		return errors.New("no configuration file to reload (mbx run --config FILE or --keepalived-conf FILE)")
 	}
-	ops, err := LoadConfigFile(d.configFile)
+	ops, err := d.loadConfig()
 	if err != nil {
 		return err
 	}
