@@ -17,7 +17,11 @@
 #define PICK_SRC 1
 #define PICK_DST 2
 #define PICK_FLOW 3
-#define PICK_MASK 3
+#define PICK_LEAST 4    /* lc/wlc: least connections (weighted with SVC_F_WEIGHTED) */
+#define PICK_MASK 7
+#define SVC_F_WEIGHTED 8
+/* lc/wlc scan a service's real servers; lb/ refuses more for them. */
+#define LEAST_MAX 256
 /* How many LIP/port candidates a new Full-NAT connection probes. */
 #define PORT_TRIES 16
 

@@ -65,7 +65,17 @@ struct real {
 	__u32 addr[4];
 	__u16 port;
 	__u8 family;
-	__u8 mode; /* enum fwd_mode */
+	__u8 mode;    /* enum fwd_mode */
+	__u32 weight; /* for wlc */
+};
+
+/* Connections per real server for lc/wlc: active/inactive written by Go's
+ * sweep every second, recent counts what the datapath scheduled since. */
+struct real_load {
+	__u32 active;
+	__u32 inactive;
+	__u32 recent;
+	__u32 pad;
 };
 
 struct laddr {
@@ -138,6 +148,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct real_stats);
 } stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct real_load);
+} loads SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -51,6 +51,55 @@ static __always_inline void account(const struct conn *c, const struct pkt *p)
  * probing until the reply entry can be inserted (collision check). */
 #define NEW_CONN_OK -1
 
+/* lc/wlc: the real server with the least IPVS overhead (active * 256 +
+ * inactive, plus what was scheduled since the last sweep), per weight for
+ * wlc; ties go to the first. The scan is a bpf_loop callback: verified once,
+ * not once per iteration and branch. */
+struct least_scan {
+	__u32 base, len, weighted, best;
+	__u64 best_ov, best_w;
+};
+
+static long least_step(__u32 i, void *data)
+{
+	struct least_scan *c = data;
+	if (i >= c->len)
+		return 1;
+	__u32 slot = c->base + i;
+	__u32 *rid = bpf_map_lookup_elem(&sched_slots, &slot);
+	if (!rid)
+		return 1;
+	__u32 id = *rid;
+	struct real_load *l = bpf_map_lookup_elem(&loads, &id);
+	struct real *r = bpf_map_lookup_elem(&reals, &id);
+	if (!l || !r)
+		return 0;
+	__u64 ov = ((__u64)(l->active + l->recent) << 8) + l->inactive;
+	__u64 w = c->weighted ? r->weight : 1;
+	if (w == 0)
+		return 0;
+	/* ov / w < best_ov / best_w, without division */
+	if (c->best_ov == ~0ULL || ov * c->best_w < c->best_ov * w) {
+		c->best = i;
+		c->best_ov = ov;
+		c->best_w = w;
+	}
+	return 0;
+}
+
+static __always_inline __u32 pick_least(const struct svc *s)
+{
+	struct least_scan c = {
+		.base = s->sched_base,
+		.len = s->sched_len,
+		.weighted = s->flags & SVC_F_WEIGHTED,
+		.best_ov = ~0ULL,
+		.best_w = 1,
+	};
+	bpf_loop(LEAST_MAX, least_step, &c, 0);
+	return c.best;
+}
+
 /* Not inlined: the slow path gets its own stack frame. On success fills fc
  * with the client-side entry and returns NEW_CONN_OK, else a verdict. */
 static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s,
@@ -72,6 +121,9 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 	case PICK_FLOW:
 		n = hash_final(h ^ SCHED_SALT);
 		break;
+	case PICK_LEAST:
+		n = pick_least(s);
+		break;
 	default: {
 		__u32 sid = s->id;
 		__u32 *pos = bpf_map_lookup_elem(&sched_pos, &sid);
@@ -89,6 +141,11 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 	if (!rs) {
 		count(CNT_DROP_NO_REAL);
 		return XDP_DROP;
+	}
+	if ((s->flags & PICK_MASK) == PICK_LEAST) {
+		struct real_load *l = bpf_map_lookup_elem(&loads, &real_id);
+		if (l)
+			__sync_fetch_and_add(&l->recent, 1);
 	}
 	if (s->laddr_len == 0) {
 		count(CNT_DROP_NO_LADDR);

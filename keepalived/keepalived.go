@@ -216,7 +216,7 @@ func (p *parser) vsGroup(n *node) error {
 	return nil
 }
 
-var algos = map[string]string{"rr": "rr", "wrr": "wrr", "sh": "sh", "dh": "dh", "mh": "mh"}
+var algos = map[string]string{"rr": "rr", "wrr": "wrr", "lc": "lc", "wlc": "wlc", "sh": "sh", "dh": "dh", "mh": "mh"}
 
 func (p *parser) virtualServer(n *node) error {
 	var keys []lb.ServiceKey
@@ -258,7 +258,7 @@ func (p *parser) virtualServer(n *node) error {
 			}
 			s, ok := algos[c.args[0]]
 			if !ok {
-				return p.errf(c, "lb_algo %s is not supported (rr, wrr, sh, dh, mh)", c.args[0])
+				return p.errf(c, "lb_algo %s is not supported (rr, wrr, lc, wlc, sh, dh, mh)", c.args[0])
 			}
 			sched = s
 		case "lb_kind":

@@ -45,7 +45,7 @@ func TestErrorsNameTheLine(t *testing.T) {
 		{"unclosed", "virtual_server 198.18.0.100 80 {\n  lb_algo rr\n", "f.conf:1: block \"virtual_server\" is not closed"},
 		{"stray brace", "}\n", "f.conf:1: unexpected }"},
 		{"unknown algo", "virtual_server 198.18.0.100 80 {\n  lb_algo fastest\n}\n", "f.conf:2: lb_algo fastest"},
-		{"lc not yet", "virtual_server 198.18.0.100 80 {\n  lb_algo wlc\n}\n", "f.conf:2: lb_algo wlc is not supported"},
+		{"lblc not supported", "virtual_server 198.18.0.100 80 {\n  lb_algo lblc\n}\n", "f.conf:2: lb_algo lblc is not supported"},
 		{"dr not yet", "virtual_server 198.18.0.100 80 {\n  lb_kind DR\n}\n", "f.conf:2: lb_kind DR"},
 		{"persistence", "virtual_server 198.18.0.100 80 {\n  persistence_timeout 50\n}\n", "f.conf:2: persistence_timeout is not supported yet"},
 		{"bad vip", "virtual_server 198.18.0.999 80 {\n}\n", "f.conf:1: bad virtual server address"},

@@ -322,12 +322,13 @@ func (l *Lab) placeEnd(tmp string, e End, isSwitch bool) error {
 var Topologies = map[string]*Topology{
 	"fnat-two-arm": {
 		Name: "fnat-two-arm",
-		Doc: "DPVS tutorial's two-arm Full-NAT: client 198.18.0.2 -- wan0 [lb] lan0 -- switch -- rs1 198.18.1.2, rs2 198.18.1.3. " +
+		Doc: "DPVS tutorial's two-arm Full-NAT: client 198.18.0.2 -- wan0 [lb] lan0 -- switch -- rs1 198.18.1.2, rs2 198.18.1.3 (rs3 198.18.1.4 spare). " +
 			"VIP 198.18.0.100, LIP 198.18.1.200.",
-		Hosts:   []string{"client", "lb", "sw", "rs1", "rs2"},
+		Hosts:   []string{"client", "lb", "sw", "rs1", "rs2", "rs3"},
 		Bridged: []string{"sw"},
 		Links: []Link{
 			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.0.2/24"}}, End{Host: "lb", Iface: "wan0", Addrs: []string{"198.18.0.1/24"}}},
+			{End{Host: "rs3", Iface: "eth0", Addrs: []string{"198.18.1.4/24"}}, End{Host: "sw", Iface: "p3"}},
 			{End{Host: "lb", Iface: "lan0", Addrs: []string{"198.18.1.1/24"}}, End{Host: "sw", Iface: "p0"}},
 			{End{Host: "rs1", Iface: "eth0", Addrs: []string{"198.18.1.2/24"}}, End{Host: "sw", Iface: "p1"}},
 			{End{Host: "rs2", Iface: "eth0", Addrs: []string{"198.18.1.3/24"}}, End{Host: "sw", Iface: "p2"}},

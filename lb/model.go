@@ -208,6 +208,9 @@ func (s *Service) validate() error {
 	if _, ok := LookupScheduler(s.Scheduler); !ok {
 		return fmt.Errorf("service %s: unknown scheduler %q (have %s)", k, s.Scheduler, strings.Join(Schedulers(), ", "))
 	}
+	if (s.Scheduler == "lc" || s.Scheduler == "wlc") && len(s.Reals) > LeastMax {
+		return fmt.Errorf("service %s: %s supports at most %d real servers", k, s.Scheduler, LeastMax)
+	}
 	seen := map[netip.AddrPort]bool{}
 	for _, r := range s.Reals {
 		if seen[r.AddrPort()] {

@@ -37,9 +37,8 @@ type Op struct {
 	Maglev    MaglevParams `json:"maglev"`
 }
 
-// DefaultScheduler is used when -s is omitted. ipvsadm defaults to wlc,
-// which needs per-real connection counts (issue 4); until then rr.
-const DefaultScheduler = "rr"
+// DefaultScheduler is used when -s is omitted: ipvsadm's default.
+const DefaultScheduler = "wlc"
 
 // Apply applies op to c. On error c may be partly changed: apply to a Clone
 // and keep it only when every op and Validate succeed (see Config.Do).

@@ -9,11 +9,17 @@ import (
 type Pick uint8
 
 const (
-	PickRoundRobin Pick = iota // table[position++ % len] (rr, wrr)
-	PickSource                 // table[hash(source address) % len] (sh)
-	PickDest                   // table[hash(destination address) % len] (dh)
-	PickFlow                   // table[hash(flow) % len] (mh: Maglev)
+	PickRoundRobin    Pick = iota // table[position++ % len] (rr, wrr)
+	PickSource                    // table[hash(source address) % len] (sh)
+	PickDest                      // table[hash(destination address) % len] (dh)
+	PickFlow                      // table[hash(flow) % len] (mh: Maglev)
+	PickLeast                     // least connections over the table (lc)
+	PickLeastWeighted             // least connections per weight (wlc)
 )
+
+// LeastMax bounds the real servers of an lc/wlc service (the datapath
+// scans them for every new connection).
+const LeastMax = 256
 
 // A Scheduler turns a service's real servers into a lookup table: indices
 // into reals, which datapaths index as Pick says. Real servers with weight 0
@@ -67,6 +73,10 @@ func init() {
 	RegisterScheduler("sh", scheduler{Maglev, PickSource})
 	RegisterScheduler("dh", scheduler{Maglev, PickDest})
 	RegisterScheduler("mh", scheduler{Maglev, PickFlow})
+	// Least connections: the table lists each live real once; the datapath
+	// scans it with the live connection counts.
+	RegisterScheduler("lc", scheduler{sequence(roundRobin), PickLeast})
+	RegisterScheduler("wlc", scheduler{sequence(roundRobin), PickLeastWeighted})
 }
 
 func roundRobin(reals []Real) []int {

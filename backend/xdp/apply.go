@@ -26,6 +26,12 @@ const localBitsWords = 1024
 
 var fwdModes = map[lb.Forward]uint8{lb.FullNAT: 1}
 
+// pickFlags maps lb.Pick onto the datapath's PICK_* and SVC_F_WEIGHTED.
+var pickFlags = map[lb.Pick]uint32{
+	lb.PickRoundRobin: 0, lb.PickSource: 1, lb.PickDest: 2, lb.PickFlow: 3,
+	lb.PickLeast: 4, lb.PickLeastWeighted: 4 | 8,
+}
+
 // Apply reconciles the maps with cfg. New tables are written to fresh
 // ranges and switched in with one map update per service, so a packet sees
 // either the old or the new service, never a mix; established connections
@@ -171,7 +177,7 @@ func (b *Backend) applyService(s *lb.Service, schedTable []int) error {
 			ps.reals[ap] = id
 		}
 		ids[i] = id
-		entry := mbxReal{Addr: addrWords(r.Addr), Port: htons(s.RealPort(r)), Family: family(r.Addr), Mode: fwdModes[r.Forward]}
+		entry := mbxReal{Addr: addrWords(r.Addr), Port: htons(s.RealPort(r)), Family: family(r.Addr), Mode: fwdModes[r.Forward], Weight: uint32(r.Weight)}
 		if err := b.objs.Reals.Put(id, &entry); err != nil {
 			return fmt.Errorf("reals: %w", err)
 		}
@@ -184,7 +190,7 @@ func (b *Backend) applyService(s *lb.Service, schedTable []int) error {
 		table[i] = ids[idx]
 	}
 	entry := ps.entry
-	entry.Flags = uint32(sch.Pick())
+	entry.Flags = pickFlags[sch.Pick()]
 	if fresh || !slices.Equal(table, ps.table) {
 		base, err := b.slots.alloc(len(table))
 		if err != nil {

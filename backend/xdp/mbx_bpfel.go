@@ -79,6 +79,15 @@ type mbxReal struct {
 	Port   uint16
 	Family uint8
 	Mode   uint8
+	Weight uint32
+}
+
+type mbxRealLoad struct {
+	_        structs.HostLayout
+	Active   uint32
+	Inactive uint32
+	Recent   uint32
+	Pad      uint32
 }
 
 type mbxRealStats struct {
@@ -117,6 +126,7 @@ const (
 	mbxMapCounters       = "counters"
 	mbxMapLaddrConflicts = "laddr_conflicts"
 	mbxMapLaddrs         = "laddrs"
+	mbxMapLoads          = "loads"
 	mbxMapLocalAddrs     = "local_addrs"
 	mbxMapLocalBits      = "local_bits"
 	mbxMapReals          = "reals"
@@ -182,6 +192,7 @@ type mbxMapSpecs struct {
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
 	LaddrConflicts *ebpf.MapSpec `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.MapSpec `ebpf:"laddrs"`
+	Loads          *ebpf.MapSpec `ebpf:"loads"`
 	LocalAddrs     *ebpf.MapSpec `ebpf:"local_addrs"`
 	LocalBits      *ebpf.MapSpec `ebpf:"local_bits"`
 	Reals          *ebpf.MapSpec `ebpf:"reals"`
@@ -223,6 +234,7 @@ type mbxMaps struct {
 	Counters       *ebpf.Map `ebpf:"counters"`
 	LaddrConflicts *ebpf.Map `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.Map `ebpf:"laddrs"`
+	Loads          *ebpf.Map `ebpf:"loads"`
 	LocalAddrs     *ebpf.Map `ebpf:"local_addrs"`
 	LocalBits      *ebpf.Map `ebpf:"local_bits"`
 	Reals          *ebpf.Map `ebpf:"reals"`
@@ -240,6 +252,7 @@ func (m *mbxMaps) Close() error {
 		m.Counters,
 		m.LaddrConflicts,
 		m.Laddrs,
+		m.Loads,
 		m.LocalAddrs,
 		m.LocalBits,
 		m.Reals,

@@ -76,6 +76,13 @@ func (b *Backend) sweepOnce() {
 	}
 	b.mu.Lock()
 	b.sweep = r
+	// lc/wlc's counts: what the sweep saw replaces what the datapath
+	// scheduled since the last one.
+	for _, ps := range b.services {
+		for _, id := range ps.reals {
+			_ = b.objs.Loads.Put(id, mbxRealLoad{Active: uint32(r.active[id]), Inactive: uint32(r.inactive[id])})
+		}
+	}
 	b.mu.Unlock()
 }
 

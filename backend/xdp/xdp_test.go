@@ -169,3 +169,29 @@ func TestHashSchedulersMatchGo(t *testing.T) {
 		})
 	}
 }
+
+// lc and wlc spread a burst of new connections by what the datapath itself
+// scheduled since the last sweep: wlc by weight (1:3), lc evenly.
+func TestLeastConnections(t *testing.T) {
+	for _, tc := range []struct {
+		sched    string
+		rs1, rs2 int
+	}{{"wlc", 10, 30}, {"lc", 20, 20}} {
+		t.Run(tc.sched, func(t *testing.T) {
+			f, d := fixture(t, `
+				-A -t 198.18.0.100:80 -s `+tc.sched+`
+				-a -t 198.18.0.100:80 -r 198.18.1.2 -b -w 1
+				-a -t 198.18.0.100:80 -r 198.18.1.3 -b -w 3
+				--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`)
+			got := map[netip.Addr]int{}
+			for sport := 44000; sport < 44040; sport++ {
+				_, out := d.send(t, f, syn(sport))
+				a, _, _ := decode(t, out)
+				got[a]++
+			}
+			if got[netip.MustParseAddr("198.18.1.2")] != tc.rs1 || got[netip.MustParseAddr("198.18.1.3")] != tc.rs2 {
+				t.Fatalf("%s split %v, want %d/%d", tc.sched, got, tc.rs1, tc.rs2)
+			}
+		})
+	}
+}

@@ -138,7 +138,7 @@ func Conns(w io.Writer, c *Command, conns []backend.Conn) {
 var Usage = strings.TrimSpace(`
 mbx ipvsadm: ipvsadm-compatible control of a running mbx daemon
 
-  mbx ipvsadm -A|-E -t|-u VIP:PORT [-s rr|wrr|sh|dh|mh]
+  mbx ipvsadm -A|-E -t|-u VIP:PORT [-s rr|wrr|lc|wlc|sh|dh|mh]
   mbx ipvsadm -D -t|-u VIP:PORT
   mbx ipvsadm -C
   mbx ipvsadm -a|-e -t|-u VIP:PORT -r RIP[:PORT] -b [-w WEIGHT]
