@@ -58,8 +58,29 @@ struct svc {
 	__u32 sched_len;  /* 0: no usable real server */
 	__u32 laddr_base; /* first entry in laddrs */
 	__u32 laddr_len;
-	__u32 flags; /* PICK_* */
+	__u32 flags;     /* PICK_* */
+	__u32 persist_s; /* client affinity (ipvsadm -p), seconds; 0 = none */
+	__u32 pad;
 };
+
+/* Persistence templates (IPVS's): a client's real server per service. */
+struct persist_key {
+	__u32 svc_id;
+	__u32 client;
+};
+
+struct persist_val {
+	__u32 real_id;
+	__u32 pad;
+	__u64 last_seen;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct persist_key);
+	__type(value, struct persist_val);
+} persist SEC(".maps");
 
 struct real {
 	__u32 addr[4];

@@ -110,6 +110,22 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 		return XDP_DROP;
 	}
 	__u32 h = flow_hash(&p->key, cfg->hash_seed);
+	__u32 real_id;
+	struct real *rs;
+	struct persist_key pk = {.svc_id = s->id, .client = p->key.saddr};
+	if (s->persist_s) {
+		/* A client seen within the persistence timeout keeps its real
+		 * server, while that real server is still in the service. */
+		struct persist_val *pv = bpf_map_lookup_elem(&persist, &pk);
+		if (pv && (__s64)(now - pv->last_seen) < (__s64)s->persist_s * 1000000000LL) {
+			real_id = pv->real_id;
+			rs = bpf_map_lookup_elem(&reals, &real_id);
+			if (rs && rs->mode) {
+				pv->last_seen = now;
+				goto picked;
+			}
+		}
+	}
 	__u32 n;
 	switch (s->flags & PICK_MASK) {
 	case PICK_SRC:
@@ -136,12 +152,17 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 	__u32 *rid = bpf_map_lookup_elem(&sched_slots, &slot);
 	if (!rid)
 		return XDP_DROP;
-	__u32 real_id = *rid;
-	struct real *rs = bpf_map_lookup_elem(&reals, &real_id);
+	real_id = *rid;
+	rs = bpf_map_lookup_elem(&reals, &real_id);
 	if (!rs) {
 		count(CNT_DROP_NO_REAL);
 		return XDP_DROP;
 	}
+	if (s->persist_s) {
+		struct persist_val pv = {.real_id = real_id, .last_seen = now};
+		bpf_map_update_elem(&persist, &pk, &pv, BPF_ANY);
+	}
+picked:
 	if ((s->flags & PICK_MASK) == PICK_LEAST) {
 		struct real_load *l = bpf_map_lookup_elem(&loads, &real_id);
 		if (l)

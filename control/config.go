@@ -41,11 +41,12 @@ type fileAddr struct {
 }
 
 type fileService struct {
-	Proto     string      `yaml:"proto"`
-	VIP       string      `yaml:"vip"`
-	Scheduler string      `yaml:"scheduler"`
-	Reals     []fileReal  `yaml:"reals"`
-	Laddrs    []fileLaddr `yaml:"laddrs"`
+	Persistence int         `yaml:"persistence"`
+	Proto       string      `yaml:"proto"`
+	VIP         string      `yaml:"vip"`
+	Scheduler   string      `yaml:"scheduler"`
+	Reals       []fileReal  `yaml:"reals"`
+	Laddrs      []fileLaddr `yaml:"laddrs"`
 }
 
 type fileReal struct {
@@ -189,7 +190,7 @@ func ParseConfig(data []byte) ([]lb.Op, error) {
 				return nil, lineError{nodeLine(&root, "services", i, "scheduler"), fmt.Errorf("unknown scheduler %q (have %s)", s.Scheduler, strings.Join(lb.Schedulers(), ", "))}
 			}
 		}
-		if err := apply(line, lb.Op{Kind: lb.OpAddService, Service: key, Scheduler: s.Scheduler}); err != nil {
+		if err := apply(line, lb.Op{Kind: lb.OpAddService, Service: key, Scheduler: s.Scheduler, Persistence: s.Persistence}); err != nil {
 			return nil, err
 		}
 		for j, r := range s.Reals {

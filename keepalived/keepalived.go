@@ -240,7 +240,7 @@ func (p *parser) virtualServer(n *node) error {
 	default:
 		return p.errf(n, "want \"virtual_server VIP PORT\" or \"virtual_server group NAME\"")
 	}
-	sched, proto := "", lb.TCP
+	sched, proto, persist := "", lb.TCP, 0
 	interval := time.Duration(0)
 	var laddrs []lb.LocalAddr
 	var reals []*node
@@ -282,8 +282,14 @@ func (p *parser) virtualServer(n *node) error {
 			laddrs = g
 		case "real_server":
 			reals = append(reals, c)
-		case "persistence_timeout", "persistence_granularity":
-			return p.errf(c, "%s is not supported yet", c.key)
+		case "persistence_timeout":
+			n, err := strconv.Atoi(strings.Join(c.args, ""))
+			if err != nil || n < 0 {
+				return p.errf(c, "bad persistence_timeout %q", strings.Join(c.args, " "))
+			}
+			persist = n
+		case "persistence_granularity":
+			return p.errf(c, "%s is not supported", c.key)
 		case "alpha", "omega", "quorum", "hysteresis", "virtualhost", "sorry_server", "syn_proxy", "quorum_up", "quorum_down":
 			return p.errf(c, "%s is not supported", c.key)
 		default:
@@ -292,7 +298,7 @@ func (p *parser) virtualServer(n *node) error {
 	}
 	for _, k := range keys {
 		k.Proto = proto
-		p.res.Ops = append(p.res.Ops, lb.Op{Kind: lb.OpAddService, Service: k, Scheduler: sched})
+		p.res.Ops = append(p.res.Ops, lb.Op{Kind: lb.OpAddService, Service: k, Scheduler: sched, Persistence: persist})
 		for _, r := range reals {
 			real, err := p.realServer(r, k.Port, interval)
 			if err != nil {

@@ -103,10 +103,13 @@ type LocalAddr struct {
 
 // Service is a virtual service with its real servers and LIP pool.
 type Service struct {
-	Key        ServiceKey  `json:"key"`
-	Scheduler  string      `json:"scheduler"`
-	Reals      []Real      `json:"reals"`
-	LocalAddrs []LocalAddr `json:"local_addrs"`
+	Key       ServiceKey `json:"key"`
+	Scheduler string     `json:"scheduler"`
+	// Persistence (ipvsadm -p) keeps a client on one real server for this
+	// many seconds after its last new connection; 0 = none.
+	Persistence int         `json:"persistence,omitempty"`
+	Reals       []Real      `json:"reals"`
+	LocalAddrs  []LocalAddr `json:"local_addrs"`
 }
 
 // IfAddr is an address mbx puts on an interface (mbx addr add).
@@ -207,6 +210,9 @@ func (s *Service) validate() error {
 	}
 	if _, ok := LookupScheduler(s.Scheduler); !ok {
 		return fmt.Errorf("service %s: unknown scheduler %q (have %s)", k, s.Scheduler, strings.Join(Schedulers(), ", "))
+	}
+	if s.Persistence < 0 || s.Persistence > 31*24*3600 {
+		return fmt.Errorf("service %s: persistence %d s out of range", k, s.Persistence)
 	}
 	if (s.Scheduler == "lc" || s.Scheduler == "wlc") && len(s.Reals) > LeastMax {
 		return fmt.Errorf("service %s: %s supports at most %d real servers", k, s.Scheduler, LeastMax)

@@ -35,6 +35,8 @@ type Op struct {
 	Addr      IfAddr       `json:"addr"`
 	Timeouts  Timeouts     `json:"timeouts"`
 	Maglev    MaglevParams `json:"maglev"`
+	// Persistence for add/edit-service in seconds; -1 = unchanged (edit).
+	Persistence int `json:"persistence,omitempty"`
 }
 
 // DefaultScheduler is used when -s is omitted: ipvsadm's default.
@@ -86,7 +88,7 @@ func (c *Config) Apply(op Op) error {
 		if sched == "" {
 			sched = DefaultScheduler
 		}
-		c.Services = append(c.Services, &Service{Key: op.Service, Scheduler: sched})
+		c.Services = append(c.Services, &Service{Key: op.Service, Scheduler: sched, Persistence: max(op.Persistence, 0)})
 		c.sortServices()
 		return nil
 	}
@@ -97,6 +99,9 @@ func (c *Config) Apply(op Op) error {
 	case OpEditService:
 		if op.Scheduler != "" {
 			svc.Scheduler = op.Scheduler
+		}
+		if op.Persistence >= 0 {
+			svc.Persistence = op.Persistence
 		}
 	case OpDelService:
 		c.Services = slices.DeleteFunc(c.Services, func(s *Service) bool { return s == svc })

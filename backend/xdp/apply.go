@@ -191,6 +191,7 @@ func (b *Backend) applyService(s *lb.Service, schedTable []int) error {
 	}
 	entry := ps.entry
 	entry.Flags = pickFlags[sch.Pick()]
+	entry.PersistS = uint32(s.Persistence)
 	if fresh || !slices.Equal(table, ps.table) {
 		base, err := b.slots.alloc(len(table))
 		if err != nil {
@@ -262,6 +263,9 @@ func (b *Backend) applyService(s *lb.Service, schedTable []int) error {
 }
 
 func (b *Backend) retireReal(k lb.ServiceKey, id uint32) {
+	// Mode 0 marks the id unusable: persistence templates pointing at it
+	// schedule afresh.
+	_ = b.objs.Reals.Update(id, mbxReal{}, ebpf.UpdateExist)
 	c, _ := b.realCounters(id)
 	r := b.retired[k]
 	r.Add(c)

@@ -73,6 +73,19 @@ type mbxLocalKey struct {
 	Pad    [3]uint8
 }
 
+type mbxPersistKey struct {
+	_      structs.HostLayout
+	SvcId  uint32
+	Client uint32
+}
+
+type mbxPersistVal struct {
+	_        structs.HostLayout
+	RealId   uint32
+	Pad      uint32
+	LastSeen uint64
+}
+
 type mbxReal struct {
 	_      structs.HostLayout
 	Addr   [4]uint32
@@ -107,6 +120,8 @@ type mbxSvc struct {
 	LaddrBase uint32
 	LaddrLen  uint32
 	Flags     uint32
+	PersistS  uint32
+	Pad       uint32
 }
 
 type mbxSvcKey struct {
@@ -129,6 +144,7 @@ const (
 	mbxMapLoads          = "loads"
 	mbxMapLocalAddrs     = "local_addrs"
 	mbxMapLocalBits      = "local_bits"
+	mbxMapPersist        = "persist"
 	mbxMapReals          = "reals"
 	mbxMapSchedPos       = "sched_pos"
 	mbxMapSchedSlots     = "sched_slots"
@@ -195,6 +211,7 @@ type mbxMapSpecs struct {
 	Loads          *ebpf.MapSpec `ebpf:"loads"`
 	LocalAddrs     *ebpf.MapSpec `ebpf:"local_addrs"`
 	LocalBits      *ebpf.MapSpec `ebpf:"local_bits"`
+	Persist        *ebpf.MapSpec `ebpf:"persist"`
 	Reals          *ebpf.MapSpec `ebpf:"reals"`
 	SchedPos       *ebpf.MapSpec `ebpf:"sched_pos"`
 	SchedSlots     *ebpf.MapSpec `ebpf:"sched_slots"`
@@ -237,6 +254,7 @@ type mbxMaps struct {
 	Loads          *ebpf.Map `ebpf:"loads"`
 	LocalAddrs     *ebpf.Map `ebpf:"local_addrs"`
 	LocalBits      *ebpf.Map `ebpf:"local_bits"`
+	Persist        *ebpf.Map `ebpf:"persist"`
 	Reals          *ebpf.Map `ebpf:"reals"`
 	SchedPos       *ebpf.Map `ebpf:"sched_pos"`
 	SchedSlots     *ebpf.Map `ebpf:"sched_slots"`
@@ -255,6 +273,7 @@ func (m *mbxMaps) Close() error {
 		m.Loads,
 		m.LocalAddrs,
 		m.LocalBits,
+		m.Persist,
 		m.Reals,
 		m.SchedPos,
 		m.SchedSlots,

@@ -18,7 +18,7 @@ import (
 // Maps whose contents outlive a restart: connections, tables, counters.
 // tx_ports is rebuilt from the interfaces; config_map is rewritten.
 var pinnedMaps = []string{"conns", "services", "sched_slots", "sched_pos", "reals", "stats", "loads",
-	"laddrs", "laddr_conflicts", "local_addrs", "local_bits", "counters"}
+	"laddrs", "laddr_conflicts", "local_addrs", "local_bits", "counters", "persist"}
 
 // ensureBPFFS makes sure dir lies on a bpffs. Under /sys/fs/bpf, where a
 // bpffs belongs, it mounts one when missing (ip netns exec gives commands a

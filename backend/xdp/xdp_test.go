@@ -195,3 +195,40 @@ func TestLeastConnections(t *testing.T) {
 		})
 	}
 }
+
+// Persistence (-p): a client stays on one real server for all its new
+// connections; removing that real server reschedules it.
+func TestPersistence(t *testing.T) {
+	f, d := fixture(t, `
+		-A -t 198.18.0.100:80 -s rr -p 60
+		-a -t 198.18.0.100:80 -r 198.18.1.2 -b
+		-a -t 198.18.0.100:80 -r 198.18.1.3 -b
+		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`)
+	_, out := d.send(t, f, syn(45000))
+	first, _, _ := decode(t, out)
+	for sport := 45001; sport < 45011; sport++ {
+		_, out := d.send(t, f, syn(sport))
+		if got, _, _ := decode(t, out); got != first {
+			t.Fatalf("persistent client moved from %s to %s", first, got)
+		}
+	}
+	// Another client is scheduled on its own (rr: the other real server).
+	p := syn(45000)
+	p.IP = map[string]any{"src": "198.18.0.3", "dst": "198.18.0.100"}
+	_, out = d.send(t, f, p)
+	if got, _, _ := decode(t, out); got == first {
+		t.Fatalf("second client not scheduled afresh")
+	}
+	ops, _ := ipvsadmLines("-d -t 198.18.0.100:80 -r " + first.String())
+	cfg, err := d.cfg.Do(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.w.Do(func() error { return d.b.Apply(cfg) }); err != nil {
+		t.Fatal(err)
+	}
+	_, out = d.send(t, f, syn(45100))
+	if got, _, _ := decode(t, out); got == first {
+		t.Fatalf("persistence kept a client on a deleted real server")
+	}
+}

@@ -66,7 +66,11 @@ func List(w io.Writer, c *Command, st *control.Status) {
 			}
 			continue
 		}
-		fmt.Fprintf(w, "%s %s\n", svcName(s.Key), s.Scheduler)
+		flags := ""
+		if s.Persistence > 0 {
+			flags = fmt.Sprintf(" persistent %d", s.Persistence)
+		}
+		fmt.Fprintf(w, "%s %s%s\n", svcName(s.Key), s.Scheduler, flags)
 		for _, r := range s.RealStats {
 			fmt.Fprintf(w, "  -> %-28s %-7s %-6d %-10d %-10d\n", netip.AddrPortFrom(r.Addr, s.RealPort(r.Real)),
 				r.Forward.ForwardName(), r.Weight, r.Active, r.Inactive)
@@ -85,7 +89,11 @@ func Save(w io.Writer, c *Command, cfg *lb.Config) {
 			flag = "-u"
 		}
 		svc := netip.AddrPortFrom(s.Key.Addr, s.Key.Port)
-		fmt.Fprintf(w, "-A %s %s -s %s\n", flag, svc, s.Scheduler)
+		persist := ""
+		if s.Persistence > 0 {
+			persist = fmt.Sprintf(" -p %d", s.Persistence)
+		}
+		fmt.Fprintf(w, "-A %s %s -s %s%s\n", flag, svc, s.Scheduler, persist)
 		for _, r := range s.Reals {
 			fmt.Fprintf(w, "-a %s %s -r %s %s -w %d\n", flag, svc, netip.AddrPortFrom(r.Addr, s.RealPort(r)), fwdFlag(r.Forward), r.Weight)
 		}

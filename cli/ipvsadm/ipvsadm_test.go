@@ -50,7 +50,9 @@ func TestParse(t *testing.T) {
 		{"-A -D -t 10.0.0.100:80", "", "two commands"},
 		{"--add-laddr -z 192.168.100.200 -t 10.0.0.100:80", "", "-F DEV"},
 		{"--add-laddr -z nope -t 10.0.0.100:80 -F x", "", "malformed local address"},
-		{"-A -t 10.0.0.100:80 -p 60", "", "persistence"},
+		{"-A -t 10.0.0.100:80 -p 60", "add-service", ""},
+		{"-A -t 10.0.0.100:80 -s rr -p", "add-service", ""},
+		{"-A -t 10.0.0.100:80 -p x", "", "illegal persistence timeout"},
 		{"-t 10.0.0.100:80", "", "no command"},
 		{"-A -t", "", "needs an argument"},
 		{"-Y", "", "unknown option"},
@@ -86,6 +88,12 @@ func TestParsedFields(t *testing.T) {
 	want := lb.Real{Addr: netip.MustParseAddr("192.168.100.2"), Port: 80, Weight: 5, Forward: lb.FullNAT}
 	if op.Real != want || op.Service.Port != 80 || op.Service.Proto != lb.TCP {
 		t.Fatalf("parsed %+v", op)
+	}
+	for line, want := range map[string]int{"-A -t 10.0.0.100:80 -p 60": 60, "-A -t 10.0.0.100:80 -p -s rr": 360, "-A -t 10.0.0.100:80": 0, "-E -t 10.0.0.100:80 -s rr": -1} {
+		c, err := Parse(strings.Fields(line))
+		if err != nil || c.Ops[0].Persistence != want {
+			t.Errorf("%q: persistence %v (%v), want %d", line, c, err, want)
+		}
 	}
 	c, _ = Parse(strings.Fields("-lnc --stats -x"))
 	if !c.Numeric || !c.Conns || !c.Stats || !c.Exact {

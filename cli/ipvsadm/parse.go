@@ -80,6 +80,14 @@ func getopt(args []string) ([]opt, error) {
 			}
 			out = append(out, opt{"set", strings.Join(args[i+1:i+4], " ")})
 			i += 3
+		case a == "-p" || a == "--persistent":
+			// ipvsadm's timeout after -p is optional (default 360 s).
+			if i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+				out = append(out, opt{"persistent", args[i+1]})
+				i++
+			} else {
+				out = append(out, opt{"persistent", "360"})
+			}
 		case strings.HasPrefix(a, "--") && len(a) > 2:
 			name, val, hasVal := strings.Cut(a[2:], "=")
 			spec, ok := longOpts[name]
@@ -139,6 +147,7 @@ func Parse(args []string) (*Command, error) {
 	}
 	var (
 		setArg  string
+		persist = -1
 		cmd     string
 		svc     *lb.ServiceKey
 		sched   string
@@ -214,7 +223,11 @@ func Parse(args []string) (*Command, error) {
 		case "timeout":
 			c.Timeout = true
 		case "persistent":
-			return nil, errors.New("persistence (-p) is not supported yet")
+			n, err := strconv.Atoi(o.arg)
+			if err != nil || n < 1 {
+				return nil, fmt.Errorf("illegal persistence timeout %q (seconds)", o.arg)
+			}
+			persist = n
 		case "match":
 			return nil, errors.New("SNAT matches (-H) are not supported yet")
 		case "fwmark-service":
@@ -288,7 +301,11 @@ func Parse(args []string) (*Command, error) {
 			}
 		}
 		kind := map[string]lb.OpKind{"add-service": lb.OpAddService, "edit-service": lb.OpEditService, "delete-service": lb.OpDelService}[cmd]
-		c.Ops = []lb.Op{{Kind: kind, Service: *svc, Scheduler: sched}}
+		p := persist
+		if kind == lb.OpAddService && p < 0 {
+			p = 0
+		}
+		c.Ops = []lb.Op{{Kind: kind, Service: *svc, Scheduler: sched, Persistence: p}}
 	case "add-server", "edit-server", "delete-server":
 		if err := needSvc(); err != nil {
 			return nil, err
