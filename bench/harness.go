@@ -24,6 +24,17 @@ type Harness struct {
 
 // NewHarness builds a harness for frame around target.
 func NewHarness(target *ebpf.Program, frame []byte) (*Harness, error) {
+	return newHarness(target, frame, -1)
+}
+
+// NewHarnessNewFlows is NewHarness writing a counter into the 32 bits at
+// off (the IPv4 source address) after each restore, so every run is a new
+// flow (the checksums are then wrong, which the datapath does not check).
+func NewHarnessNewFlows(target *ebpf.Program, frame []byte, off int) (*Harness, error) {
+	return newHarness(target, frame, off)
+}
+
+func newHarness(target *ebpf.Program, frame []byte, portOff int) (*Harness, error) {
 	frames, err := NewTemplate(frame)
 	if err != nil {
 		return nil, err
@@ -38,7 +49,26 @@ func NewHarness(target *ebpf.Program, frame []byte) (*Harness, error) {
 		progs.Close()
 		return nil, fmt.Errorf("tail-call map: %w", err)
 	}
-	insns := append(RestoreFrame(frames, len(frame), "out"),
+	insns := RestoreFrame(frames, len(frame), "out")
+	if portOff >= 0 {
+		ctr, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			return nil, err
+		}
+		defer ctr.Close() // the program holds it
+		insns = append(insns,
+			asm.LoadMapPtr(asm.R1, ctr.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.LoadMem(asm.R3, asm.R0, 0, asm.Word),
+			asm.Add.Imm(asm.R3, 1),
+			asm.StoreMem(asm.R0, 0, asm.R3, asm.Word),
+			asm.StoreMem(asm.R7, int16(portOff), asm.R3, asm.Word),
+		)
+	}
+	insns = append(insns,
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.LoadMapPtr(asm.R2, progs.FD()),
 		asm.Mov.Imm(asm.R3, 0),

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -14,11 +15,31 @@ import (
 	"github.com/mbx-net/mbx/lab"
 )
 
-const benchConfig = `
+var benchConfig = `
 -A -t 198.18.0.100:80 -s rr
 -a -t 198.18.0.100:80 -r 198.18.1.2 -b
 -a -t 198.18.0.100:80 -r 198.18.1.3 -b
---add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`
+--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0
+-A -t 198.18.0.100:81 -s mh
+-a -t 198.18.0.100:81 -r 198.18.1.2 -b
+-a -t 198.18.0.100:81 -r 198.18.1.3 -b
+--add-laddr -z 198.18.1.200 -t 198.18.0.100:81 -F lan0
+` + laddrs("81") + `
+-A -t 198.18.0.100:82 -s wlc
+-a -t 198.18.0.100:82 -r 198.18.1.2 -b
+-a -t 198.18.0.100:82 -r 198.18.1.3 -b
+--add-laddr -z 198.18.1.200 -t 198.18.0.100:82 -F lan0
+` + laddrs("82") + laddrs("80")
+
+// laddrs gives a service 7 more LIPs: one client's new connections would
+// otherwise exhaust one LIP's ports toward a real server.
+func laddrs(port string) string {
+	var b strings.Builder
+	for i := 201; i <= 207; i++ {
+		fmt.Fprintf(&b, "--add-laddr -z 198.18.1.%d -t 198.18.0.100:%s -F lan0\n", i, port)
+	}
+	return b.String()
+}
 
 // BenchmarkXDP times the XDP program per packet (ns/pkt, kernel-measured,
 // restore harness included) on the paths that matter. The "harness" case is
@@ -90,19 +111,28 @@ func BenchmarkXDP(b *testing.B) {
 	}
 	defer pass.Close()
 
+	synTo := func(port int) []byte {
+		return pkt("wan0", fromClient, toVIP, map[string]any{"sport": 1, "dport": port, "flags": "S"})
+	}
 	cases := []struct {
-		name  string
-		prog  *ebpf.Program
-		iface string
-		frame []byte
-		want  uint32
+		name     string
+		prog     *ebpf.Program
+		iface    string
+		frame    []byte
+		want     uint32
+		newFlows bool
 	}{
-		{"harness", pass, "wan0", pkt("wan0", fromClient, toVIP, map[string]any{"sport": 40000, "dport": 80, "flags": "A"}), 2},
-		{"established", be.Program(), "wan0", pkt("wan0", fromClient, toVIP, map[string]any{"sport": 40000, "dport": 80, "flags": "A"}), 4},
+		{"harness", pass, "wan0", pkt("wan0", fromClient, toVIP, map[string]any{"sport": 40000, "dport": 80, "flags": "A"}), 2, false},
+		{"established", be.Program(), "wan0", pkt("wan0", fromClient, toVIP, map[string]any{"sport": 40000, "dport": 80, "flags": "A"}), 4, false},
 		{"reply", be.Program(), "lan0", pkt("lan0", map[string]any{"src": "rs1", "dst": "lan0"},
-			map[string]any{"src": "198.18.1.2", "dst": "198.18.1.200"}, map[string]any{"sport": 80, "dport": int(lport), "flags": "A"}), 4},
+			map[string]any{"src": "198.18.1.2", "dst": "198.18.1.200"}, map[string]any{"sport": 80, "dport": int(lport), "flags": "A"}), 4, false},
 		{"not-ours", be.Program(), "wan0", pkt("wan0", fromClient, map[string]any{"src": "198.18.0.2", "dst": "198.18.1.9"},
-			map[string]any{"sport": 40000, "dport": 22, "flags": "A"}), 2},
+			map[string]any{"sport": 40000, "dport": 22, "flags": "A"}), 2, false},
+		// A new connection per run (two connection-table inserts each):
+		// the scheduler's own cost is the difference between these.
+		{"syn-new-rr", be.Program(), "wan0", synTo(80), 4, true},
+		{"syn-new-mh", be.Program(), "wan0", synTo(81), 4, true},
+		{"syn-new-wlc", be.Program(), "wan0", synTo(82), 4, true},
 	}
 	// The bare trivial program, no harness: the test-run loop's own cost.
 	b.Run("bare-pass", func(b *testing.B) {
@@ -121,7 +151,11 @@ func BenchmarkXDP(b *testing.B) {
 	})
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
-			h, err := NewHarness(c.prog, c.frame)
+			newHarness := NewHarness
+			if c.newFlows {
+				newHarness = func(p *ebpf.Program, f []byte) (*Harness, error) { return NewHarnessNewFlows(p, f, 26) }
+			}
+			h, err := newHarness(c.prog, c.frame)
 			if err != nil {
 				b.Fatal(err)
 			}
