@@ -51,22 +51,13 @@ func newHarness(target *ebpf.Program, frame []byte, portOff int) (*Harness, erro
 	}
 	insns := RestoreFrame(frames, len(frame), "out")
 	if portOff >= 0 {
-		ctr, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		ctr, err := NewCounter()
 		if err != nil {
 			return nil, err
 		}
 		defer ctr.Close() // the program holds it
-		insns = append(insns,
-			asm.LoadMapPtr(asm.R1, ctr.FD()),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, -4),
-			asm.FnMapLookupElem.Call(),
-			asm.JEq.Imm(asm.R0, 0, "out"),
-			asm.LoadMem(asm.R3, asm.R0, 0, asm.Word),
-			asm.Add.Imm(asm.R3, 1),
-			asm.StoreMem(asm.R0, 0, asm.R3, asm.Word),
-			asm.StoreMem(asm.R7, int16(portOff), asm.R3, asm.Word),
-		)
+		insns = append(insns, NextCounter(ctr, "out")...)
+		insns = append(insns, asm.StoreMem(asm.R7, int16(portOff), asm.R3, asm.Word))
 	}
 	insns = append(insns,
 		asm.Mov.Reg(asm.R1, asm.R6),

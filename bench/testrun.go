@@ -49,6 +49,28 @@ func RestoreFrame(tmpl *ebpf.Map, frameLen int, fail string) asm.Instructions {
 	return insns
 }
 
+// NextCounter returns instructions that increment a per-CPU counter in ctr
+// (a one-entry PerCPUArray of uint32) and leave the new value in R3,
+// jumping to skip when the map lookup fails. It uses the stack slot at
+// RFP-4, which RestoreFrame leaves holding key 0.
+func NextCounter(ctr *ebpf.Map, skip string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMapPtr(asm.R1, ctr.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, skip),
+		asm.LoadMem(asm.R3, asm.R0, 0, asm.Word),
+		asm.Add.Imm(asm.R3, 1),
+		asm.StoreMem(asm.R0, 0, asm.R3, asm.Word),
+	}
+}
+
+// NewCounter makes the map NextCounter increments.
+func NewCounter() (*ebpf.Map, error) {
+	return ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+}
+
 // NewTemplate stores frame as the single value of a new array map.
 func NewTemplate(frame []byte) (*ebpf.Map, error) {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(len(frame)), MaxEntries: 1})

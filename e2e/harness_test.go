@@ -226,6 +226,14 @@ func (e *env) waitTCP(h, addr string) {
 	e.t.Fatalf("nothing listens on %s in %s", addr, h)
 }
 
+// wrkClean fails the test when wrk reports failed requests.
+func wrkClean(t *testing.T, out string) {
+	t.Helper()
+	if strings.Contains(out, "Socket errors") || strings.Contains(out, "Non-2xx") {
+		t.Fatalf("wrk saw failed requests:\n%s", out)
+	}
+}
+
 // countLines counts lines by their first word.
 func countFirstWords(out string) map[string]int {
 	m := map[string]int{}

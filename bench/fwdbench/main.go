@@ -347,20 +347,13 @@ func newGenerator(l *lab.Lab) (*generator, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctr, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	ctr, err := bench.NewCounter()
 	if err != nil {
 		return nil, err
 	}
 	insns := bench.RestoreFrame(tmpl, len(frame), "out")
+	insns = append(insns, bench.NextCounter(ctr, "tx")...)
 	insns = append(insns,
-		asm.LoadMapPtr(asm.R1, ctr.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "tx"),
-		asm.LoadMem(asm.R3, asm.R0, 0, asm.Word),
-		asm.Add.Imm(asm.R3, 1),
-		asm.StoreMem(asm.R0, 0, asm.R3, asm.Word),
 		asm.And.Imm(asm.R3, flows-1),
 		asm.LSh.Imm(asm.R3, 8), // network-order port 10000+i: vary the high byte
 		asm.Add.Imm(asm.R3, 0x1027),
