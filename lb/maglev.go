@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"sort"
 )
 
 // MaglevDefaultSize is the default lookup table size (a prime, as Maglev
@@ -72,9 +73,12 @@ func realHash(a netip.Addr, port uint16, seed uint32) uint32 {
 
 // Maglev builds the weighted Maglev lookup table (Eisenbud et al., NSDI
 // 2016) with Katran's weighting: in each round every real gains its weight
-// in credit and claims its next preferred free slot per max-weight credit,
-// so slot counts follow the weights. Reals with weight 0 get no slot.
-// The result lists indices into reals, len(result) == size.
+// in credit and claims its next preferred free slot per max-weight credit.
+// Each real stops at its quota, its exact share of the table rounded by the
+// largest-remainder method, so no real is more than one slot off its weight
+// (an uncapped last round would give early reals an extra slot).
+// Reals with weight 0 get no slot. The result lists indices into reals,
+// len(result) == size.
 func Maglev(reals []Real, p MaglevParams) []int {
 	p = p.withDefaults()
 	m := uint32(p.Size)
@@ -82,6 +86,7 @@ func Maglev(reals []Real, p MaglevParams) []int {
 		idx          int
 		pos, skip    uint32 // current preference: offset + next*skip (mod m)
 		weight, cred int
+		quota, got   int
 	}
 	var cs []cand
 	maxW := 0
@@ -97,6 +102,25 @@ func Maglev(reals []Real, p MaglevParams) []int {
 	if len(cs) == 0 {
 		return nil
 	}
+	// Quotas by largest remainder; ties by position, deterministically.
+	total := 0
+	for _, c := range cs {
+		total += c.weight
+	}
+	type rem struct{ i, r int }
+	var rems []rem
+	assigned := 0
+	for i := range cs {
+		q := int(uint64(m) * uint64(cs[i].weight) / uint64(total))
+		cs[i].quota = q
+		assigned += q
+		rems = append(rems, rem{i, int(uint64(m) * uint64(cs[i].weight) % uint64(total))})
+	}
+	sort.SliceStable(rems, func(a, b int) bool { return rems[a].r > rems[b].r })
+	for k := 0; assigned < int(m); k++ {
+		cs[rems[k].i].quota++
+		assigned++
+	}
 	entry := make([]int32, m)
 	for i := range entry {
 		entry[i] = -1
@@ -105,8 +129,11 @@ func Maglev(reals []Real, p MaglevParams) []int {
 	for {
 		for i := range cs {
 			c := &cs[i]
+			if c.got >= c.quota {
+				continue
+			}
 			c.cred += c.weight
-			for c.cred >= maxW {
+			for c.cred >= maxW && c.got < c.quota {
 				c.cred -= maxW
 				// Next preferred slot of this real that is still free;
 				// stepping by skip (mod m) walks its permutation.
@@ -119,6 +146,7 @@ func Maglev(reals []Real, p MaglevParams) []int {
 				if c.pos += c.skip; c.pos >= m {
 					c.pos -= m
 				}
+				c.got++
 				filled++
 				if filled == m {
 					out := make([]int, m)

@@ -14,10 +14,11 @@ func manyReals(n int, weight func(i int) int) []Real {
 	return r
 }
 
-// Each real's share of the table follows its weight: within 1% of the
-// exact share, or within two slots (the last partial round of weight
-// credits can give a real one extra slot; measured worst: 1.1% at weights
-// 1-4 over 1000 reals).
+// Each real's share of the table follows its weight: within one slot of the
+// exact share (quotas by largest remainder). Relative to the share that is
+// within 1% where a real has 100+ slots; with weights 1-4 over 1000 reals
+// the worst is 1.09%, which no integer table of 65537 slots can beat (537
+// fractional slots must land on someone).
 func TestMaglevShares(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -46,7 +47,7 @@ func TestMaglevShares(t *testing.T) {
 			if r.Weight == 0 && c[i] != 0 {
 				t.Fatalf("%s: drained real %d has %d slots", tc.name, i, c[i])
 			}
-			if diff > max(0.01*want, 2) {
+			if diff >= 1 {
 				t.Errorf("%s: real %d has %d slots, want %.1f", tc.name, i, c[i], want)
 			}
 			if want > 0 {
