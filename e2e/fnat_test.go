@@ -23,11 +23,9 @@ const vip = "198.18.0.100"
 func twoArmNoDaemon(t *testing.T) (*env, string) {
 	need(t, "nginx", "curl", "ethtool")
 	e := newEnv(t, "fnat-two-arm")
-	files := e.dir + "/files"
-	os.MkdirAll(files, 0o755)
-	sum := writeRandom(t, filepath.Join(files, "20M.bin"), 20<<20)
-	e.nginx("rs1", files)
-	e.nginx("rs2", files)
+	sum := writeRandom(t, filepath.Join(e.filesDir(), "20M.bin"), 20<<20)
+	e.nginx("rs1")
+	e.nginx("rs2")
 	return e, sum
 }
 
@@ -281,11 +279,9 @@ func TestFullNATIperf(t *testing.T) {
 func TestFullNATOneArm(t *testing.T) {
 	need(t, "nginx", "curl")
 	e := newEnv(t, "fnat-one-arm")
-	files := e.dir + "/files"
-	os.MkdirAll(files, 0o755)
-	sum := writeRandom(t, filepath.Join(files, "20M.bin"), 20<<20)
-	e.nginx("rs1", files)
-	e.nginx("rs2", files)
+	sum := writeRandom(t, filepath.Join(e.filesDir(), "20M.bin"), 20<<20)
+	e.nginx("rs1")
+	e.nginx("rs2")
 	e.startDaemon("--iface", "eth0")
 	e.mustMbx("addr", "add", vip+"/32", "dev", "eth0")
 	e.ipvsadm(`

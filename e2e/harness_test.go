@@ -161,9 +161,19 @@ func (e *env) stopDaemon() {
 	e.daemon = nil
 }
 
+// filesDir is the directory every real server's nginx serves under /files/.
+func (e *env) filesDir() string {
+	d := filepath.Join(e.dir, "files")
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	return d
+}
+
 // nginx starts nginx in host answering "NAME CLIENTIP:PORT" on / and serving
-// the files of dir under /files/.
-func (e *env) nginx(h, files string) {
+// filesDir under /files/.
+func (e *env) nginx(h string) {
+	files := e.filesDir()
 	e.t.Helper()
 	d := filepath.Join(e.dir, "nginx-"+h)
 	for _, sub := range []string{"", "tmp"} {

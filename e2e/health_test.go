@@ -14,10 +14,8 @@ import (
 func TestHealthChecks(t *testing.T) {
 	need(t, "nginx", "curl")
 	e := newEnv(t, "fnat-two-arm")
-	files := e.dir + "/files"
-	os.MkdirAll(files, 0o755)
-	e.nginx("rs1", files)
-	e.nginx("rs2", files)
+	e.nginx("rs1")
+	e.nginx("rs2")
 	cfg := filepath.Join(e.dir, "mbx.yaml")
 	os.WriteFile(cfg, []byte(`
 addresses:
@@ -80,7 +78,7 @@ services:
 	}
 
 	// nginx back on rs2: it returns after rise successes.
-	e.nginx("rs2", files)
+	e.nginx("rs2")
 	waitListing("rs2 back", func(out string) bool {
 		return strings.Contains(strings.Split(out, "TCP  198.18.0.100:8080")[0], "198.18.1.3:80")
 	})

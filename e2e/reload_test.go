@@ -34,10 +34,8 @@ func reloadConfig(sched string, reals ...string) string {
 func TestReloadUnderLoad(t *testing.T) {
 	need(t, "nginx", "wrk", "curl")
 	e := newEnv(t, "fnat-two-arm")
-	files := e.dir + "/files"
-	os.MkdirAll(files, 0o755)
-	e.nginx("rs1", files)
-	e.nginx("rs2", files)
+	e.nginx("rs1")
+	e.nginx("rs2")
 	cfg := filepath.Join(e.dir, "mbx.yaml")
 	write := func(s string) {
 		if err := os.WriteFile(cfg, []byte(s), 0o644); err != nil {

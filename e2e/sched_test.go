@@ -14,10 +14,8 @@ import (
 func TestSchedulersWithHealthUnderLoad(t *testing.T) {
 	need(t, "nginx", "curl", "wrk")
 	e := newEnv(t, "fnat-two-arm")
-	files := e.dir + "/files"
-	os.MkdirAll(files, 0o755)
 	for _, h := range []string{"rs1", "rs2", "rs3"} {
-		e.nginx(h, files)
+		e.nginx(h)
 	}
 	reals := ""
 	for _, a := range []string{"198.18.1.2", "198.18.1.3", "198.18.1.4"} {
@@ -62,7 +60,7 @@ services:
 			t.Fatalf("service %s after rs3 stopped: %v", port, c)
 		}
 	}
-	e.nginx("rs3", files)
+	e.nginx("rs3")
 	time.Sleep(900 * time.Millisecond) // rise 2
 	for _, port := range []string{"", ":8080"} {
 		if c := split(port); c["rs3"] == 0 {
