@@ -11,7 +11,7 @@ import (
 )
 
 func addrCommand() *ucli.Command {
-	sock := &ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Usage: "control socket"}
+	sock := socketFlag()
 	op := func(kind lb.OpKind) ucli.ActionFunc {
 		return func(c *ucli.Context) error {
 			a := c.Args().Slice()

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	ucli "github.com/urfave/cli/v2"
+
+	"github.com/mbx-net/mbx/control"
 )
 
 // App returns the mbx command.
@@ -35,6 +37,11 @@ func Main() {
 		fmt.Fprintln(os.Stderr, "mbx: "+strings.ReplaceAll(err.Error(), "\n", " "))
 		os.Exit(1)
 	}
+}
+
+// socketFlag is the control-socket flag of every client command.
+func socketFlag() *ucli.StringFlag {
+	return &ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Usage: "control socket (default " + control.DefaultSocket + ")"}
 }
 
 func newLogger(level string) (*slog.Logger, error) {

@@ -10,7 +10,7 @@ func reloadCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "reload",
 		Usage: "re-read the daemon's configuration file and apply the difference (as SIGHUP)",
-		Flags: []ucli.Flag{&ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Usage: "control socket"}},
+		Flags: []ucli.Flag{socketFlag()},
 		Action: func(c *ucli.Context) error {
 			return control.NewClient(control.SocketPath(c.String("socket"))).Reload()
 		},

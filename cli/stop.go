@@ -11,7 +11,7 @@ func stopCommand() *ucli.Command {
 		Name:  "stop",
 		Usage: "stop the daemon; --keep-datapath leaves it forwarding for the next mbx run (as SIGUSR2)",
 		Flags: []ucli.Flag{
-			&ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Usage: "control socket"},
+			socketFlag(),
 			&ucli.BoolFlag{Name: "keep-datapath", Usage: "restart or upgrade without loss"},
 		},
 		Action: func(c *ucli.Context) error {

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -229,22 +228,7 @@ func TestFullNATIperf(t *testing.T) {
 
 	t.Run("1 GB TCP stream", func(t *testing.T) {
 		e.t = t
-		out := e.host("client", "iperf3", "-c", vip, "-n", "1G", "-J")
-		var r struct {
-			End struct {
-				SumSent struct {
-					Bytes float64 `json:"bytes"`
-				} `json:"sum_sent"`
-				SumReceived struct {
-					Bytes         float64 `json:"bytes"`
-					BitsPerSecond float64 `json:"bits_per_second"`
-				} `json:"sum_received"`
-			} `json:"end"`
-			Error string `json:"error"`
-		}
-		if err := json.Unmarshal([]byte(out), &r); err != nil || r.Error != "" {
-			t.Fatalf("iperf3: %v %s", err, r.Error)
-		}
+		r := parseIperf(t, e.host("client", "iperf3", "-c", vip, "-n", "1G", "-J"))
 		// The sender completes only when TCP acknowledged all 1 GiB (a broken
 		// path stalls or errors instead); iperf3's receiver summary closes its
 		// last interval early by up to a few socket buffers, so it is only
@@ -257,19 +241,7 @@ func TestFullNATIperf(t *testing.T) {
 
 	t.Run("UDP stream", func(t *testing.T) {
 		e.t = t
-		out := e.host("client", "iperf3", "-c", vip, "-u", "-b", "20M", "-t", "3", "-J")
-		var r struct {
-			End struct {
-				Sum struct {
-					Packets     int     `json:"packets"`
-					LostPercent float64 `json:"lost_percent"`
-				} `json:"sum"`
-			} `json:"end"`
-			Error string `json:"error"`
-		}
-		if err := json.Unmarshal([]byte(out), &r); err != nil || r.Error != "" {
-			t.Fatalf("iperf3 -u: %v %s", err, r.Error)
-		}
+		r := parseIperf(t, e.host("client", "iperf3", "-c", vip, "-u", "-b", "20M", "-t", "3", "-J"))
 		if r.End.Sum.Packets == 0 || r.End.Sum.LostPercent > 1 {
 			t.Fatalf("UDP: %d packets, %.2f%% lost", r.End.Sum.Packets, r.End.Sum.LostPercent)
 		}

@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -234,6 +235,34 @@ func (e *env) waitTCP(h, addr string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	e.t.Fatalf("nothing listens on %s in %s", addr, h)
+}
+
+// iperfResult is the part of iperf3 -J output the tests read.
+type iperfResult struct {
+	End struct {
+		SumSent struct {
+			Bytes float64 `json:"bytes"`
+		} `json:"sum_sent"`
+		SumReceived struct {
+			Bytes         float64 `json:"bytes"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+		Sum struct { // UDP
+			Packets     int     `json:"packets"`
+			LostPercent float64 `json:"lost_percent"`
+		} `json:"sum"`
+	} `json:"end"`
+	Error string `json:"error"`
+}
+
+// parseIperf fails the test unless out is a successful iperf3 -J report.
+func parseIperf(t *testing.T, out string) iperfResult {
+	t.Helper()
+	var r iperfResult
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.Error != "" {
+		t.Fatalf("iperf3: %v %s", err, r.Error)
+	}
+	return r
 }
 
 // wrkClean fails the test when wrk reports failed requests.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -94,16 +93,9 @@ func TestRestartWithoutLoss(t *testing.T) {
 	}
 	t.Logf("%s", wrkOut.String())
 	wrkClean(t, wrkOut.String())
-	var r struct {
-		End struct {
-			SumSent struct {
-				Bytes float64 `json:"bytes"`
-			} `json:"sum_sent"`
-		} `json:"end"`
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal([]byte(iperfOut.String()), &r); err != nil || r.Error != "" || r.End.SumSent.Bytes == 0 {
-		t.Fatalf("iperf3: %v %s", err, r.Error)
+	r := parseIperf(t, iperfOut.String())
+	if r.End.SumSent.Bytes == 0 {
+		t.Fatal("iperf3 sent nothing")
 	}
 	t.Logf("iperf3 sent %.0f MB across two restarts", r.End.SumSent.Bytes/1e6)
 
