@@ -3,8 +3,11 @@ package bench
 import (
 	"fmt"
 	"os"
+	"slices"
+	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -29,7 +32,23 @@ var benchConfig = `
 -a -t 198.18.0.100:82 -r 198.18.1.2 -b
 -a -t 198.18.0.100:82 -r 198.18.1.3 -b
 --add-laddr -z 198.18.1.200 -t 198.18.0.100:82 -F lan0
-` + laddrs("82") + laddrs("80")
+` + laddrs("82") + laddrs("80") + pickOnly
+
+// pickOnly are services with real servers but no local address: a SYN to
+// one runs the whole new-connection path up to and including the scheduler,
+// then is dropped (drop_no_laddr) before any table insert. Their difference
+// is the schedulers' own cost, free of the inserts' noise.
+var pickOnly = `
+-A -t 198.18.0.100:90 -s rr
+-a -t 198.18.0.100:90 -r 198.18.1.2 -b
+-a -t 198.18.0.100:90 -r 198.18.1.3 -b
+-A -t 198.18.0.100:91 -s mh
+-a -t 198.18.0.100:91 -r 198.18.1.2 -b
+-a -t 198.18.0.100:91 -r 198.18.1.3 -b
+-A -t 198.18.0.100:92 -s wlc
+-a -t 198.18.0.100:92 -r 198.18.1.2 -b
+-a -t 198.18.0.100:92 -r 198.18.1.3 -b
+`
 
 // laddrs gives a service 7 more LIPs: one client's new connections would
 // otherwise exhaust one LIP's ports toward a real server.
@@ -115,24 +134,18 @@ func BenchmarkXDP(b *testing.B) {
 		return pkt("wan0", fromClient, toVIP, map[string]any{"sport": 1, "dport": port, "flags": "S"})
 	}
 	cases := []struct {
-		name     string
-		prog     *ebpf.Program
-		iface    string
-		frame    []byte
-		want     uint32
-		newFlows bool
+		name  string
+		prog  *ebpf.Program
+		iface string
+		frame []byte
+		want  uint32
 	}{
-		{"harness", pass, "wan0", pkt("wan0", fromClient, toVIP, map[string]any{"sport": 40000, "dport": 80, "flags": "A"}), 2, false},
-		{"established", be.Program(), "wan0", pkt("wan0", fromClient, toVIP, map[string]any{"sport": 40000, "dport": 80, "flags": "A"}), 4, false},
+		{"harness", pass, "wan0", pkt("wan0", fromClient, toVIP, map[string]any{"sport": 40000, "dport": 80, "flags": "A"}), 2},
+		{"established", be.Program(), "wan0", pkt("wan0", fromClient, toVIP, map[string]any{"sport": 40000, "dport": 80, "flags": "A"}), 4},
 		{"reply", be.Program(), "lan0", pkt("lan0", map[string]any{"src": "rs1", "dst": "lan0"},
-			map[string]any{"src": "198.18.1.2", "dst": "198.18.1.200"}, map[string]any{"sport": 80, "dport": int(lport), "flags": "A"}), 4, false},
+			map[string]any{"src": "198.18.1.2", "dst": "198.18.1.200"}, map[string]any{"sport": 80, "dport": int(lport), "flags": "A"}), 4},
 		{"not-ours", be.Program(), "wan0", pkt("wan0", fromClient, map[string]any{"src": "198.18.0.2", "dst": "198.18.1.9"},
-			map[string]any{"sport": 40000, "dport": 22, "flags": "A"}), 2, false},
-		// A new connection per run (two connection-table inserts each):
-		// the scheduler's own cost is the difference between these.
-		{"syn-new-rr", be.Program(), "wan0", synTo(80), 4, true},
-		{"syn-new-mh", be.Program(), "wan0", synTo(81), 4, true},
-		{"syn-new-wlc", be.Program(), "wan0", synTo(82), 4, true},
+			map[string]any{"sport": 40000, "dport": 22, "flags": "A"}), 2},
 	}
 	// The bare trivial program, no harness: the test-run loop's own cost.
 	b.Run("bare-pass", func(b *testing.B) {
@@ -151,11 +164,7 @@ func BenchmarkXDP(b *testing.B) {
 	})
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
-			newHarness := NewHarness
-			if c.newFlows {
-				newHarness = func(p *ebpf.Program, f []byte) (*Harness, error) { return NewHarnessNewFlows(p, f, 26) }
-			}
-			h, err := newHarness(c.prog, c.frame)
+			h, err := NewHarness(c.prog, c.frame)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -177,5 +186,74 @@ func BenchmarkXDP(b *testing.B) {
 				b.Fatal(err)
 			}
 		})
+	}
+	// A new connection per run (new client address each time), schedulers
+	// interleaved: the whole new-connection path, and the pick alone.
+	b.Run("syn-new", func(b *testing.B) {
+		benchInterleaved(b, w, be, idx["wan0"], 4, true, map[string][]byte{"rr": synTo(80), "mh": synTo(81), "wlc": synTo(82)})
+	})
+	b.Run("syn-pick", func(b *testing.B) {
+		benchInterleaved(b, w, be, idx["wan0"], 1, false, map[string][]byte{"rr": synTo(90), "mh": synTo(91), "wlc": synTo(92)})
+	})
+}
+
+// newConnChunk is how many new connections one chunk makes: two entries
+// each stay well under the 65536-entry table, so no chunk pays LRU
+// eviction and every chunk starts from the same (empty) table.
+const newConnChunk = 8192
+
+// benchInterleaved times SYNs of new flows per scheduler in one run: chunks
+// of the schedulers alternate, in reversed order every other round, so
+// machine noise hits them alike. With flush the connection table is emptied
+// before each chunk, so every chunk's inserts meet the same (empty) table.
+func benchInterleaved(b *testing.B, w *lab.Worker, be *xdp.Backend, ifindex int, want uint32, flush bool, syns map[string][]byte) {
+	names := make([]string, 0, len(syns))
+	for n := range syns {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	harness := map[string]*Harness{}
+	for _, n := range names {
+		h, err := NewHarnessNewFlows(be.Program(), syns[n], 26)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer h.Close()
+		harness[n] = h
+	}
+	total := map[string]time.Duration{}
+	runs := 0
+	for round := 0; runs < b.N; round++ {
+		order := append([]string(nil), names...)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, n := range order {
+			if flush {
+				if _, err := be.FlushConns(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			err := w.Do(func() error {
+				ret, per, err := harness[n].Run(ifindex, newConnChunk)
+				if err == nil && ret != want {
+					snap, _ := be.Snapshot()
+					err = fmt.Errorf("%s: verdict %d, want %d (counters %v)", n, ret, want, snap.Datapath)
+				}
+				total[n] += per
+				return err
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		runs += newConnChunk
+	}
+	rounds := float64(runs / newConnChunk)
+	for _, n := range names {
+		b.ReportMetric(float64(total[n].Nanoseconds())/rounds, n+"-ns/pkt")
+	}
+	if _, ok := total["rr"]; ok {
+		b.ReportMetric(float64((total["mh"]-total["rr"]).Nanoseconds())/rounds, "mh-minus-rr-ns")
 	}
 }

@@ -9,8 +9,12 @@
 #define MAX_REALS 16384
 #define MAX_LADDRS 4096
 #define MAX_IFACES 64
-/* Slots of all scheduler tables together; a service owns a contiguous range. */
+/* Slots of all scheduler tables together; a service owns a contiguous range
+ * that starts on a group boundary. Array maps round every element up to 8
+ * bytes, so a group packs four 16-bit real ids into one element: a 65537-slot
+ * Maglev table is 128 KiB (it stays in L2) instead of 512 KiB. */
 #define SCHED_SLOTS (1 << 22)
+#define SLOTS_PER_GROUP 4
 
 /* svc.flags: how new flows index the service's table (lb.Pick). */
 #define PICK_RR 0

@@ -140,12 +140,29 @@ struct {
 	__type(value, struct svc);
 } services SEC(".maps");
 
+struct sched_group {
+	__u16 real[SLOTS_PER_GROUP]; /* real ids: MAX_REALS fits 16 bits */
+};
+
+_Static_assert(MAX_REALS <= 65536, "real ids must fit sched_group");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SCHED_SLOTS);
+	__uint(max_entries, SCHED_SLOTS / SLOTS_PER_GROUP);
 	__type(key, __u32);
-	__type(value, __u32); /* real id */
+	__type(value, struct sched_group);
 } sched_slots SEC(".maps");
+
+/* slot_real reads the real id in a scheduler-table slot; 0 on success. */
+static __always_inline int slot_real(__u32 slot, __u32 *id)
+{
+	__u32 group = slot / SLOTS_PER_GROUP;
+	struct sched_group *g = bpf_map_lookup_elem(&sched_slots, &group);
+	if (!g)
+		return -1;
+	*id = g->real[slot % SLOTS_PER_GROUP];
+	return 0;
+}
 
 /* Round-robin position per service, shared by all CPUs (atomic add; only
  * new connections touch it), so rr rotates strictly as IPVS does. */

@@ -65,11 +65,9 @@ static long least_step(__u32 i, void *data)
 	struct least_scan *c = data;
 	if (i >= c->len)
 		return 1;
-	__u32 slot = c->base + i;
-	__u32 *rid = bpf_map_lookup_elem(&sched_slots, &slot);
-	if (!rid)
+	__u32 id;
+	if (slot_real(c->base + i, &id))
 		return 1;
-	__u32 id = *rid;
 	struct real_load *l = bpf_map_lookup_elem(&loads, &id);
 	struct real *r = bpf_map_lookup_elem(&reals, &id);
 	if (!l || !r)
@@ -148,11 +146,8 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 		n = __sync_fetch_and_add(pos, 1);
 	}
 	}
-	__u32 slot = s->sched_base + n % s->sched_len;
-	__u32 *rid = bpf_map_lookup_elem(&sched_slots, &slot);
-	if (!rid)
+	if (slot_real(s->sched_base + n % s->sched_len, &real_id))
 		return XDP_DROP;
-	real_id = *rid;
 	rs = bpf_map_lookup_elem(&reals, &real_id);
 	if (!rs) {
 		count(CNT_DROP_NO_REAL);

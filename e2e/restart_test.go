@@ -82,8 +82,22 @@ func TestRestartWithoutLoss(t *testing.T) {
 			t.Fatalf("configuration after restart:\n%s\nwant:\n%s", got, before)
 		}
 	}
+	// The VIP and LIPs mbx added: kept across a handover, removed by the
+	// daemon that took over when it stops for good.
+	mbxAddrs := []string{vip + "/32", "198.18.1.200/32", "198.18.1.201/32"}
+	addrsPresent := func(want bool) {
+		t.Helper()
+		out, _ := e.lab.Run("lb", "ip", "-4", "addr", "show")
+		for _, a := range mbxAddrs {
+			if strings.Contains(out, "inet "+a+" ") != want {
+				t.Fatalf("address %s present=%v, want %v:\n%s", a, !want, want, out)
+			}
+		}
+	}
+	addrsPresent(true)
 	restart("stop", mbxBin)
 	restart("usr2", upgraded)
+	addrsPresent(true)
 
 	if err := wrk.Wait(); err != nil {
 		t.Fatalf("wrk: %v", err)
@@ -101,6 +115,7 @@ func TestRestartWithoutLoss(t *testing.T) {
 
 	// --fresh discards the pinned state.
 	e.stopDaemon()
+	addrsPresent(false)
 	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", pin, "--fresh")
 	if got := e.mustMbx("ipvsadm", "-S", "-n"); strings.TrimSpace(got) != "" {
 		t.Fatalf("--fresh kept: %s", got)

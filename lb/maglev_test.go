@@ -58,33 +58,71 @@ func TestMaglevShares(t *testing.T) {
 	}
 }
 
+// movedAfterRemoval builds a table with build for n equal reals and for the
+// same reals less one, and returns the fraction of slots that changed real.
+func movedAfterRemoval(n int, build func([]Real) []int) float64 {
+	rs := manyReals(n, func(int) int { return 1 })
+	before := build(rs)
+	gone := n / 2
+	after := build(append(append([]Real(nil), rs[:gone]...), rs[gone+1:]...))
+	moved := 0
+	for i := range before {
+		a := after[i]
+		if a >= gone {
+			a++ // indices after the removed real shifted by one
+		}
+		if before[i] != a {
+			moved++
+		}
+	}
+	return float64(moved) / float64(len(before))
+}
+
+// classicMaglev is the paper's unweighted population (Eisenbud et al.,
+// NSDI 2016, pseudocode 1) over the same permutations as Maglev: the
+// reference for how few flows a stateless Maglev table can move.
+func classicMaglev(reals []Real, p MaglevParams) []int {
+	p = p.withDefaults()
+	m := uint32(p.Size)
+	pos := make([]uint32, len(reals))
+	skip := make([]uint32, len(reals))
+	for i, r := range reals {
+		pos[i] = realHash(r.Addr, r.Port, p.Seed) % m
+		skip[i] = realHash(r.Addr, r.Port, p.Seed^0x9e3779b9)%(m-1) + 1
+	}
+	entry := make([]int, m)
+	for i := range entry {
+		entry[i] = -1
+	}
+	for filled := uint32(0); ; {
+		for i := range reals {
+			for entry[pos[i]] >= 0 {
+				pos[i] = (pos[i] + skip[i]) % m
+			}
+			entry[pos[i]] = i
+			pos[i] = (pos[i] + skip[i]) % m
+			if filled++; filled == m {
+				return entry
+			}
+		}
+	}
+}
+
 // Removing one of N real servers moves the removed real's own 1/N of the
-// table plus Maglev's cascade, which grows with N: measured 1.02/N at N=10,
-// 1.56/N at N=100, 6.8/N at N=1000 (0.68%; 0.49% with M=524287), as
-// Maglev's preference lists shift when a real's claims disappear.
+// table plus Maglev's cascade (preference lists shift when a real's claims
+// disappear), which grows as M/N shrinks: measured 1.02/N at N=10, 1.56/N at
+// N=100, 6.8/N at N=1000 (0.68%; 0.49% with M=524287). The weighted build
+// must move no more than the paper's own algorithm does on the same reals
+// (0.68% there too at N=1000): that is "as few as Maglev allows".
 func TestMaglevDisruption(t *testing.T) {
 	for _, n := range []int{10, 100, 1000} {
-		rs := manyReals(n, func(int) int { return 1 })
-		before := Maglev(rs, MaglevParams{})
-		gone := n / 2
-		after := Maglev(append(append([]Real(nil), rs[:gone]...), rs[gone+1:]...), MaglevParams{})
-		moved := 0
-		for i := range before {
-			a := after[i]
-			if a >= gone {
-				a++ // indices after the removed real shifted by one
-			}
-			if before[i] != a {
-				moved++
-			}
+		frac := movedAfterRemoval(n, func(rs []Real) []int { return Maglev(rs, MaglevParams{}) })
+		ref := movedAfterRemoval(n, func(rs []Real) []int { return classicMaglev(rs, MaglevParams{}) })
+		t.Logf("N=%d: removing one real moved %.4f of flows (paper's Maglev %.4f, 1/N = %.4f)", n, frac, ref, 1/float64(n))
+		if frac > ref*1.05+0.0005 {
+			t.Errorf("N=%d: %.4f of flows moved, the paper's Maglev moves %.4f", n, frac, ref)
 		}
-		frac := float64(moved) / float64(len(before))
-		t.Logf("N=%d: removing one real moved %.4f of flows (1/N = %.4f)", n, frac, 1/float64(n))
-		limit := 2.5 / float64(n)
-		if n >= 1000 {
-			limit = 0.01
-		}
-		if frac > limit {
+		if limit := 2.5 / float64(n); n < 1000 && frac > limit {
 			t.Errorf("N=%d: %.4f of flows moved, want at most %.4f", n, frac, limit)
 		}
 	}

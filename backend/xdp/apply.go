@@ -120,7 +120,7 @@ func (b *Backend) checkCapacity(cfg *lb.Config, tables map[lb.ServiceKey][]int) 
 	for _, s := range cfg.Services {
 		nReals += len(s.Reals)
 		nLaddrs += len(s.LocalAddrs)
-		nSlots += len(tables[s.Key])
+		nSlots += groupsFor(len(tables[s.Key])) * slotsPerGroup
 	}
 	switch {
 	case len(cfg.Services) > maxServices:
@@ -193,24 +193,25 @@ func (b *Backend) applyService(s *lb.Service, schedTable []int) error {
 	entry.Flags = pickFlags[sch.Pick()]
 	entry.PersistS = uint32(s.Persistence)
 	if fresh || !slices.Equal(table, ps.table) {
-		base, err := b.slots.alloc(len(table))
+		groups := packSlots(table)
+		base, err := b.slots.alloc(len(groups))
 		if err != nil {
 			return err
 		}
-		keys := make([]uint32, len(table))
+		keys := make([]uint32, len(groups))
 		for i := range keys {
 			keys[i] = uint32(base + i)
 		}
-		if len(table) > 0 {
-			if _, err := b.objs.SchedSlots.BatchUpdate(keys, table, nil); err != nil {
+		if len(groups) > 0 {
+			if _, err := b.objs.SchedSlots.BatchUpdate(keys, groups, nil); err != nil {
 				return fmt.Errorf("sched_slots: %w", err)
 			}
 		}
-		oldBase, oldLen := int(entry.SchedBase), int(entry.SchedLen)
+		oldBase, oldLen := int(entry.SchedBase)/slotsPerGroup, groupsFor(int(entry.SchedLen))
 		if !fresh {
 			b.pending = append(b.pending, func() { b.slots.release(oldBase, oldLen) })
 		}
-		entry.SchedBase, entry.SchedLen = uint32(base), uint32(len(table))
+		entry.SchedBase, entry.SchedLen = uint32(base*slotsPerGroup), uint32(len(table))
 		ps.table = table
 	}
 
@@ -305,4 +306,15 @@ func (b *Backend) realCounters(id uint32) (backend.Counters, error) {
 		c.OutBytes += s.Outbytes
 	}
 	return c, nil
+}
+
+func groupsFor(slots int) int { return (slots + slotsPerGroup - 1) / slotsPerGroup }
+
+// packSlots lays a scheduler table out as sched_slots elements.
+func packSlots(table []uint32) []mbxSchedGroup {
+	groups := make([]mbxSchedGroup, groupsFor(len(table)))
+	for i, id := range table {
+		groups[i/slotsPerGroup].Real[i%slotsPerGroup] = uint16(id)
+	}
+	return groups
 }

@@ -112,6 +112,11 @@ type mbxRealStats struct {
 	Outbytes uint64
 }
 
+type mbxSchedGroup struct {
+	_    structs.HostLayout
+	Real [4]uint16
+}
+
 type mbxSvc struct {
 	_         structs.HostLayout
 	Id        uint32

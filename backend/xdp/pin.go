@@ -137,13 +137,17 @@ func (b *Backend) adopt() (int, error) {
 		key := lb.ServiceKey{Proto: lb.Proto(k.Proto), Addr: addr4(k.Addr[0]), Port: htons(k.Port)}
 		ps := &progService{id: v.Id, entry: v, reals: map[netip.AddrPort]uint32{}}
 		b.svcIDs.reserve(v.Id)
-		b.slots.reserve(int(v.SchedBase), int(v.SchedLen))
+		b.slots.reserve(int(v.SchedBase)/slotsPerGroup, groupsFor(int(v.SchedLen)))
 		b.laddrIdx.reserve(int(v.LaddrBase), int(v.LaddrLen))
+		var g mbxSchedGroup
 		for i := uint32(0); i < v.SchedLen; i++ {
-			var id uint32
-			if err := b.objs.SchedSlots.Lookup(v.SchedBase+i, &id); err != nil {
-				return n, err
+			slot := v.SchedBase + i
+			if i == 0 || slot%slotsPerGroup == 0 {
+				if err := b.objs.SchedSlots.Lookup(slot/slotsPerGroup, &g); err != nil {
+					return n, err
+				}
 			}
+			id := uint32(g.Real[slot%slotsPerGroup])
 			ps.table = append(ps.table, id)
 			var r mbxReal
 			if err := b.objs.Reals.Lookup(id, &r); err != nil {

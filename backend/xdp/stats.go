@@ -181,3 +181,23 @@ func (b *Backend) Conns(limit int) ([]backend.Conn, error) {
 	})
 	return out, nil
 }
+
+// FlushConns deletes every connection-table entry (ipvsadm has no verb for
+// this; it is for tests and benchmarks that need an empty table) and
+// returns how many were removed.
+func (b *Backend) FlushConns() (int, error) {
+	var keys []mbxFlowKey
+	var k mbxFlowKey
+	var v mbxConn
+	it := b.objs.Conns.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		return 0, err
+	}
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	return b.objs.Conns.BatchDelete(keys, nil)
+}

@@ -25,7 +25,10 @@ const (
 	maxServices = 4096
 	maxReals    = 16384
 	maxLaddrs   = 4096
-	schedSlots  = 1 << 22 // 16 MiB; room for ~30 Maglev services of 65537 slots and their swap
+	schedSlots  = 1 << 22 // 8 MiB; room for ~30 Maglev services of 65537 slots and their swap
+	// slotsPerGroup real ids share one sched_slots element (see consts.h);
+	// a service's table starts on a group boundary.
+	slotsPerGroup = 4
 )
 
 func init() {
@@ -87,7 +90,7 @@ func Load(opts backend.Options) (*Backend, error) {
 		locals:   map[mbxLocalKey]uint32{},
 		svcIDs:   idAlloc{max: maxServices},
 		realIDs:  idAlloc{max: maxReals},
-		slots:    newRangeAlloc(schedSlots),
+		slots:    newRangeAlloc(schedSlots / slotsPerGroup),
 		laddrIdx: newRangeAlloc(maxLaddrs),
 		retired:  map[lb.ServiceKey]backend.Counters{},
 	}
