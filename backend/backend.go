@@ -109,13 +109,33 @@ type LaddrStatus struct {
 	Conflicts uint64 `json:"conflicts"`
 }
 
+// Verdicts counts packets per XDP verdict (or the backend's equivalent).
+type Verdicts struct {
+	Aborted  uint64 `json:"aborted"`
+	Drop     uint64 `json:"drop"`
+	Pass     uint64 `json:"pass"`
+	Tx       uint64 `json:"tx"`
+	Redirect uint64 `json:"redirect"`
+}
+
+// Total is every packet counted.
+func (v Verdicts) Total() uint64 { return v.Aborted + v.Drop + v.Pass + v.Tx + v.Redirect }
+
 // Snapshot is a point-in-time read of the data plane's counters.
 type Snapshot struct {
 	Services map[lb.ServiceKey]Counters `json:"-"`
 	Reals    map[RealRef]RealStatus     `json:"-"`
 	Laddrs   map[LaddrRef]LaddrStatus   `json:"-"`
 	Datapath map[string]uint64          `json:"datapath"`
+	Ifaces   map[string]Verdicts        `json:"ifaces"` // per receiving interface
 	ConnsMax int                        `json:"conns_max"`
+	// Entries is the connection table's fill at the last sweep (two per
+	// connection); Evicted estimates live entries the table dropped because
+	// it was full, since this run started.
+	Entries int    `json:"entries"`
+	Evicted uint64 `json:"evicted"`
+	// LocalPorts is how many local ports a LIP has toward one real server.
+	LocalPorts int `json:"local_ports"`
 }
 
 // Conn is one tracked connection.

@@ -44,6 +44,13 @@ static __always_inline void twin_key(struct flow_key *tk, const struct conn *c,
 	tk->pad[0] = tk->pad[1] = tk->pad[2] = 0;
 }
 
+/* Deletes one entry, counted so Go can tell evictions from deletions. */
+static __always_inline void entry_delete(const struct flow_key *k)
+{
+	if (bpf_map_delete_elem(&conns, k) == 0)
+		count(CNT_ENTRY_DELETED);
+}
+
 static __always_inline int conn_stale(const struct config *cfg, const struct conn *c, __u64 now)
 {
 	return (__s64)(now - c->last_seen) > (__s64)cfg->timeout_ns[c->state & (TCP_STATES - 1)];
@@ -63,8 +70,8 @@ static __always_inline int conn_alive(const struct config *cfg, struct conn *c,
 		c->last_seen = t->last_seen;
 		return 1;
 	}
-	bpf_map_delete_elem(&conns, &tk);
-	bpf_map_delete_elem(&conns, k);
+	entry_delete(&tk);
+	entry_delete(k);
 	return 0;
 }
 
@@ -72,8 +79,8 @@ static __always_inline void conn_delete(struct conn *c, const struct flow_key *k
 {
 	struct flow_key tk;
 	twin_key(&tk, c, k);
-	bpf_map_delete_elem(&conns, &tk);
-	bpf_map_delete_elem(&conns, k);
+	entry_delete(&tk);
+	entry_delete(k);
 }
 
 /* Advances the TCP state with the table flow/ computed; both entries agree. */

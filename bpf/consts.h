@@ -71,6 +71,7 @@ enum counter {
 	CNT_PASS_NO_NEIGH,
 	CNT_PASS_FIB,
 	CNT_DROP_FIB,
+	CNT_ENTRY_DELETED, /* connection-table entries the datapath deleted */
 	CNT_MAX,
 };
 

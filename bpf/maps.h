@@ -251,6 +251,36 @@ struct {
 	__type(value, __u64);
 } local_bits SEC(".maps");
 
+/* Verdicts per receiving interface and CPU, for metrics. Indexed by
+ * ifindex modulo IF_SLOTS (an array lookup is inlined; a hash lookup per
+ * packet would cost ~20 ns); the slot records the ifindex that last wrote
+ * it so Go can tell attached interfaces that share a slot. */
+#define IF_SLOTS 256
+#define XDP_VERDICTS 5
+struct if_verdicts {
+	__u32 ifindex;
+	__u32 pad;
+	__u64 pkts[XDP_VERDICTS]; /* XDP_ABORTED .. XDP_REDIRECT */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, IF_SLOTS);
+	__type(key, __u32);
+	__type(value, struct if_verdicts);
+} if_stats SEC(".maps");
+
+static __always_inline void count_verdict(__u32 ifindex, int verdict)
+{
+	__u32 slot = ifindex % IF_SLOTS;
+	struct if_verdicts *v = bpf_map_lookup_elem(&if_stats, &slot);
+	if (!v)
+		return;
+	v->ifindex = ifindex;
+	if ((__u32)verdict < XDP_VERDICTS)
+		v->pkts[verdict]++;
+}
+
 /* Egress interfaces for XDP_REDIRECT, keyed by ifindex. */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);

@@ -238,8 +238,8 @@ picked:
 	return NEW_CONN_OK;
 }
 
-SEC("xdp")
-int mbx_xdp(struct xdp_md *ctx)
+/* Every packet: parse, find or make its connection, translate, send. */
+static __always_inline int process(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -322,4 +322,13 @@ int mbx_xdp(struct xdp_md *ctx)
 	account(c, &p);
 	rewrite_ipv4(&p, c);
 	return xmit_ipv4(ctx, &p, c, cfg, now);
+}
+
+SEC("xdp")
+int mbx_xdp(struct xdp_md *ctx)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	int verdict = process(ctx);
+	count_verdict(ifindex, verdict);
+	return verdict;
 }

@@ -26,6 +26,7 @@ func App() *ucli.App {
 			stopCommand(),
 			keepalivedCommand(),
 			labCommand(),
+			logLevelCommand(),
 		},
 		HideHelpCommand: true,
 	}
@@ -44,10 +45,19 @@ func socketFlag() *ucli.StringFlag {
 	return &ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Usage: "control socket (default " + control.DefaultSocket + ")"}
 }
 
-func newLogger(level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("bad --log-level %q (debug, info, warn, error)", level)
+// newLogger logs to stderr in format (text or json) from level on; the
+// returned LevelVar changes the level at run time (`mbx log-level`).
+func newLogger(level, format string) (*slog.Logger, *slog.LevelVar, error) {
+	lv := new(slog.LevelVar)
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, nil, fmt.Errorf("bad --log-level %q (debug, info, warn, error)", level)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), lv, nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), lv, nil
+	}
+	return nil, nil, fmt.Errorf("bad --log-format %q (text or json)", format)
 }

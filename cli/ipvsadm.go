@@ -46,7 +46,7 @@ func runIpvsadm(args []string, stdin io.Reader, stdout io.Writer) error {
 	cl := control.NewClient(control.SocketPath(sock))
 	switch cmd.Action {
 	case ipvsadm.ActionOps:
-		return cl.Do(cmd.Ops)
+		return cl.DoCommand("ipvsadm "+strings.Join(args, " "), cmd.Ops)
 	case ipvsadm.ActionRestore:
 		text, err := io.ReadAll(stdin)
 		if err != nil {
@@ -59,7 +59,7 @@ func runIpvsadm(args []string, stdin io.Reader, stdout io.Writer) error {
 		if len(ops) == 0 {
 			return nil
 		}
-		return cl.Do(ops)
+		return cl.DoCommand("ipvsadm -R", ops)
 	case ipvsadm.ActionSave:
 		cfg, err := cl.Config()
 		if err != nil {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/signal"
@@ -15,6 +16,8 @@ import (
 	"github.com/mbx-net/mbx/control"
 	"github.com/mbx-net/mbx/keepalived"
 	"github.com/mbx-net/mbx/lb"
+	"github.com/mbx-net/mbx/telemetry"
+	"go.opentelemetry.io/otel"
 )
 
 func runCommand() *ucli.Command {
@@ -33,13 +36,15 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "instance", Usage: "instance name for pinned state /sys/fs/bpf/mbx/NAME (default: the socket's file name)"},
 			&ucli.StringFlag{Name: "pin-dir", Usage: "where state is pinned for restarts without loss (default /sys/fs/bpf/mbx/INSTANCE; 'none' disables)"},
 			&ucli.BoolFlag{Name: "fresh", Usage: "discard state a previous run left (drops its connections)"},
-			&ucli.StringFlag{Name: "log-level", Value: "info"},
+			&ucli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error (changeable at run time: mbx log-level)"},
+			&ucli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
+			&ucli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on HOST:PORT/metrics (OTLP export: set OTEL_EXPORTER_OTLP_ENDPOINT)"},
 		},
 		Action: func(c *ucli.Context) error {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q", c.Args().First())
 			}
-			log, err := newLogger(c.String("log-level"))
+			log, level, err := newLogger(c.String("log-level"), c.String("log-format"))
 			if err != nil {
 				return err
 			}
@@ -96,7 +101,18 @@ func runCommand() *ucli.Command {
 			if err != nil {
 				return err
 			}
+			tel, err := telemetry.Start(c.Context, telemetry.Options{MetricsAddr: c.String("metrics-addr"), Logger: log})
+			if err != nil {
+				_ = be.Close()
+				return err
+			}
+			defer tel.Shutdown(context.Background())
 			d := control.NewDaemon(be, c.String("backend"), log)
+			d.SetLogLevel(level)
+			if err := d.RegisterMetrics(otel.Meter("github.com/mbx-net/mbx")); err != nil {
+				_ = be.Close()
+				return err
+			}
 			if loader != nil {
 				d.SetConfigLoader(configPath, loader)
 			}
@@ -128,7 +144,7 @@ func runCommand() *ucli.Command {
 				cleanup()
 				return err
 			}
-			log.Info("mbx running", "backend", c.String("backend"), "ifaces", c.StringSlice("iface"), "socket", c.String("socket"))
+			log.Info("mbx running", "backend", c.String("backend"), "ifaces", c.StringSlice("iface"), "socket", c.String("socket"), "metrics", tel.MetricsAddr())
 			sig := make(chan os.Signal, 1)
 			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR2)
 			stop := make(chan bool, 1)

@@ -8,11 +8,15 @@ import (
 
 // Status is the running configuration with its counters.
 type Status struct {
-	Backend  string            `json:"backend"`
-	Services []ServiceStatus   `json:"services"`
-	Datapath map[string]uint64 `json:"datapath"`
-	ConnsMax int               `json:"conns_max"`
-	Timeouts lb.Timeouts       `json:"timeouts"` // effective, seconds
+	Backend    string                      `json:"backend"`
+	Services   []ServiceStatus             `json:"services"`
+	Datapath   map[string]uint64           `json:"datapath"`
+	Ifaces     map[string]backend.Verdicts `json:"ifaces"`
+	ConnsMax   int                         `json:"conns_max"`
+	Entries    int                         `json:"entries"`
+	Evicted    uint64                      `json:"evicted"`
+	LocalPorts int                         `json:"local_ports"`
+	Timeouts   lb.Timeouts                 `json:"timeouts"` // effective, seconds
 }
 
 // ServiceStatus is one service with its counters.
@@ -40,9 +44,17 @@ type LaddrStatus struct {
 // OpsRequest asks for ops to be applied together.
 type OpsRequest struct {
 	Ops []lb.Op `json:"ops"`
+	// Command is the command line that asked (e.g. "ipvsadm -a -t ..."),
+	// recorded in the operation's span and log.
+	Command string `json:"command,omitempty"`
 }
 
 // ErrorReply carries a one-line error.
 type ErrorReply struct {
 	Error string `json:"error"`
+}
+
+// LogLevel is the daemon's log level (debug, info, warn, error).
+type LogLevel struct {
+	Level string `json:"level"`
 }

@@ -79,8 +79,11 @@ func (c *Client) call(method, path string, in, out any) error {
 }
 
 // Do applies ops together.
-func (c *Client) Do(ops []lb.Op) error {
-	return c.call("POST", "/v1/ops", OpsRequest{Ops: ops}, nil)
+func (c *Client) Do(ops []lb.Op) error { return c.DoCommand("", ops) }
+
+// DoCommand applies ops together, naming the command line that asked.
+func (c *Client) DoCommand(command string, ops []lb.Op) error {
+	return c.call("POST", "/v1/ops", OpsRequest{Ops: ops, Command: command}, nil)
 }
 
 // Status reads the configuration with counters.
@@ -103,6 +106,18 @@ func (c *Client) Conns(limit int) ([]backend.Conn, error) {
 
 // Reload asks the daemon to re-read its configuration file.
 func (c *Client) Reload() error { return c.call("POST", "/v1/reload", nil, nil) }
+
+// LogLevel reads the daemon's log level.
+func (c *Client) LogLevel() (string, error) {
+	var l LogLevel
+	err := c.call("GET", "/v1/log-level", nil, &l)
+	return l.Level, err
+}
+
+// SetLogLevel changes the daemon's log level.
+func (c *Client) SetLogLevel(level string) error {
+	return c.call("POST", "/v1/log-level", LogLevel{Level: level}, nil)
+}
 
 // Stop asks the daemon to exit; with keep it leaves the data plane running
 // for the next start to take over.

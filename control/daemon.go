@@ -1,13 +1,18 @@
 package control
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/flow"
@@ -22,6 +27,7 @@ type Daemon struct {
 	be         backend.Backend
 	beName     string
 	owned      map[ifAddr]bool // addresses mbx added (removed again by mbx)
+	level      *slog.LevelVar  // the logger's level, changeable at run time
 	present    map[ifAddr]bool // addresses currently wanted and on their device
 	health     *health.Monitor
 	configFile string
@@ -67,7 +73,24 @@ func (d *Daemon) healthChanged() {
 }
 
 // Do applies ops together: all of them or none.
-func (d *Daemon) Do(ops []lb.Op) error {
+func (d *Daemon) Do(ops []lb.Op) error { return d.DoCommand(context.Background(), "", ops) }
+
+// DoCommand is Do for a named command line (ipvsadm ...), traced as one
+// span with an event per operation.
+func (d *Daemon) DoCommand(ctx context.Context, command string, ops []lb.Op) (err error) {
+	name := "mbx.ops"
+	if f := strings.Fields(command); len(f) > 0 {
+		name = f[0]
+	}
+	_, span := tracer.Start(ctx, name, trace.WithAttributes(
+		attribute.String("mbx.command", command), attribute.Int("mbx.ops", len(ops))))
+	defer func() { endSpan(span, err) }()
+	for _, op := range ops {
+		span.AddEvent(string(op.Kind), trace.WithAttributes(opAttributes(op)...))
+	}
+	if len(ops) == 1 {
+		span.SetAttributes(opAttributes(ops[0])...)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	next, err := d.cfg.Do(ops)
@@ -78,7 +101,7 @@ func (d *Daemon) Do(ops []lb.Op) error {
 		return err
 	}
 	for _, op := range ops {
-		d.log.Info("applied", "op", op.Kind, "service", op.Service.String())
+		d.log.Info("applied", "op", op.Kind, "service", op.Service.String(), "command", command)
 	}
 	return nil
 }
@@ -104,7 +127,12 @@ func (d *Daemon) SetConfigLoader(path string, load func() ([]lb.Op, error)) {
 // untouched). The file replaces the configuration whole, as keepalived's
 // reload does: changes made at run time that are not in the file go. A file
 // with any error changes nothing.
-func (d *Daemon) Reload() error {
+func (d *Daemon) Reload() error { return d.ReloadContext(context.Background(), "SIGHUP") }
+
+// ReloadContext is Reload, traced; by says what asked for it.
+func (d *Daemon) ReloadContext(ctx context.Context, by string) (err error) {
+	_, span := tracer.Start(ctx, "mbx.reload", trace.WithAttributes(attribute.String("mbx.reload.trigger", by)))
+	defer func() { endSpan(span, err) }()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.loadConfig == nil {
@@ -122,6 +150,7 @@ func (d *Daemon) Reload() error {
 		return err
 	}
 	d.log.Info("reloaded", "file", d.configFile, "services", len(next.Services))
+	span.SetAttributes(attribute.String("mbx.config.file", d.configFile), attribute.Int("mbx.services", len(next.Services)))
 	return nil
 }
 
@@ -267,6 +296,40 @@ func (d *Daemon) Handover() {
 	d.saveState()
 }
 
+// SetLogLevel gives the daemon the level variable of its logger.
+func (d *Daemon) SetLogLevel(lv *slog.LevelVar) {
+	d.mu.Lock()
+	d.level = lv
+	d.mu.Unlock()
+}
+
+// LogLevel is the current log level's name.
+func (d *Daemon) LogLevel() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.level == nil {
+		return ""
+	}
+	return strings.ToLower(d.level.Level().String())
+}
+
+// SetLogLevelName changes the log level at run time.
+func (d *Daemon) SetLogLevelName(name string) error {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(name)); err != nil {
+		return fmt.Errorf("bad log level %q (debug, info, warn, error)", name)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.level == nil {
+		return fmt.Errorf("this daemon's log level is fixed")
+	}
+	old := d.level.Level()
+	d.level.Set(l)
+	d.log.Log(context.Background(), max(l, old), "log level changed", "from", old.String(), "to", l.String())
+	return nil
+}
+
 // Config returns a copy of the running configuration.
 func (d *Daemon) Config() *lb.Config {
 	d.mu.Lock()
@@ -284,7 +347,8 @@ func (d *Daemon) Status() (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Backend: d.beName, Datapath: snap.Datapath, ConnsMax: snap.ConnsMax,
+	st := &Status{Backend: d.beName, Datapath: snap.Datapath, ConnsMax: snap.ConnsMax, Ifaces: snap.Ifaces,
+		Entries: snap.Entries, Evicted: snap.Evicted, LocalPorts: snap.LocalPorts,
 		Timeouts: lb.Seconds(cfg.Timeouts.Effective(flow.IPVSTimeouts()))}
 	for _, s := range cfg.Services {
 		ss := ServiceStatus{Service: *s, Stats: snap.Services[s.Key]}

@@ -63,7 +63,20 @@ func Listen(d *Daemon, path string) (*Server, error) {
 			go s.Stop(r.URL.Query().Get("keep") == "1")
 		}
 	})
-	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) { reply(w, struct{}{}, s.d.Reload()) })
+	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, s.d.ReloadContext(r.Context(), "mbx reload"))
+	})
+	mux.HandleFunc("GET /v1/log-level", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, LogLevel{Level: s.d.LogLevel()}, nil)
+	})
+	mux.HandleFunc("POST /v1/log-level", func(w http.ResponseWriter, r *http.Request) {
+		var req LogLevel
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
+			return
+		}
+		reply(w, LogLevel{Level: req.Level}, s.d.SetLogLevelName(req.Level))
+	})
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go s.srv.Serve(ln)
 	return s, nil
@@ -98,7 +111,7 @@ func (s *Server) ops(w http.ResponseWriter, r *http.Request) {
 		reply(w, nil, errors.New("no operations"))
 		return
 	}
-	reply(w, struct{}{}, s.d.Do(req.Ops))
+	reply(w, struct{}{}, s.d.DoCommand(r.Context(), req.Command, req.Ops))
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {

@@ -54,6 +54,8 @@ type env struct {
 	socket string
 	daemon *exec.Cmd
 	log    string
+	// daemonEnv is added to the daemon's environment (OTEL_* variables).
+	daemonEnv []string
 }
 
 // newEnv builds topology topo (owned by this test process) and returns it;
@@ -127,6 +129,7 @@ func (e *env) startDaemon(args ...string) {
 		e.t.Fatal(err)
 	}
 	cmd := e.lab.Command("lb", mbxBin, append([]string{"run", "--socket", e.socket}, args...)...)
+	cmd.Env = append(os.Environ(), e.daemonEnv...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)

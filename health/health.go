@@ -19,6 +19,10 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/mbx-net/mbx/lb"
 )
 
@@ -34,6 +38,8 @@ type State struct {
 	Transitions int    `json:"transitions"`
 	LastError   string `json:"last_error,omitempty"`
 }
+
+var tracer = otel.GetTracerProvider().Tracer("github.com/mbx-net/mbx/health")
 
 // Monitor runs the checks the configuration asks for.
 type Monitor struct {
@@ -169,14 +175,23 @@ func (m *Monitor) run(ctx context.Context, k Key, c *checker) {
 				c.state.Up, changed = false, true
 			}
 		}
+		var span trace.Span
 		if changed {
 			c.state.Transitions++
 			m.log.Warn("real server health changed", "service", k.Service.String(), "real", k.Real.String(),
 				"up", c.state.Up, "check", c.check.Type, "err", c.state.LastError)
+			// The span covers applying the change to the data plane.
+			_, span = tracer.Start(ctx, "mbx.health.transition", trace.WithAttributes(
+				attribute.String("mbx.service", k.Service.String()), attribute.String("mbx.real", k.Real.String()),
+				attribute.Bool("mbx.health.up", c.state.Up), attribute.String("mbx.health.check", string(c.check.Type)),
+				attribute.String("mbx.health.error", c.state.LastError), attribute.Int("mbx.health.transitions", c.state.Transitions)))
 		}
 		m.mu.Unlock()
-		if changed && m.onChange != nil {
-			m.onChange()
+		if changed {
+			if m.onChange != nil {
+				m.onChange()
+			}
+			span.End()
 		}
 		select {
 		case <-ctx.Done():

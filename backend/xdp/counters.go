@@ -19,4 +19,5 @@ var counterNames = []string{
 	"pass_no_neigh",
 	"pass_fib",
 	"drop_fib",
+	"entry_deleted",
 }

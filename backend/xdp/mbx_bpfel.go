@@ -59,6 +59,13 @@ type mbxFlowKey struct {
 	Pad   [3]uint8
 }
 
+type mbxIfVerdicts struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Pad     uint32
+	Pkts    [5]uint64
+}
+
 type mbxLaddr struct {
 	_      structs.HostLayout
 	Addr   [4]uint32
@@ -144,6 +151,7 @@ const (
 	mbxMapConfigMap      = "config_map"
 	mbxMapConns          = "conns"
 	mbxMapCounters       = "counters"
+	mbxMapIfStats        = "if_stats"
 	mbxMapLaddrConflicts = "laddr_conflicts"
 	mbxMapLaddrs         = "laddrs"
 	mbxMapLoads          = "loads"
@@ -211,6 +219,7 @@ type mbxMapSpecs struct {
 	ConfigMap      *ebpf.MapSpec `ebpf:"config_map"`
 	Conns          *ebpf.MapSpec `ebpf:"conns"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	IfStats        *ebpf.MapSpec `ebpf:"if_stats"`
 	LaddrConflicts *ebpf.MapSpec `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.MapSpec `ebpf:"laddrs"`
 	Loads          *ebpf.MapSpec `ebpf:"loads"`
@@ -254,6 +263,7 @@ type mbxMaps struct {
 	ConfigMap      *ebpf.Map `ebpf:"config_map"`
 	Conns          *ebpf.Map `ebpf:"conns"`
 	Counters       *ebpf.Map `ebpf:"counters"`
+	IfStats        *ebpf.Map `ebpf:"if_stats"`
 	LaddrConflicts *ebpf.Map `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.Map `ebpf:"laddrs"`
 	Loads          *ebpf.Map `ebpf:"loads"`
@@ -273,6 +283,7 @@ func (m *mbxMaps) Close() error {
 		m.ConfigMap,
 		m.Conns,
 		m.Counters,
+		m.IfStats,
 		m.LaddrConflicts,
 		m.Laddrs,
 		m.Loads,

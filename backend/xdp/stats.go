@@ -1,6 +1,7 @@
 package xdp
 
 import (
+	"net"
 	"net/netip"
 	"time"
 
@@ -51,8 +52,49 @@ func twinKey(k *mbxFlowKey, c *mbxConn) mbxFlowKey {
 // addr4 turns an address word of the datapath back into an address.
 func addr4(w uint32) netip.Addr { return wordsAddr([4]uint32{w}, 2) }
 
+// evictEstimate tells LRU evictions (which the kernel does not count) from
+// deletions: every entry inserted since the first sweep is still in the
+// table, was deleted (by the datapath, counted; or by a sweep or flush,
+// counted here), or was evicted.
+type evictEstimate struct {
+	started             bool
+	newConns0, deleted0 uint64 // datapath counters at the first sweep
+	entries0            int
+	swept               uint64 // entries deleted from Go
+	evicted             uint64
+}
+
+func (e *evictEstimate) update(newConns, deleted uint64, entries int) {
+	if !e.started {
+		*e = evictEstimate{started: true, newConns0: newConns, deleted0: deleted, entries0: entries}
+		return
+	}
+	gone := int64(2*(newConns-e.newConns0)) - int64(deleted-e.deleted0) - int64(e.swept) - int64(entries-e.entries0)
+	if gone > int64(e.evicted) { // inserts racing the walk can make it dip
+		e.evicted = uint64(gone)
+	}
+}
+
+func (b *Backend) counter(name string) uint64 {
+	for i, n := range counterNames {
+		if n == name {
+			var per []uint64
+			if b.objs.Counters.Lookup(uint32(i), &per) != nil {
+				return 0
+			}
+			var v uint64
+			for _, x := range per {
+				v += x
+			}
+			return v
+		}
+	}
+	return 0
+}
+
 // sweepOnce deletes dead connections (both entries) and recounts.
 func (b *Backend) sweepOnce() {
+	newConns, deleted := b.counter("conn_new"), b.counter("entry_deleted")
 	r := sweepResult{active: map[uint32]uint64{}, inactive: map[uint32]uint64{}, lipConns: map[netip.Addr]uint64{}}
 	var dead []mbxFlowKey
 	b.walk(func(k *mbxFlowKey, c *mbxConn, alive bool, _ uint64) {
@@ -71,11 +113,16 @@ func (b *Backend) sweepOnce() {
 			r.inactive[c.RealId]++
 		}
 	})
+	swept := 0
 	for i := range dead {
-		_ = b.objs.Conns.Delete(&dead[i])
+		if b.objs.Conns.Delete(&dead[i]) == nil {
+			swept++
+		}
 	}
 	b.mu.Lock()
 	b.sweep = r
+	b.evict.swept += uint64(swept)
+	b.evict.update(newConns, deleted, r.entries)
 	// lc/wlc's counts: what the sweep saw replaces what the datapath
 	// scheduled since the last one.
 	for _, ps := range b.services {
@@ -108,11 +155,15 @@ func (b *Backend) Snapshot() (*backend.Snapshot, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := &backend.Snapshot{
-		Services: map[lb.ServiceKey]backend.Counters{},
-		Reals:    map[backend.RealRef]backend.RealStatus{},
-		Laddrs:   map[backend.LaddrRef]backend.LaddrStatus{},
-		Datapath: map[string]uint64{},
-		ConnsMax: int(b.objs.Conns.MaxEntries() / 2),
+		Services:   map[lb.ServiceKey]backend.Counters{},
+		Reals:      map[backend.RealRef]backend.RealStatus{},
+		Laddrs:     map[backend.LaddrRef]backend.LaddrStatus{},
+		Datapath:   map[string]uint64{},
+		Ifaces:     map[string]backend.Verdicts{},
+		ConnsMax:   int(b.objs.Conns.MaxEntries() / 2),
+		Entries:    b.sweep.entries,
+		Evicted:    b.evict.evicted,
+		LocalPorts: int(b.opts.PortHi) - int(b.opts.PortLo) + 1,
 	}
 	for k, ps := range b.services {
 		total := b.retired[k]
@@ -149,7 +200,38 @@ func (b *Backend) Snapshot() (*backend.Snapshot, error) {
 		}
 		s.Datapath[name] = v
 	}
+	var rx uint64
+	for _, name := range b.opts.Ifaces {
+		v := b.ifVerdicts(name)
+		s.Ifaces[name] = v
+		rx += v.Total()
+	}
+	s.Datapath["rx"] = rx
 	return s, nil
+}
+
+// ifVerdicts sums an interface's slot of if_stats over CPUs.
+func (b *Backend) ifVerdicts(name string) backend.Verdicts {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return backend.Verdicts{}
+	}
+	var per []mbxIfVerdicts
+	if b.objs.IfStats.Lookup(uint32(ifi.Index%ifSlots), &per) != nil {
+		return backend.Verdicts{}
+	}
+	var v backend.Verdicts
+	for _, c := range per {
+		if c.Ifindex != uint32(ifi.Index) && c.Ifindex != 0 {
+			continue // another interface sharing the slot (warned at attach)
+		}
+		v.Aborted += c.Pkts[0]
+		v.Drop += c.Pkts[1]
+		v.Pass += c.Pkts[2]
+		v.Tx += c.Pkts[3]
+		v.Redirect += c.Pkts[4]
+	}
+	return v
 }
 
 // Conns lists live connections from their client-side entries.
@@ -199,5 +281,9 @@ func (b *Backend) FlushConns() (int, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	return b.objs.Conns.BatchDelete(keys, nil)
+	n, err := b.objs.Conns.BatchDelete(keys, nil)
+	b.mu.Lock()
+	b.evict.swept += uint64(n)
+	b.mu.Unlock()
+	return n, err
 }

@@ -29,6 +29,7 @@ const (
 	// slotsPerGroup real ids share one sched_slots element (see consts.h);
 	// a service's table starts on a group boundary.
 	slotsPerGroup = 4
+	ifSlots       = 256 // IF_SLOTS in maps.h
 )
 
 func init() {
@@ -61,6 +62,7 @@ type Backend struct {
 	stop    chan struct{}
 	done    chan struct{}
 	sweep   sweepResult
+	evict   evictEstimate
 }
 
 // LoadSpec returns the datapath's collection spec with mbx's settings.
@@ -195,6 +197,14 @@ func Open(opts backend.Options) (*Backend, error) {
 	b, err := Load(opts)
 	if err != nil {
 		return nil, err
+	}
+	slotOwner := map[int]string{}
+	for _, l := range lks {
+		slot := l.Attrs().Index % ifSlots
+		if other, ok := slotOwner[slot]; ok {
+			b.log.Warn("interfaces share a verdict-counter slot; their per-interface verdict metrics are approximate", "iface", l.Attrs().Name, "other", other)
+		}
+		slotOwner[slot] = l.Attrs().Name
 	}
 	for _, l := range lks {
 		lk, err := b.attach(l.Attrs().Name, l.Attrs().Index, flags)

@@ -1,0 +1,146 @@
+package control
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/mbx-net/mbx/backend"
+)
+
+// RegisterMetrics publishes the daemon's counters as observable instruments
+// on m. One callback per collection reads a Status (the datapath's maps and
+// the last sweep): Go does no work per packet.
+func (d *Daemon) RegisterMetrics(m metric.Meter) error {
+	var reg instruments
+	i := &reg
+	var err error
+	counter := func(name, help string) metric.Int64ObservableCounter {
+		c, e := m.Int64ObservableCounter(name, metric.WithDescription(help))
+		err = firstErr(err, e)
+		return c
+	}
+	gauge := func(name, help string) metric.Int64ObservableGauge {
+		g, e := m.Int64ObservableGauge(name, metric.WithDescription(help))
+		err = firstErr(err, e)
+		return g
+	}
+	i.svcInfo = gauge("mbx_service_info", "A virtual service (value 1), with its scheduler.")
+	i.svcConns = counter("mbx_service_connections", "Connections scheduled to the virtual service.")
+	i.svcPkts = counter("mbx_service_packets", "Packets of the virtual service, by direction (in: client to real server).")
+	i.svcBytes = counter("mbx_service_bytes", "Bytes of the virtual service, by direction.")
+	i.realConns = counter("mbx_real_connections", "Connections the scheduler picked this real server for.")
+	i.realActive = gauge("mbx_real_active_connections", "Established connections to the real server at the last sweep.")
+	i.realInactive = gauge("mbx_real_inactive_connections", "Connections to the real server in other states at the last sweep.")
+	i.realPkts = counter("mbx_real_packets", "Packets to and from the real server, by direction.")
+	i.realBytes = counter("mbx_real_bytes", "Bytes to and from the real server, by direction.")
+	i.realWeight = gauge("mbx_real_weight", "The real server's configured weight.")
+	i.realUp = gauge("mbx_real_health_up", "1 if the real server's health check passes, 0 if not (checked real servers only).")
+	i.realTrans = counter("mbx_real_health_transitions", "Health state changes of the real server.")
+	i.laddrUsed = gauge("mbx_laddr_ports_used", "Local ports in use on the local address (Full-NAT connections through it).")
+	i.laddrFree = gauge("mbx_laddr_ports_free", "Local ports still free on the local address, over all its real servers.")
+	i.laddrConflicts = counter("mbx_laddr_port_conflicts", "Local-port candidates that were taken when a connection probed for one.")
+	i.ifPkts = counter("mbx_xdp_packets", "Packets received on the interface, by XDP verdict.")
+	i.drops = counter("mbx_drops", "Packets the datapath dropped, by reason.")
+	i.events = counter("mbx_datapath_events", "Datapath events other than drops (new connections, fib fallbacks, ...).")
+	i.entries = gauge("mbx_conntable_entries", "Connection-table entries at the last sweep (two per connection).")
+	i.capacity = gauge("mbx_conntable_capacity", "Connection-table size in entries.")
+	i.evicted = counter("mbx_conntable_evictions", "Live entries the full table evicted (estimated at each sweep).")
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		st, err := d.Status()
+		if err != nil {
+			return err
+		}
+		reg.observe(o, st)
+		return nil
+	}, reg.all()...)
+	return err
+}
+
+type instruments struct {
+	svcInfo, realActive, realInactive, realWeight, realUp, laddrUsed, laddrFree, entries, capacity                         metric.Int64ObservableGauge
+	svcConns, svcPkts, svcBytes, realConns, realPkts, realBytes, realTrans, laddrConflicts, ifPkts, drops, events, evicted metric.Int64ObservableCounter
+}
+
+func (i *instruments) all() []metric.Observable {
+	return []metric.Observable{i.svcInfo, i.realActive, i.realInactive, i.realWeight, i.realUp, i.laddrUsed, i.laddrFree,
+		i.entries, i.capacity, i.svcConns, i.svcPkts, i.svcBytes, i.realConns, i.realPkts, i.realBytes, i.realTrans,
+		i.laddrConflicts, i.ifPkts, i.drops, i.events, i.evicted}
+}
+
+func (i *instruments) observe(o metric.Observer, st *Status) {
+	in, out := attribute.String("direction", "in"), attribute.String("direction", "out")
+	for _, s := range st.Services {
+		svc := []attribute.KeyValue{
+			attribute.String("protocol", strings.ToLower(s.Key.Proto.String())),
+			attribute.String("service", netip.AddrPortFrom(s.Key.Addr, s.Key.Port).String()),
+		}
+		o.ObserveInt64(i.svcInfo, 1, metric.WithAttributes(append(svc, attribute.String("scheduler", s.Scheduler))...))
+		observeTraffic(o, i.svcConns, i.svcPkts, i.svcBytes, s.Stats, svc, in, out)
+		endpoints := 0
+		for _, r := range s.RealStats {
+			endpoints++
+			ra := metric.WithAttributes(append(svc, attribute.String("real", r.AddrPort().String()))...)
+			observeTraffic(o, i.realConns, i.realPkts, i.realBytes, r.Counters, append(svc, attribute.String("real", r.AddrPort().String())), in, out)
+			o.ObserveInt64(i.realActive, int64(r.Active), ra)
+			o.ObserveInt64(i.realInactive, int64(r.Inactive), ra)
+			o.ObserveInt64(i.realWeight, int64(r.Weight), ra)
+			if r.Health != nil {
+				o.ObserveInt64(i.realUp, b2i(r.Health.Up), ra)
+				o.ObserveInt64(i.realTrans, int64(r.Health.Transitions), ra)
+			}
+		}
+		for _, l := range s.LaddrStats {
+			la := metric.WithAttributes(append(svc, attribute.String("laddr", l.Addr.String()))...)
+			o.ObserveInt64(i.laddrUsed, int64(l.Conns), la)
+			o.ObserveInt64(i.laddrFree, max(0, int64(st.LocalPorts)*int64(endpoints)-int64(l.Conns)), la)
+			o.ObserveInt64(i.laddrConflicts, int64(l.Conflicts), la)
+		}
+	}
+	for name, v := range st.Ifaces {
+		for verdict, n := range map[string]uint64{"aborted": v.Aborted, "drop": v.Drop, "pass": v.Pass, "tx": v.Tx, "redirect": v.Redirect} {
+			o.ObserveInt64(i.ifPkts, int64(n), metric.WithAttributes(attribute.String("interface", name), attribute.String("verdict", verdict)))
+		}
+	}
+	for name, v := range st.Datapath {
+		switch {
+		case name == "rx" || name == "tx" || name == "redirect":
+			// per interface and verdict above
+		case strings.HasPrefix(name, "drop_"):
+			o.ObserveInt64(i.drops, int64(v), metric.WithAttributes(attribute.String("reason", strings.TrimPrefix(name, "drop_"))))
+		default:
+			o.ObserveInt64(i.events, int64(v), metric.WithAttributes(attribute.String("event", name)))
+		}
+	}
+	o.ObserveInt64(i.entries, int64(st.Entries))
+	o.ObserveInt64(i.capacity, int64(st.ConnsMax)*2)
+	o.ObserveInt64(i.evicted, int64(st.Evicted))
+}
+
+func observeTraffic(o metric.Observer, conns, pkts, bytes metric.Int64ObservableCounter, c backend.Counters, attrs []attribute.KeyValue, in, out attribute.KeyValue) {
+	o.ObserveInt64(conns, int64(c.Conns), metric.WithAttributes(attrs...))
+	o.ObserveInt64(pkts, int64(c.InPkts), metric.WithAttributes(append(attrs, in)...))
+	o.ObserveInt64(pkts, int64(c.OutPkts), metric.WithAttributes(append(attrs, out)...))
+	o.ObserveInt64(bytes, int64(c.InBytes), metric.WithAttributes(append(attrs, in)...))
+	o.ObserveInt64(bytes, int64(c.OutBytes), metric.WithAttributes(append(attrs, out)...))
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func firstErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
