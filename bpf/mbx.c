@@ -12,6 +12,7 @@
 #include "hash.h"
 #include "conn.h"
 #include "nat.h"
+#include "capture.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -328,7 +329,18 @@ SEC("xdp")
 int mbx_xdp(struct xdp_md *ctx)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
+	struct capture_cfg *cap = capture_on(ifindex);
+	int matched = 0;
+	if (cap) {
+		/* The filter sees the packet as received; its exit record (after
+		 * translation) follows it even when the rewrite no longer matches. */
+		matched = mbx_capture_filter(ctx);
+		if (matched && (cap->points & CAPTURE_ENTRY))
+			capture_emit(ctx, cap, CAPTURE_ENTRY, 0);
+	}
 	int verdict = process(ctx);
 	count_verdict(ifindex, verdict);
+	if (cap && (cap->points & CAPTURE_EXIT) && (matched || mbx_capture_filter(ctx)))
+		capture_emit(ctx, cap, CAPTURE_EXIT, verdict);
 	return verdict;
 }

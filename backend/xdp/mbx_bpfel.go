@@ -13,6 +13,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type mbxCaptureCfg struct {
+	_         structs.HostLayout
+	Points    uint32
+	Ifindex   uint32
+	Snaplen   uint32
+	Rate      uint32
+	Remaining uint64
+}
+
+type mbxCaptureWindow struct {
+	_       structs.HostLayout
+	StartNs uint64
+	Count   uint64
+}
+
 type mbxConfig struct {
 	_              structs.HostLayout
 	TimeoutNsShift uint32
@@ -148,6 +163,9 @@ type mbxSvcKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	mbxMapCaptureCtl     = "capture_ctl"
+	mbxMapCaptureEvents  = "capture_events"
+	mbxMapCaptureRate    = "capture_rate"
 	mbxMapConfigMap      = "config_map"
 	mbxMapConns          = "conns"
 	mbxMapCounters       = "counters"
@@ -216,6 +234,9 @@ type mbxProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type mbxMapSpecs struct {
+	CaptureCtl     *ebpf.MapSpec `ebpf:"capture_ctl"`
+	CaptureEvents  *ebpf.MapSpec `ebpf:"capture_events"`
+	CaptureRate    *ebpf.MapSpec `ebpf:"capture_rate"`
 	ConfigMap      *ebpf.MapSpec `ebpf:"config_map"`
 	Conns          *ebpf.MapSpec `ebpf:"conns"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
@@ -260,6 +281,9 @@ func (o *mbxObjects) Close() error {
 //
 // It can be passed to loadMbxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type mbxMaps struct {
+	CaptureCtl     *ebpf.Map `ebpf:"capture_ctl"`
+	CaptureEvents  *ebpf.Map `ebpf:"capture_events"`
+	CaptureRate    *ebpf.Map `ebpf:"capture_rate"`
 	ConfigMap      *ebpf.Map `ebpf:"config_map"`
 	Conns          *ebpf.Map `ebpf:"conns"`
 	Counters       *ebpf.Map `ebpf:"counters"`
@@ -280,6 +304,9 @@ type mbxMaps struct {
 
 func (m *mbxMaps) Close() error {
 	return _MbxClose(
+		m.CaptureCtl,
+		m.CaptureEvents,
+		m.CaptureRate,
 		m.ConfigMap,
 		m.Conns,
 		m.Counters,

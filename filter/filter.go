@@ -1,0 +1,122 @@
+// Package filter compiles tcpdump filter expressions for mbx's datapaths:
+// libpcap's own compiler gives the classic BPF program (so a filter selects
+// exactly what tcpdump selects), and cloudflare/cbpfc turns it into eBPF
+// that runs inside XDP. The capture command, the stream monitor and the
+// bricks' Filter share it.
+package filter
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cloudflare/cbpfc"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcap"
+	"golang.org/x/net/bpf"
+)
+
+// Snaplen is what filters are compiled for: libpcap only uses it to decide
+// how much of the packet "len" may see, so the largest frame will do.
+const Snaplen = 65535
+
+// Filter is a compiled tcpdump expression.
+type Filter struct {
+	Expr string
+	CBPF []bpf.Instruction
+}
+
+// Compile compiles expr for Ethernet frames, with tcpdump's semantics. An
+// empty expression matches every packet.
+func Compile(expr string) (*Filter, error) {
+	expr = strings.TrimSpace(expr)
+	raw, err := pcap.CompileBPFFilter(layers.LinkTypeEthernet, Snaplen, expr)
+	if err != nil {
+		return nil, fmt.Errorf("filter %q: %w", expr, err)
+	}
+	f := &Filter{Expr: expr}
+	for _, r := range raw {
+		f.CBPF = append(f.CBPF, bpf.RawInstruction{Op: r.Code, Jt: r.Jt, Jf: r.Jf, K: r.K}.Disassemble())
+	}
+	return f, nil
+}
+
+// Match runs the filter on a frame in Go (offline use and tests), with the
+// semantics of the kernel's classic BPF.
+func (f *Filter) Match(frame []byte) (bool, error) {
+	vm, err := bpf.NewVM(f.CBPF)
+	if err != nil {
+		return false, err
+	}
+	n, err := vm.Run(frame)
+	return n > 0, err
+}
+
+// XDPFunction returns the filter as the body of an eBPF function taking an
+// XDP context (R1) and returning nonzero in R0 for a match.
+func (f *Filter) XDPFunction() (asm.Instructions, error) {
+	body, err := cbpfc.ToEBPF(f.CBPF, cbpfc.EBPFOpts{
+		PacketStart: asm.R2,
+		PacketEnd:   asm.R3,
+		Result:      asm.R0,
+		ResultLabel: "filter_result",
+		Working:     [4]asm.Register{asm.R4, asm.R5, asm.R6, asm.R7},
+		LabelPrefix: "filter",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("filter %q: %w", f.Expr, err)
+	}
+	insns := asm.Instructions{
+		// struct xdp_md: data at offset 0, data_end at 4.
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
+	}
+	insns = append(insns, body...)
+	insns = append(insns, asm.Return().WithSymbol("filter_result"))
+	return insns, nil
+}
+
+// Replacement loads the filter as an extension program that replaces the
+// global function fn (taking struct xdp_md *) of target: freplace, so a
+// running XDP program gets the filter without being reloaded.
+func (f *Filter) Replacement(target *ebpf.Program, fn string) (*ebpf.Program, error) {
+	insns, err := f.XDPFunction()
+	if err != nil {
+		return nil, err
+	}
+	// The kernel checks the replacement's BTF signature against fn's: take
+	// fn's own from the target program.
+	info, err := target.Info()
+	if err != nil {
+		return nil, err
+	}
+	id, ok := info.BTFID()
+	if !ok {
+		return nil, errors.New("the target program has no BTF")
+	}
+	h, err := btf.NewHandleFromID(id)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	spec, err := h.Spec(nil)
+	if err != nil {
+		return nil, err
+	}
+	var proto *btf.Func
+	if err := spec.TypeByName(fn, &proto); err != nil {
+		return nil, fmt.Errorf("function %s in the target: %w", fn, err)
+	}
+	insns[0] = btf.WithFuncMetadata(insns[0].WithSymbol(fn), proto)
+	return ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "mbx_capture",
+		Type:         ebpf.Extension,
+		AttachTarget: target,
+		AttachTo:     fn,
+		License:      "GPL",
+		Instructions: insns,
+	})
+}
