@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* capture.h: `mbx capture` records packets at XDP entry and exit (before and
  * after translation) into a perf buffer. Off, it costs one array lookup and
- * a branch per packet. The filter is the global function
- * mbx_capture_filter, which a running capture replaces (freplace) with its
- * compiled tcpdump expression; the built-in one matches nothing. */
+ * a branch per packet. The filter is the function mbx_capture_filter:
+ * `mbx capture` loads another instance of this program with that function's
+ * instructions replaced by its compiled tcpdump expression (same maps) and
+ * swaps it into the interface's link; the built-in one matches nothing. */
 #ifndef MBX_CAPTURE_H
 #define MBX_CAPTURE_H
 
@@ -11,7 +12,7 @@
 
 #define CAPTURE_ENTRY 0x1
 #define CAPTURE_EXIT 0x2
-#define CAPTURE_MAX_SNAP 1024 /* bytes per record; perf copies at most this */
+#define CAPTURE_MAX_SNAP 4096 /* bytes per record; perf copies at most this */
 
 struct capture_cfg {
 	__u32 points;     /* CAPTURE_*; 0 = off */
@@ -57,8 +58,8 @@ struct {
 	__uint(value_size, sizeof(__u32));
 } capture_events SEC(".maps");
 
-/* Replaced at run time; must stay global (verified on its own) and not
- * inlined. The volatile read keeps clang from folding the call away. */
+/* Replaced by `mbx capture`; must stay a separate (global, not inlined)
+ * function. The volatile read keeps clang from folding the call away. */
 __attribute__((noinline)) int mbx_capture_filter(struct xdp_md *ctx)
 {
 	volatile int match = 0;

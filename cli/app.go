@@ -27,6 +27,7 @@ func App() *ucli.App {
 			keepalivedCommand(),
 			labCommand(),
 			logLevelCommand(),
+			captureCommand(),
 		},
 		HideHelpCommand: true,
 	}

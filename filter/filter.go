@@ -6,13 +6,10 @@
 package filter
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cloudflare/cbpfc"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcap"
@@ -77,46 +74,4 @@ func (f *Filter) XDPFunction() (asm.Instructions, error) {
 	insns = append(insns, body...)
 	insns = append(insns, asm.Return().WithSymbol("filter_result"))
 	return insns, nil
-}
-
-// Replacement loads the filter as an extension program that replaces the
-// global function fn (taking struct xdp_md *) of target: freplace, so a
-// running XDP program gets the filter without being reloaded.
-func (f *Filter) Replacement(target *ebpf.Program, fn string) (*ebpf.Program, error) {
-	insns, err := f.XDPFunction()
-	if err != nil {
-		return nil, err
-	}
-	// The kernel checks the replacement's BTF signature against fn's: take
-	// fn's own from the target program.
-	info, err := target.Info()
-	if err != nil {
-		return nil, err
-	}
-	id, ok := info.BTFID()
-	if !ok {
-		return nil, errors.New("the target program has no BTF")
-	}
-	h, err := btf.NewHandleFromID(id)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	spec, err := h.Spec(nil)
-	if err != nil {
-		return nil, err
-	}
-	var proto *btf.Func
-	if err := spec.TypeByName(fn, &proto); err != nil {
-		return nil, fmt.Errorf("function %s in the target: %w", fn, err)
-	}
-	insns[0] = btf.WithFuncMetadata(insns[0].WithSymbol(fn), proto)
-	return ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "mbx_capture",
-		Type:         ebpf.Extension,
-		AttachTarget: target,
-		AttachTo:     fn,
-		License:      "GPL",
-		Instructions: insns,
-	})
 }

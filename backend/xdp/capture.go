@@ -1,0 +1,89 @@
+package xdp
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+)
+
+// CaptureFilterFunc is the datapath's capture-filter function (capture.h).
+const CaptureFilterFunc = "mbx_capture_filter"
+
+// ProgramWithCaptureFilter loads another instance of the datapath program
+// whose capture-filter function is body (a function of the XDP context
+// returning nonzero to record), sharing every map with running, the program
+// mbx has attached. Swapped into the XDP link, it records what body selects;
+// swapping running back ends that. (The filter would better be a freplace
+// extension of the running program, but this kernel refuses loading those
+// with EPERM.)
+func ProgramWithCaptureFilter(running *ebpf.Program, body asm.Instructions) (*ebpf.Program, error) {
+	spec, err := loadMbx()
+	if err != nil {
+		return nil, err
+	}
+	ps := spec.Programs["mbx_xdp"].Copy()
+	insns, err := replaceFunc(ps.Instructions, CaptureFilterFunc, body)
+	if err != nil {
+		return nil, err
+	}
+	info, err := running.Info()
+	if err != nil {
+		return nil, err
+	}
+	ids, _ := info.MapIDs()
+	var maps []*ebpf.Map
+	defer func() {
+		for _, m := range maps {
+			m.Close()
+		}
+	}()
+	for _, id := range ids {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			return nil, fmt.Errorf("map %d of the running program: %w", id, err)
+		}
+		maps = append(maps, m)
+		mi, err := m.Info()
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := spec.Maps[mi.Name]; !ok {
+			continue // e.g. .rodata of another build
+		}
+		if err := insns.AssociateMap(mi.Name, m); err != nil && !errors.Is(err, asm.ErrUnreferencedSymbol) {
+			return nil, fmt.Errorf("map %s: %w", mi.Name, err)
+		}
+	}
+	ps.Instructions = insns
+	return ebpf.NewProgram(ps)
+}
+
+// replaceFunc returns insns with the function named fn replaced by body
+// (keeping fn's BTF so the verifier checks the same signature).
+func replaceFunc(insns asm.Instructions, fn string, body asm.Instructions) (asm.Instructions, error) {
+	start := -1
+	for i := range insns {
+		if insns[i].Symbol() == fn {
+			start = i
+			break
+		}
+	}
+	if start < 0 {
+		return nil, fmt.Errorf("no function %s in the datapath", fn)
+	}
+	end := len(insns)
+	for i := start + 1; i < len(insns); i++ {
+		if btf.FuncMetadata(&insns[i]) != nil {
+			end = i
+			break
+		}
+	}
+	body = append(asm.Instructions(nil), body...)
+	body[0] = btf.WithFuncMetadata(body[0].WithSymbol(fn).WithSource(insns[start].Source()), btf.FuncMetadata(&insns[start]))
+	out := append(asm.Instructions(nil), insns[:start]...)
+	out = append(out, body...)
+	return append(out, insns[end:]...), nil
+}
