@@ -32,6 +32,7 @@ func captureCommand() *ucli.Command {
 			&ucli.IntFlag{Name: "rate", Value: 10000, Usage: "records per second and CPU at most (the datapath drops the rest)"},
 			&ucli.IntFlag{Name: "snaplen", Aliases: []string{"s"}, Value: capture.MaxSnaplen, Usage: fmt.Sprintf("bytes of each packet (at most %d)", capture.MaxSnaplen)},
 			&ucli.DurationFlag{Name: "duration", Usage: "stop after this long (0: until interrupted)"},
+			&ucli.BoolFlag{Name: "force", Usage: "take over from a capture that was killed and left capture on"},
 		},
 		Action: func(c *ucli.Context) error {
 			points := map[string]uint32{"entry": capture.Entry, "exit": capture.Exit, "both": capture.Both}[c.String("point")]
@@ -51,7 +52,7 @@ func captureCommand() *ucli.Command {
 			}
 			defer closeOut()
 			cp, err := capture.Start(capture.Options{Iface: c.String("iface"), Points: points, Filter: f,
-				Snaplen: c.Int("snaplen"), Rate: c.Int("rate"), Count: c.Uint64("count")})
+				Snaplen: c.Int("snaplen"), Rate: c.Int("rate"), Count: c.Uint64("count"), Force: c.Bool("force")})
 			if err != nil {
 				return err
 			}

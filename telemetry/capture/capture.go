@@ -45,6 +45,7 @@ type Options struct {
 	Snaplen int    // bytes per record, at most MaxSnaplen
 	Rate    int    // records per second and CPU at most
 	Count   uint64 // records in all; 0 = no bound
+	Force   bool   // take over from a capture left running (killed)
 }
 
 // Record is one recorded packet.
@@ -118,8 +119,8 @@ func Start(o Options) (*Capture, error) {
 		return nil, fmt.Errorf("the XDP program on %s is not mbx's (or too old for capture): %w", o.Iface, err)
 	}
 	var cur ctl
-	if err := c.ctlMap.Lookup(uint32(0), &cur); err == nil && cur.Points != 0 {
-		return nil, fmt.Errorf("a capture is already running on this mbx datapath")
+	if err := c.ctlMap.Lookup(uint32(0), &cur); err == nil && cur.Points != 0 && !o.Force {
+		return nil, fmt.Errorf("a capture is already running on this mbx datapath (if it was killed: mbx capture --force)")
 	}
 	body, err := o.Filter.XDPFunction()
 	if err != nil {
