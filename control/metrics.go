@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -81,13 +82,14 @@ func (i *instruments) observe(o metric.Observer, st *Status) {
 			attribute.String("protocol", strings.ToLower(s.Key.Proto.String())),
 			attribute.String("service", netip.AddrPortFrom(s.Key.Addr, s.Key.Port).String()),
 		}
-		o.ObserveInt64(i.svcInfo, 1, metric.WithAttributes(append(svc, attribute.String("scheduler", s.Scheduler))...))
+		o.ObserveInt64(i.svcInfo, 1, metric.WithAttributes(append(slices.Clip(svc), attribute.String("scheduler", s.Scheduler))...))
 		observeTraffic(o, i.svcConns, i.svcPkts, i.svcBytes, s.Stats, svc, in, out)
 		endpoints := 0
 		for _, r := range s.RealStats {
 			endpoints++
-			ra := metric.WithAttributes(append(svc, attribute.String("real", r.AddrPort().String()))...)
-			observeTraffic(o, i.realConns, i.realPkts, i.realBytes, r.Counters, append(svc, attribute.String("real", r.AddrPort().String())), in, out)
+			real := append(slices.Clip(svc), attribute.String("real", r.AddrPort().String()))
+			ra := metric.WithAttributes(real...)
+			observeTraffic(o, i.realConns, i.realPkts, i.realBytes, r.Counters, real, in, out)
 			o.ObserveInt64(i.realActive, int64(r.Active), ra)
 			o.ObserveInt64(i.realInactive, int64(r.Inactive), ra)
 			o.ObserveInt64(i.realWeight, int64(r.Weight), ra)
@@ -97,7 +99,7 @@ func (i *instruments) observe(o metric.Observer, st *Status) {
 			}
 		}
 		for _, l := range s.LaddrStats {
-			la := metric.WithAttributes(append(svc, attribute.String("laddr", l.Addr.String()))...)
+			la := metric.WithAttributes(append(slices.Clip(svc), attribute.String("laddr", l.Addr.String()))...)
 			o.ObserveInt64(i.laddrUsed, int64(l.Conns), la)
 			o.ObserveInt64(i.laddrFree, max(0, int64(st.LocalPorts)*int64(endpoints)-int64(l.Conns)), la)
 			o.ObserveInt64(i.laddrConflicts, int64(l.Conflicts), la)
@@ -124,6 +126,7 @@ func (i *instruments) observe(o metric.Observer, st *Status) {
 }
 
 func observeTraffic(o metric.Observer, conns, pkts, bytes metric.Int64ObservableCounter, c backend.Counters, attrs []attribute.KeyValue, in, out attribute.KeyValue) {
+	attrs = slices.Clip(attrs) // each append below gets its own array
 	o.ObserveInt64(conns, int64(c.Conns), metric.WithAttributes(attrs...))
 	o.ObserveInt64(pkts, int64(c.InPkts), metric.WithAttributes(append(attrs, in)...))
 	o.ObserveInt64(pkts, int64(c.OutPkts), metric.WithAttributes(append(attrs, out)...))

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // oneLineError checks that a failed mbx command printed exactly one line.
@@ -180,11 +181,5 @@ func TestRunFailures(t *testing.T) {
 
 func waitFile(t *testing.T, p string) {
 	t.Helper()
-	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(p); err == nil {
-			return
-		}
-		exec.Command("sleep", "0.05").Run()
-	}
-	t.Fatalf("%s did not appear", p)
+	waitFor(t, 10*time.Second, func() bool { _, err := os.Stat(p); return err == nil }, p+" to appear")
 }

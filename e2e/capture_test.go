@@ -48,9 +48,12 @@ func TestCapture(t *testing.T) {
 	defer tcpdump.Process.Kill()
 	waitFor(t, 10*time.Second, func() bool {
 		b, _ := os.ReadFile(capLog)
+		if strings.Contains(string(b), "mbx: ") {
+			t.Fatalf("mbx capture failed: %s", b)
+		}
 		return strings.Contains(string(b), "capturing on wan0")
-	}, capLog)
-	waitFor(t, 10*time.Second, func() bool { return strings.Contains(tcpdumpErr.String(), "listening on") }, ref)
+	}, "mbx capture to start")
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(tcpdumpErr.String(), "listening on") }, "tcpdump to start")
 
 	for range 3 {
 		e.curl("-o", "/dev/null", "http://"+vip+"/")
@@ -139,14 +142,14 @@ func TestCapture(t *testing.T) {
 	}
 }
 
+// waitFor polls cond until it holds, failing the test after d.
 func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(what)
-			t.Fatalf("timed out waiting: %s", b)
+			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 }

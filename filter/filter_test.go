@@ -12,6 +12,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
@@ -56,40 +57,32 @@ func triples(t *testing.T) []triple {
 	return out
 }
 
-type frameReader interface {
-	ReadPacketData() ([]byte, interface{ GetLen() int }, error)
-}
-
-// readFrames returns an Ethernet capture's frames (nil if another link type).
+// readFrames returns an Ethernet capture's frames (nil if another link
+// type), from pcap or pcapng.
 func readFrames(t *testing.T, path string) [][]byte {
 	f, err := os.Open(filepath.Join(corpus, path))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var frames [][]byte
-	if r, err := pcapgo.NewReader(f); err == nil {
-		if r.LinkType() != layers.LinkTypeEthernet {
-			return nil
-		}
-		for {
-			d, _, err := r.ReadPacketData()
-			if errors.Is(err, io.EOF) {
-				return frames
-			} else if err != nil {
-				t.Fatal(err)
-			}
-			frames = append(frames, d)
-		}
+	var r interface {
+		LinkType() layers.LinkType
+		ReadPacketData() ([]byte, gopacket.CaptureInfo, error)
 	}
-	f.Seek(0, io.SeekStart)
-	r, err := pcapgo.NewNgReader(f, pcapgo.DefaultNgReaderOptions)
-	if err != nil {
-		t.Fatal(err)
+	if pr, err := pcapgo.NewReader(f); err == nil {
+		r = pr
+	} else {
+		f.Seek(0, io.SeekStart)
+		ng, err := pcapgo.NewNgReader(f, pcapgo.DefaultNgReaderOptions)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = ng
 	}
 	if r.LinkType() != layers.LinkTypeEthernet {
 		return nil
 	}
+	var frames [][]byte
 	for {
 		d, _, err := r.ReadPacketData()
 		if errors.Is(err, io.EOF) {

@@ -41,7 +41,9 @@ func AddrWords(a netip.Addr) [4]uint32 {
 // PortWord returns a host-order port as the datapath holds it (network order in memory).
 func PortWord(p uint16) uint32 { return uint32(bits.ReverseBytes16(p)) }
 
-func hashMix(h, k uint32) uint32 {
+// HashMix and HashFinal are the murmur3 steps of bpf/hash.h, also used by
+// hashes that must agree across nodes (lb's Maglev permutations).
+func HashMix(h, k uint32) uint32 {
 	k *= 0xcc9e2d51
 	k = bits.RotateLeft32(k, 15)
 	k *= 0x1b873593
@@ -50,7 +52,8 @@ func hashMix(h, k uint32) uint32 {
 	return h*5 + 0xe6546b64
 }
 
-func hashFinal(h uint32) uint32 {
+// HashFinal is murmur3's finaliser.
+func HashFinal(h uint32) uint32 {
 	h ^= h >> 16
 	h *= 0x85ebca6b
 	h ^= h >> 13
@@ -62,11 +65,11 @@ func hashFinal(h uint32) uint32 {
 // Hash is the flow hash of bpf/hash.h, bit for bit (IPv4 flows).
 func (k Key) Hash(seed uint32) uint32 {
 	h := seed
-	h = hashMix(h, AddrWords(k.Src)[0])
-	h = hashMix(h, AddrWords(k.Dst)[0])
-	h = hashMix(h, PortWord(k.SrcPort)|PortWord(k.DstPort)<<16)
-	h = hashMix(h, uint32(k.Proto)|uint32(k.Family())<<8)
-	return hashFinal(h ^ 16)
+	h = HashMix(h, AddrWords(k.Src)[0])
+	h = HashMix(h, AddrWords(k.Dst)[0])
+	h = HashMix(h, PortWord(k.SrcPort)|PortWord(k.DstPort)<<16)
+	h = HashMix(h, uint32(k.Proto)|uint32(k.Family())<<8)
+	return HashFinal(h ^ 16)
 }
 
 // PortCandStep spaces the LIP/port candidates a new Full-NAT flow probes.
@@ -98,10 +101,10 @@ const (
 func (k Key) SchedHash(pick int, seed uint32) uint32 {
 	switch pick {
 	case PickSource:
-		return hashFinal(hashMix(seed^schedSalt, AddrWords(k.Src)[0]))
+		return HashFinal(HashMix(seed^schedSalt, AddrWords(k.Src)[0]))
 	case PickDest:
-		return hashFinal(hashMix(seed^schedSalt, AddrWords(k.Dst)[0]))
+		return HashFinal(HashMix(seed^schedSalt, AddrWords(k.Dst)[0]))
 	default:
-		return hashFinal(k.Hash(seed) ^ schedSalt)
+		return HashFinal(k.Hash(seed) ^ schedSalt)
 	}
 }

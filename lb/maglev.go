@@ -3,9 +3,10 @@ package lb
 import (
 	"encoding/binary"
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"sort"
+
+	"github.com/mbx-net/mbx/flow"
 )
 
 // MaglevDefaultSize is the default lookup table size (a prime, as Maglev
@@ -57,18 +58,9 @@ func realHash(a netip.Addr, port uint16, seed uint32) uint32 {
 	b := a.As16()
 	h := seed
 	for i := 0; i < 16; i += 4 {
-		k := binary.LittleEndian.Uint32(b[i:]) * 0xcc9e2d51
-		k = bits.RotateLeft32(k, 15) * 0x1b873593
-		h ^= k
-		h = bits.RotateLeft32(h, 13)*5 + 0xe6546b64
+		h = flow.HashMix(h, binary.LittleEndian.Uint32(b[i:]))
 	}
-	h ^= uint32(port)
-	h ^= h >> 16
-	h *= 0x85ebca6b
-	h ^= h >> 13
-	h *= 0xc2b2ae35
-	h ^= h >> 16
-	return h
+	return flow.HashFinal(h ^ uint32(port))
 }
 
 // Maglev builds the weighted Maglev lookup table (Eisenbud et al., NSDI

@@ -13,7 +13,6 @@ package telemetry
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -139,24 +138,28 @@ func serviceName() string {
 	return "mbx"
 }
 
-// otlpWanted says whether the environment names an OTLP endpoint for kind
-// ("TRACES" or "METRICS").
-func otlpWanted(kind string) bool {
-	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_"+kind+"_ENDPOINT") != ""
-}
-
-func protocol(kind string) (string, error) {
+// otlpProtocol says whether kind ("TRACES" or "METRICS") goes over OTLP
+// and with which protocol: grpc or http/protobuf (the spec's default).
+// explicit is true when OTEL_*_EXPORTER names otlp, which then needs an
+// endpoint.
+func otlpProtocol(kind string, explicit bool) (string, bool, error) {
+	if os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && os.Getenv("OTEL_EXPORTER_OTLP_"+kind+"_ENDPOINT") == "" {
+		if explicit {
+			return "", false, fmt.Errorf("OTEL_%s_EXPORTER=otlp needs OTEL_EXPORTER_OTLP_ENDPOINT", kind)
+		}
+		return "", false, nil
+	}
 	p := os.Getenv("OTEL_EXPORTER_OTLP_" + kind + "_PROTOCOL")
 	if p == "" {
 		p = os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
 	}
 	switch p {
 	case "", "http/protobuf":
-		return "http/protobuf", nil
+		return "http/protobuf", true, nil
 	case "grpc":
-		return "grpc", nil
+		return "grpc", true, nil
 	}
-	return "", fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: mbx exports grpc or http/protobuf", p)
+	return "", false, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: mbx exports grpc or http/protobuf", p)
 }
 
 func traceExporter(ctx context.Context) (sdktrace.SpanExporter, error) {
@@ -166,17 +169,11 @@ func traceExporter(ctx context.Context) (sdktrace.SpanExporter, error) {
 	case "console":
 		return stdouttrace.New(stdouttrace.WithPrettyPrint())
 	case "", "otlp":
-		if !otlpWanted("TRACES") {
-			if e == "otlp" {
-				return nil, errors.New("OTEL_TRACES_EXPORTER=otlp needs OTEL_EXPORTER_OTLP_ENDPOINT")
-			}
-			return nil, nil
-		}
-		p, err := protocol("TRACES")
-		if err != nil {
+		p, ok, err := otlpProtocol("TRACES", e == "otlp")
+		switch {
+		case err != nil || !ok:
 			return nil, err
-		}
-		if p == "grpc" {
+		case p == "grpc":
 			return otlptracegrpc.New(ctx)
 		}
 		return otlptracehttp.New(ctx)
@@ -190,14 +187,11 @@ func metricExporter(ctx context.Context) (sdkmetric.Exporter, error) {
 	case "none", "prometheus": // prometheus: the --metrics-addr endpoint only
 		return nil, nil
 	case "", "otlp":
-		if !otlpWanted("METRICS") {
-			return nil, nil
-		}
-		p, err := protocol("METRICS")
-		if err != nil {
+		p, ok, err := otlpProtocol("METRICS", false)
+		switch {
+		case err != nil || !ok:
 			return nil, err
-		}
-		if p == "grpc" {
+		case p == "grpc":
 			return otlpmetricgrpc.New(ctx)
 		}
 		return otlpmetrichttp.New(ctx)

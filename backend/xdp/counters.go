@@ -1,5 +1,7 @@
 package xdp
 
+import "slices"
+
 // counterNames follows enum counter in bpf/consts.h, in order. Forwarded
 // packets and bytes are counted per real server (stats map), not here.
 var counterNames = []string{
@@ -21,3 +23,9 @@ var counterNames = []string{
 	"drop_fib",
 	"entry_deleted",
 }
+
+// Indices of counterNames the backend reads itself.
+var (
+	cntConnNew      = slices.Index(counterNames, "conn_new")
+	cntEntryDeleted = slices.Index(counterNames, "entry_deleted")
+)

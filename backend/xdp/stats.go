@@ -75,26 +75,23 @@ func (e *evictEstimate) update(newConns, deleted uint64, entries int) {
 	}
 }
 
-func (b *Backend) counter(name string) uint64 {
-	for i, n := range counterNames {
-		if n == name {
-			var per []uint64
-			if b.objs.Counters.Lookup(uint32(i), &per) != nil {
-				return 0
-			}
-			var v uint64
-			for _, x := range per {
-				v += x
-			}
-			return v
-		}
+// counter sums datapath counter i (enum counter in consts.h) over CPUs.
+func (b *Backend) counter(i int) (uint64, error) {
+	var per []uint64
+	if err := b.objs.Counters.Lookup(uint32(i), &per); err != nil {
+		return 0, err
 	}
-	return 0
+	var v uint64
+	for _, x := range per {
+		v += x
+	}
+	return v, nil
 }
 
 // sweepOnce deletes dead connections (both entries) and recounts.
 func (b *Backend) sweepOnce() {
-	newConns, deleted := b.counter("conn_new"), b.counter("entry_deleted")
+	newConns, _ := b.counter(cntConnNew)
+	deleted, _ := b.counter(cntEntryDeleted)
 	r := sweepResult{active: map[uint32]uint64{}, inactive: map[uint32]uint64{}, lipConns: map[netip.Addr]uint64{}}
 	var dead []mbxFlowKey
 	b.walk(func(k *mbxFlowKey, c *mbxConn, alive bool, _ uint64) {
@@ -190,13 +187,9 @@ func (b *Backend) Snapshot() (*backend.Snapshot, error) {
 		}
 	}
 	for i, name := range counterNames {
-		var per []uint64
-		if err := b.objs.Counters.Lookup(uint32(i), &per); err != nil {
+		v, err := b.counter(i)
+		if err != nil {
 			return nil, err
-		}
-		var v uint64
-		for _, x := range per {
-			v += x
 		}
 		s.Datapath[name] = v
 	}

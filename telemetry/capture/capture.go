@@ -245,7 +245,7 @@ func (c *Capture) Read() (Record, int, error) {
 // SetDeadline bounds the next Read.
 func (c *Capture) SetDeadline(t time.Time) { c.rd.SetDeadline(t) }
 
-// Close turns capture off and removes the filter.
+// Close turns capture off and puts the original program back.
 func (c *Capture) Close() error {
 	if c.ctlMap != nil {
 		_ = c.ctlMap.Put(uint32(0), ctl{})
@@ -260,20 +260,14 @@ func (c *Capture) Close() error {
 		}
 		c.lk.Close()
 	}
-	for _, x := range []interface{ Close() error }{c.ext, c.events, c.prog} {
-		if x != nil && !isNilProg(x) {
-			x.Close()
-		}
+	if c.ext != nil {
+		c.ext.Close()
+	}
+	if c.events != nil {
+		c.events.Close()
+	}
+	if c.prog != nil {
+		c.prog.Close()
 	}
 	return nil
-}
-
-func isNilProg(x interface{ Close() error }) bool {
-	switch v := x.(type) {
-	case *ebpf.Program:
-		return v == nil
-	case *ebpf.Map:
-		return v == nil
-	}
-	return false
 }
