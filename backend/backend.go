@@ -11,6 +11,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/mbx-net/mbx/bricks"
 	"github.com/mbx-net/mbx/flow"
 	"github.com/mbx-net/mbx/lb"
 )
@@ -64,6 +65,23 @@ type Backend interface {
 	Handover() error
 	// Adopted is how many services a previous run left running.
 	Adopted() int
+}
+
+// BrickPlane is a backend that runs brick engines (packet-bricks).
+type BrickPlane interface {
+	// ApplyBricks makes the data plane run plan: its engines, and no others.
+	// A plan that cannot run changes nothing.
+	ApplyBricks(plan *bricks.Plan) error
+	// BrickStats reads each node's counters.
+	BrickStats() (map[uint32]BrickCounters, error)
+}
+
+// BrickCounters are one brick's (or output's) counters.
+type BrickCounters struct {
+	Pkts    uint64 `json:"pkts"`
+	Bytes   uint64 `json:"bytes"`
+	Drops   uint64 `json:"drops"`   // sends that failed
+	Skipped uint64 `json:"skipped"` // Filter: packets it did not match (left to the kernel)
 }
 
 // Counters are IPVS's per-service / per-real statistics.

@@ -13,6 +13,7 @@
 #include "conn.h"
 #include "nat.h"
 #include "capture.h"
+#include "bricks.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -338,9 +339,38 @@ int mbx_xdp(struct xdp_md *ctx)
 		if (matched && (cap->points & CAPTURE_ENTRY))
 			capture_emit(ctx, cap, CAPTURE_ENTRY, 0);
 	}
-	int verdict = process(ctx);
+	struct brick_engine *engine = brick_engine_on(ifindex);
+	int verdict = XDP_PASS;
+	if (!engine || !(engine->flags & ENGINE_F_NO_LB))
+		verdict = process(ctx);
+	if (verdict == XDP_PASS && engine) {
+		/* What the load balancer leaves goes to the bricks (bricks.h). */
+		__u32 zero = 0;
+		struct brick_scratch *s = bpf_map_lookup_elem(&brick_scratch_map, &zero);
+		if (s)
+			s->capture_matched = matched;
+		bpf_tail_call(ctx, &brick_prog, 0);
+	}
 	count_verdict(ifindex, verdict);
 	if (cap && (cap->points & CAPTURE_EXIT) && (matched || mbx_capture_filter(ctx)))
 		capture_emit(ctx, cap, CAPTURE_EXIT, verdict);
+	return verdict;
+}
+
+/* The brick engine (bricks.h), reached by tail call from mbx_xdp. */
+SEC("xdp")
+int mbx_bricks(struct xdp_md *ctx)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct brick_engine *engine = brick_engine_on(ifindex);
+	int verdict = engine ? brick_walk(ctx, engine) : XDP_PASS;
+	count_verdict(ifindex, verdict);
+	struct capture_cfg *cap = capture_on(ifindex);
+	if (cap && (cap->points & CAPTURE_EXIT)) {
+		__u32 zero = 0;
+		struct brick_scratch *s = bpf_map_lookup_elem(&brick_scratch_map, &zero);
+		if (s && s->capture_matched)
+			capture_emit(ctx, cap, CAPTURE_EXIT, verdict);
+	}
 	return verdict;
 }

@@ -7,6 +7,7 @@ package filter
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf/asm"
@@ -74,4 +75,41 @@ func (f *Filter) XDPFunction() (asm.Instructions, error) {
 	insns = append(insns, body...)
 	insns = append(insns, asm.Return().WithSymbol("filter_result"))
 	return insns, nil
+}
+
+// XDPDispatch returns the body of an eBPF function taking an XDP context
+// (R1) and a filter id (R2), returning nonzero in R0 when the filter with
+// that id matches; an unknown id matches nothing. It is how several
+// filters (the Filter bricks) live in one datapath function.
+func XDPDispatch(filters map[uint32]*Filter) (asm.Instructions, error) {
+	ids := make([]uint32, 0, len(filters))
+	for id := range filters {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var head, bodies asm.Instructions
+	for _, id := range ids {
+		f := filters[id]
+		entry := fmt.Sprintf("f%d_entry", id)
+		result := fmt.Sprintf("f%d_result", id)
+		body, err := cbpfc.ToEBPF(f.CBPF, cbpfc.EBPFOpts{
+			PacketStart: asm.R2,
+			PacketEnd:   asm.R3,
+			Result:      asm.R0,
+			ResultLabel: result,
+			Working:     [4]asm.Register{asm.R4, asm.R5, asm.R6, asm.R7},
+			LabelPrefix: fmt.Sprintf("f%d_", id),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("filter %q: %w", f.Expr, err)
+		}
+		head = append(head, asm.JEq.Imm(asm.R2, int32(id), entry))
+		bodies = append(bodies,
+			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word).WithSymbol(entry),
+			asm.LoadMem(asm.R3, asm.R1, 4, asm.Word))
+		bodies = append(bodies, body...)
+		bodies = append(bodies, asm.Return().WithSymbol(result))
+	}
+	head = append(head, asm.Mov.Imm(asm.R0, 0), asm.Return())
+	return append(head, bodies...), nil
 }

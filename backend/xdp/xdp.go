@@ -63,6 +63,7 @@ type Backend struct {
 	done    chan struct{}
 	sweep   sweepResult
 	evict   evictEstimate
+	brick   *brickState // bricks.go; nil until ApplyBricks
 }
 
 // LoadSpec returns the datapath's collection spec with mbx's settings.
@@ -270,6 +271,7 @@ func (b *Backend) abort() {
 		return
 	}
 	b.stopWorkers()
+	b.closeBricks()
 	for _, l := range b.links {
 		if b.created[l] {
 			_ = l.Unpin()
@@ -292,6 +294,7 @@ func (b *Backend) Handover() error {
 		return b.Close()
 	}
 	b.stopWorkers()
+	b.closeBricks()
 	var errs []error
 	for _, l := range b.links {
 		errs = append(errs, l.Close()) // the pin keeps the program attached
@@ -318,6 +321,7 @@ func (b *Backend) stopWorkers() {
 // including state pinned for restarts.
 func (b *Backend) Close() error {
 	b.stopWorkers()
+	b.closeBricks()
 	var errs []error
 	for _, l := range b.links {
 		if b.opts.PinDir != "" {
