@@ -190,3 +190,16 @@ func (p *Planner) Labels() map[uint32]string {
 func errTooMany(what string, max int) error {
 	return fmt.Errorf("too many %s (at most %d)", what, max)
 }
+
+// Clone copies the planner, so a plan that is not applied leaves the
+// original's ids as they were.
+func (p *Planner) Clone() Planner {
+	c := Planner{nodes: map[string]uint32{}, dups: map[string]uint32{}}
+	for k, v := range p.nodes {
+		c.nodes[k] = v
+	}
+	for k, v := range p.dups {
+		c.dups[k] = v
+	}
+	return c
+}

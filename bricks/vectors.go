@@ -18,26 +18,26 @@ import (
 // interfaces a test creates, a brick configuration, and packets in with the
 // output(s) each must leave by. Every backend replays the same files.
 type VectorFile struct {
-	Name    string   `yaml:"name"`
-	Doc     string   `yaml:"doc"`
-	Ifaces  []string `yaml:"ifaces"`
-	Seed    uint32   `yaml:"seed"`
-	Config  Model    `yaml:"config"`
+	Name    string         `yaml:"name"`
+	Doc     string         `yaml:"doc"`
+	Ifaces  []string       `yaml:"ifaces"`
+	Seed    uint32         `yaml:"seed"`
+	Config  Model          `yaml:"config"`
 	Packets []VectorPacket `yaml:"packets"`
-	Path    string   `yaml:"-"`
+	Path    string         `yaml:"-"`
 }
 
 // VectorPacket is a frame described by header fields, and its fate.
 type VectorPacket struct {
 	Name    string   `yaml:"name"`
 	Iface   string   `yaml:"iface"`
-	VLAN    []uint16 `yaml:"vlan"`   // tags, outermost first (802.1ad then 802.1Q)
-	Src     string   `yaml:"src"`    // IPv4 or IPv6 address; empty: an ARP frame
+	VLAN    []uint16 `yaml:"vlan"` // tags, outermost first (802.1ad then 802.1Q)
+	Src     string   `yaml:"src"`  // IPv4 or IPv6 address; empty: an ARP frame
 	Dst     string   `yaml:"dst"`
-	Proto   string   `yaml:"proto"`  // tcp, udp, icmp
+	Proto   string   `yaml:"proto"` // tcp, udp, icmp
 	Sport   uint16   `yaml:"sport"`
 	Dport   uint16   `yaml:"dport"`
-	Frag    string   `yaml:"frag"`   // "", first, later
+	Frag    string   `yaml:"frag"`    // "", first, later
 	HopOpts bool     `yaml:"hopopts"` // IPv6: a hop-by-hop header first
 	Payload string   `yaml:"payload"`
 	// Expected: the verdict, and the outputs (interface names) that send it.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mbx-net/mbx/backend"
 	_ "github.com/mbx-net/mbx/backend/xdp" // registers the xdp backend
+	"github.com/mbx-net/mbx/bricks"
 	"github.com/mbx-net/mbx/control"
 	"github.com/mbx-net/mbx/keepalived"
 	"github.com/mbx-net/mbx/lb"
@@ -138,6 +139,21 @@ func runCommand() *ucli.Command {
 				} else if ok {
 					log.Info("restored the configuration of the previous run", "services", be.Adopted())
 				}
+			}
+			if configPath != "" && c.String("keepalived-conf") == "" {
+				// The YAML config's bricks section: applied at start and on reload.
+				m, err := control.LoadBricksFile(configPath)
+				if err != nil {
+					cleanup()
+					return err
+				}
+				if m != nil {
+					if err := d.SetBricks(m); err != nil {
+						cleanup()
+						return fmt.Errorf("%s: bricks: %w", configPath, err)
+					}
+				}
+				d.SetBricksLoader(func() (*bricks.Model, error) { return control.LoadBricksFile(configPath) })
 			}
 			srv, err := control.Listen(d, c.String("socket"))
 			if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/bricks"
 	"github.com/mbx-net/mbx/lb"
 )
 
@@ -127,4 +128,16 @@ func (c *Client) Stop(keep bool) error {
 		q = "?keep=1"
 	}
 	return c.call("POST", "/v1/stop"+q, nil, nil)
+}
+
+// Bricks applies brick verbs together (command is the command line, for
+// the span and the log).
+func (c *Client) Bricks(command string, ops []bricks.Op) error {
+	return c.call("POST", "/v1/bricks", BricksRequest{Ops: ops, Command: command}, nil)
+}
+
+// BricksStatus reads the brick model and its counters.
+func (c *Client) BricksStatus() (*BricksStatus, error) {
+	var st BricksStatus
+	return &st, c.call("GET", "/v1/bricks", nil, &st)
 }

@@ -9,6 +9,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/mbx-net/mbx/bricks"
 	"github.com/mbx-net/mbx/lb"
 )
 
@@ -33,6 +34,7 @@ type fileConfig struct {
 	Maglev    *lb.MaglevParams `yaml:"maglev"`
 	Addresses []fileAddr       `yaml:"addresses"`
 	Services  []fileService    `yaml:"services"`
+	Bricks    *bricks.Model    `yaml:"bricks"`
 }
 
 type fileAddr struct {
@@ -106,6 +108,22 @@ func LoadConfigFile(path string) ([]lb.Op, error) {
 		return nil, fmt.Errorf("%s:%w", path, err)
 	}
 	return ops, nil
+}
+
+// LoadBricksFile reads the bricks section of a YAML configuration (nil when
+// it has none). The model is checked by the daemon, against the machine.
+func LoadBricksFile(path string) (*bricks.Model, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var fc struct {
+		Bricks *bricks.Model `yaml:"bricks"`
+	}
+	if err := yaml.Unmarshal(data, &fc); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return fc.Bricks, nil
 }
 
 type lineError struct {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -15,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/bricks"
 	"github.com/mbx-net/mbx/flow"
 	"github.com/mbx-net/mbx/health"
 	"github.com/mbx-net/mbx/lb"
@@ -33,12 +35,14 @@ type Daemon struct {
 	configFile string
 	loadConfig func() ([]lb.Op, error)
 	stateFile  string // desired state saved for a restart ("" = none)
+	bricks     brickState
 	log        *slog.Logger
 }
 
 // NewDaemon wraps a running backend with an empty configuration.
 func NewDaemon(be backend.Backend, beName string, log *slog.Logger) *Daemon {
 	d := &Daemon{cfg: &lb.Config{}, be: be, beName: beName, owned: map[ifAddr]bool{}, present: map[ifAddr]bool{}, log: log}
+	d.bricks = brickState{model: &bricks.Model{}, pipes: map[string]bool{}}
 	d.health = health.New(log, d.healthChanged)
 	return d
 }
@@ -146,8 +150,22 @@ func (d *Daemon) ReloadContext(ctx context.Context, by string) (err error) {
 	if err != nil {
 		return fmt.Errorf("%s: %w", d.configFile, err)
 	}
+	var nextBricks *bricks.Model
+	if d.bricks.load != nil {
+		if nextBricks, err = d.bricks.load(); err != nil {
+			return err
+		}
+		if err := nextBricks.Validate(bricks.Env{LinkExists: linkExists, NumCPU: runtime.NumCPU()}); err != nil {
+			return fmt.Errorf("%s: bricks: %w", d.configFile, err)
+		}
+	}
 	if err := d.apply(next); err != nil {
 		return err
+	}
+	if nextBricks != nil {
+		if err := d.applyBricks(nextBricks); err != nil {
+			return fmt.Errorf("%s: bricks: %w", d.configFile, err)
+		}
 	}
 	d.log.Info("reloaded", "file", d.configFile, "services", len(next.Services))
 	span.SetAttributes(attribute.String("mbx.config.file", d.configFile), attribute.Int("mbx.services", len(next.Services)))
@@ -294,6 +312,10 @@ func (d *Daemon) Handover() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.saveState()
+	// Brick engines are not kept across a restart: their pipes go too.
+	if err := d.shutdownBricks(); err != nil {
+		d.log.Warn("removing output pipes", "err", err)
+	}
 }
 
 // SetLogLevel gives the daemon the level variable of its logger.
@@ -382,6 +404,7 @@ func (d *Daemon) Shutdown() error {
 	}
 	d.owned = map[ifAddr]bool{}
 	d.present = map[ifAddr]bool{}
+	errs = append(errs, d.shutdownBricks())
 	if d.stateFile != "" {
 		_ = os.Remove(d.stateFile)
 	}

@@ -66,6 +66,22 @@ func Listen(d *Daemon, path string) (*Server, error) {
 	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, struct{}{}, s.d.ReloadContext(r.Context(), "mbx reload"))
 	})
+	mux.HandleFunc("POST /v1/bricks", func(w http.ResponseWriter, r *http.Request) {
+		var req BricksRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
+			return
+		}
+		if len(req.Ops) == 0 {
+			reply(w, nil, errors.New("no operations"))
+			return
+		}
+		reply(w, struct{}{}, s.d.BricksDo(r.Context(), req.Command, req.Ops))
+	})
+	mux.HandleFunc("GET /v1/bricks", func(w http.ResponseWriter, r *http.Request) {
+		st, err := s.d.Bricks()
+		reply(w, st, err)
+	})
 	mux.HandleFunc("GET /v1/log-level", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, LogLevel{Level: s.d.LogLevel()}, nil)
 	})

@@ -198,6 +198,7 @@ http {
   keepalive_requests 1000000;
   server {
     listen 80 backlog=4096;
+    listen [::]:80 backlog=4096;
     location = / { default_type text/plain; return 200 "%[2]s $remote_addr:$remote_port\n"; }
     location /files/ { alias %[3]s/; }
   }

@@ -334,6 +334,21 @@ var Topologies = map[string]*Topology{
 			{End{Host: "rs2", Iface: "eth0", Addrs: []string{"198.18.1.3/24"}}, End{Host: "sw", Iface: "p2"}},
 		},
 	},
+	"bricks-tap": {
+		Name: "bricks-tap",
+		Doc: "A tap for bricks: client1-3 198.18.2.11-13 and srv 198.18.2.10 on one switch; srv's mir0 is a mirror " +
+			"port (lab.Mirror) wired to lb's in0, the engine's input. lb's wan0 (198.18.3.1, to client1's eth1) is the daemon's own.",
+		Hosts:   []string{"client1", "client2", "client3", "srv", "sw", "lb"},
+		Bridged: []string{"sw"},
+		Links: []Link{
+			{End{Host: "srv", Iface: "eth0", Addrs: []string{"198.18.2.10/24"}}, End{Host: "sw", Iface: "p0"}},
+			{End{Host: "client1", Iface: "eth0", Addrs: []string{"198.18.2.11/24"}}, End{Host: "sw", Iface: "p1"}},
+			{End{Host: "client2", Iface: "eth0", Addrs: []string{"198.18.2.12/24"}}, End{Host: "sw", Iface: "p2"}},
+			{End{Host: "client3", Iface: "eth0", Addrs: []string{"198.18.2.13/24"}}, End{Host: "sw", Iface: "p3"}},
+			{End{Host: "srv", Iface: "mir0"}, End{Host: "lb", Iface: "in0"}},
+			{End{Host: "client1", Iface: "eth1", Addrs: []string{"198.18.3.2/24"}}, End{Host: "lb", Iface: "wan0", Addrs: []string{"198.18.3.1/24"}}},
+		},
+	},
 	"fnat-one-arm": {
 		Name: "fnat-one-arm",
 		Doc: "One-arm Full-NAT: client 198.18.0.2, lb eth0 198.18.0.1, rs1 198.18.0.3, rs2 198.18.0.4 on one switch. " +
