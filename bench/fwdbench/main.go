@@ -99,9 +99,53 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	}
 	defer sinkCount.Close()
 
-	var daemon *exec.Cmd
 	var stopDaemon func()
 	sock := filepath.Join(os.TempDir(), fmt.Sprintf("fwdbench-%d.sock", os.Getpid()))
+	startMbx := func(ifaces ...string) error {
+		daemon := l.Command("fwd", mbxBin, append([]string{"run", "--socket", sock, "--conn-max", "65536", "--pin-dir", "none"}, ifaces...)...)
+		logf, _ := os.Create(filepath.Join(os.TempDir(), "fwdbench-mbx.log"))
+		daemon.Stdout, daemon.Stderr = logf, logf
+		if err := daemon.Start(); err != nil {
+			return err
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- daemon.Wait() }()
+		for up := false; !up; {
+			select {
+			case err := <-exited:
+				b, _ := os.ReadFile(logf.Name())
+				return fmt.Errorf("mbx run exited (%v): %s", err, b)
+			case <-time.After(50 * time.Millisecond):
+				_, serr := os.Stat(sock)
+				up = serr == nil
+			}
+		}
+		stopDaemon = func() { daemon.Process.Signal(os.Interrupt); <-exited }
+		return nil
+	}
+	stopMbx := func() {
+		if stopDaemon != nil {
+			stopDaemon()
+			stopDaemon = nil
+		}
+	}
+	mbxDo := func(cmds ...string) error {
+		for _, c := range cmds {
+			f := strings.Fields(c)
+			if out, err := l.Run("fwd", mbxBin, append(append(f[:1:1], "--socket", sock), f[1:]...)...); err != nil {
+				return fmt.Errorf("mbx %s: %v %s", c, err, out)
+			}
+		}
+		return nil
+	}
+	// cp0: the Duplicator's second output; its peer drops (XDP, so NAPI runs).
+	if err := sh("fwd", "ip link add cp0 type veth peer name cp0p && ip link set cp0 up && ip link set cp0p up && "+
+		"true"); err != nil {
+		return err
+	}
+	if err := attachDrop(l, "cp0p"); err != nil {
+		return err
+	}
 	variants := []variant{
 		{"xdp-redirect", func() error { return attachIn(l, redirectProg) }, func() { detachIn(l) }},
 		{"kernel-route", func() error { return nil }, func() {}},
@@ -110,41 +154,30 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 				"nft add rule ip fwdbench pre ip daddr "+vip+" udp dport 5000 dnat to "+sinkIP+":5000")
 		}, func() { _ = sh("fwd", "nft delete table ip fwdbench") }},
 		{"mbx-fnat", func() error {
-			daemon = l.Command("fwd", mbxBin, "run", "--iface", "in0", "--iface", "out0", "--socket", sock, "--conn-max", "65536")
-			logf, _ := os.Create(filepath.Join(os.TempDir(), "fwdbench-mbx.log"))
-			daemon.Stdout, daemon.Stderr = logf, logf
-			if err := daemon.Start(); err != nil {
+			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
 				return err
 			}
-			exited := make(chan error, 1)
-			go func() { exited <- daemon.Wait() }()
-			for up := false; !up; {
-				select {
-				case err := <-exited:
-					daemon = nil
-					b, _ := os.ReadFile(logf.Name())
-					return fmt.Errorf("mbx run exited (%v): %s", err, b)
-				case <-time.After(50 * time.Millisecond):
-					_, serr := os.Stat(sock)
-					up = serr == nil
-				}
+			return mbxDo(
+				"ipvsadm -A -u "+vip+":5000 -s rr", "ipvsadm -a -u "+vip+":5000 -r "+sinkIP+" -b",
+				"ipvsadm --add-laddr -z 198.18.11.200 -u "+vip+":5000 -F out0")
+		}, stopMbx},
+		// Bricks on in0 (an engine's own interface; the daemon's is out0):
+		// a 4-tuple LoadBalancer (parse, symmetric hash, pick) to out0, and
+		// a Duplicator to out0 and cp0 (a second veth, dropped at its peer).
+		{"bricks-lb", func() error {
+			if err := startMbx("--iface", "out0"); err != nil {
+				return err
 			}
-			stopDaemon = func() { daemon.Process.Signal(os.Interrupt); <-exited }
-			for _, c := range []string{
-				"-A -u " + vip + ":5000 -s rr", "-a -u " + vip + ":5000 -r " + sinkIP + " -b",
-				"--add-laddr -z 198.18.11.200 -u " + vip + ":5000 -F out0",
-			} {
-				if _, err := l.Run("fwd", mbxBin, append([]string{"ipvsadm", "--socket", sock}, strings.Fields(c)...)...); err != nil {
-					return err
-				}
+			return mbxDo("bricks engine add e0 --iface in0", "bricks add lb0 loadbalancer --hash 4tuple",
+				"bricks connect-output lb0 out0", "bricks link e0 lb0", "bricks start e0")
+		}, stopMbx},
+		{"bricks-dup", func() error {
+			if err := startMbx("--iface", "out0"); err != nil {
+				return err
 			}
-			return nil
-		}, func() {
-			if stopDaemon != nil {
-				stopDaemon()
-				stopDaemon = nil
-			}
-		}},
+			return mbxDo("bricks engine add e0 --iface in0", "bricks add d0 duplicator",
+				"bricks connect-output d0 out0 cp0", "bricks link e0 d0", "bricks start e0")
+		}, stopMbx},
 	}
 
 	gen, err := newGenerator(l)
@@ -204,6 +237,8 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	fmt.Printf("  mbx-fnat / nft-dnat      %.2f  (target <= 0.4)\n", ratio("mbx-fnat", "nft-dnat"))
 	fmt.Printf("  mbx-fnat / kernel-route  %.2f\n", ratio("mbx-fnat", "kernel-route"))
 	fmt.Printf("  nft-dnat / xdp-redirect  %.2f\n", ratio("nft-dnat", "xdp-redirect"))
+	fmt.Printf("  bricks-lb / xdp-redirect %.2f  (target <= 1.2)\n", ratio("bricks-lb", "xdp-redirect"))
+	fmt.Printf("  bricks-dup / xdp-redirect %.2f (two copies)\n", ratio("bricks-dup", "xdp-redirect"))
 	return nil
 }
 
@@ -464,4 +499,22 @@ func measure(l *lab.Lab, g *generator, s *sink, dur time.Duration) (nsPerPkt, pp
 		return 0, 0, fmt.Errorf("no packet reached the sink")
 	}
 	return float64(c1-c0) / float64(pkts), float64(pkts) / time.Since(start).Seconds(), nil
+}
+
+// attachDrop puts an XDP_DROP program on a fwd interface (a veth's peer
+// needs one for redirects into the veth to be delivered).
+func attachDrop(l *lab.Lab, iface string) error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()}})
+	if err != nil {
+		return err
+	}
+	defer prog.Close()
+	return l.Do("fwd", func() error {
+		lk, err := netlink.LinkByName(iface)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetXdpFdWithFlags(lk, prog.FD(), unix.XDP_FLAGS_DRV_MODE)
+	})
 }
