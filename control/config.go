@@ -29,6 +29,9 @@ import (
 //	         inhibit_on_failure: true}
 //	    laddrs:
 //	      - {addr: 198.18.1.200, dev: lan0}
+//	bricks:                        # docs/bricks.md
+//	  engines: [{name: e0, iface: tap0, link: lb0, start: true}]
+//	  bricks: [{name: lb0, type: loadbalancer, hash: 4tuple, outputs: ["tap0}0", "tap0}1"]}]
 type fileConfig struct {
 	Timeouts  *lb.Timeouts     `yaml:"timeouts"`
 	Maglev    *lb.MaglevParams `yaml:"maglev"`
