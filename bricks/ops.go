@@ -168,7 +168,7 @@ func OneLiner(kind Kind, iface string, n int, hash string) ([]Op, error) {
 	if n < 1 || n > MaxOutputs {
 		return nil, fmt.Errorf("outputs: %d (1 to %d)", n, MaxOutputs)
 	}
-	brick := iface + "-" + string(kind)[:2]
+	brick := iface + "-" + map[Kind]string{LoadBalancer: "lb", Duplicator: "dup"}[kind]
 	ops := []Op{
 		{Verb: "engine-add", Name: iface, Iface: iface},
 		{Verb: "add", Name: brick, Kind: string(kind), Hash: hash},

@@ -53,6 +53,9 @@ func (d *Daemon) RegisterMetrics(m metric.Meter) error {
 	if err != nil {
 		return err
 	}
+	if err := d.registerBrickMetrics(m); err != nil {
+		return err
+	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		st, err := d.Status()
 		if err != nil {
@@ -146,4 +149,36 @@ func firstErr(a, b error) error {
 		return a
 	}
 	return b
+}
+
+// registerBrickMetrics exports `mbx bricks stats` per brick and output.
+func (d *Daemon) registerBrickMetrics(m metric.Meter) error {
+	var err error
+	counter := func(name, help string) metric.Int64ObservableCounter {
+		c, e := m.Int64ObservableCounter(name, metric.WithDescription(help))
+		err = firstErr(err, e)
+		return c
+	}
+	pkts := counter("mbx_brick_packets", "Packets the brick (or, with output, the brick's output) sent on.")
+	bytes := counter("mbx_brick_bytes", "Bytes the brick (or its output) sent on.")
+	drops := counter("mbx_brick_drops", "Sends that failed (an output gone).")
+	skipped := counter("mbx_brick_skipped", "Packets a Filter brick did not match (left to the kernel).")
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		st, err := d.Bricks()
+		if err != nil {
+			return err
+		}
+		for _, r := range st.Stats {
+			a := metric.WithAttributes(attribute.String("brick", r.Brick), attribute.String("output", r.Output))
+			o.ObserveInt64(pkts, int64(r.Pkts), a)
+			o.ObserveInt64(bytes, int64(r.Bytes), a)
+			o.ObserveInt64(drops, int64(r.Drops), a)
+			o.ObserveInt64(skipped, int64(r.Skipped), a)
+		}
+		return nil
+	}, pkts, bytes, drops, skipped)
+	return err
 }

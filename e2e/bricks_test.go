@@ -178,7 +178,7 @@ func sameFrames(a, b [][]byte) bool {
 // directions, is in exactly one capture, together they are the input, and
 // 64+ flows spread over all four.
 func TestBricksLoadBalancer(t *testing.T) {
-	e := newTapEnv(t)
+	e := newTapEnv(t, "--metrics-addr", "127.0.0.1:9464")
 	dir := t.TempDir()
 	e.mustMbx("bricks", "load-balance", "in0", "4", "--hash", "4tuple")
 	var outs []*tcpdumpRun
@@ -260,6 +260,9 @@ func TestBricksLoadBalancer(t *testing.T) {
 	}
 	if out := e.mustMbx("bricks", "stats"); !strings.Contains(out, "in0}3") {
 		t.Errorf("bricks stats does not show the outputs:\n%s", out)
+	}
+	if page := e.host("lb", "curl", "-s", "http://127.0.0.1:9464/metrics"); !strings.Contains(page, `mbx_brick_packets_total{brick="in0-lb",`) {
+		t.Errorf("the metrics page has no brick counters")
 	}
 }
 
