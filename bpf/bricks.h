@@ -99,7 +99,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct brick_scratch);
-} brick_scratch_map SEC(".maps");
+} brick_handoff SEC(".maps");
 
 /* Every brick output, keyed by ifindex. */
 struct {

@@ -346,7 +346,7 @@ int mbx_xdp(struct xdp_md *ctx)
 	if (verdict == XDP_PASS && engine) {
 		/* What the load balancer leaves goes to the bricks (bricks.h). */
 		__u32 zero = 0;
-		struct brick_scratch *s = bpf_map_lookup_elem(&brick_scratch_map, &zero);
+		struct brick_scratch *s = bpf_map_lookup_elem(&brick_handoff, &zero);
 		if (s)
 			s->capture_matched = matched;
 		bpf_tail_call(ctx, &brick_prog, 0);
@@ -368,7 +368,7 @@ int mbx_bricks(struct xdp_md *ctx)
 	struct capture_cfg *cap = capture_on(ifindex);
 	if (cap && (cap->points & CAPTURE_EXIT)) {
 		__u32 zero = 0;
-		struct brick_scratch *s = bpf_map_lookup_elem(&brick_scratch_map, &zero);
+		struct brick_scratch *s = bpf_map_lookup_elem(&brick_handoff, &zero);
 		if (s && s->capture_matched)
 			capture_emit(ctx, cap, CAPTURE_EXIT, verdict);
 	}

@@ -155,7 +155,10 @@ func (d *Daemon) ReloadContext(ctx context.Context, by string) (err error) {
 		if nextBricks, err = d.bricks.load(); err != nil {
 			return err
 		}
-		if err := nextBricks.Validate(bricks.Env{LinkExists: linkExists, NumCPU: runtime.NumCPU()}); err != nil {
+		if nextBricks != nil {
+			err = nextBricks.Validate(bricks.Env{LinkExists: linkExists, NumCPU: runtime.NumCPU()})
+		}
+		if err != nil {
 			return fmt.Errorf("%s: bricks: %w", d.configFile, err)
 		}
 	}

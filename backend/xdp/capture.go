@@ -50,10 +50,11 @@ func ProgramWithCaptureFilter(running *ebpf.Program, body asm.Instructions) (*eb
 		if err != nil {
 			return nil, err
 		}
-		if _, ok := spec.Maps[mi.Name]; !ok {
+		name := specMapName(spec, mi.Name)
+		if name == "" {
 			continue // e.g. .rodata of another build
 		}
-		if err := insns.AssociateMap(mi.Name, m); err != nil && !errors.Is(err, asm.ErrUnreferencedSymbol) {
+		if err := insns.AssociateMap(name, m); err != nil && !errors.Is(err, asm.ErrUnreferencedSymbol) {
 			return nil, fmt.Errorf("map %s: %w", mi.Name, err)
 		}
 	}
@@ -86,4 +87,15 @@ func replaceFunc(insns asm.Instructions, fn string, body asm.Instructions) (asm.
 	out := append(asm.Instructions(nil), insns[:start]...)
 	out = append(out, body...)
 	return append(out, insns[end:]...), nil
+}
+
+// specMapName finds the spec's map the kernel calls kname (the kernel keeps
+// only the first 15 characters of a name).
+func specMapName(spec *ebpf.CollectionSpec, kname string) string {
+	for name := range spec.Maps {
+		if name == kname || (len(name) > 15 && name[:15] == kname) {
+			return name
+		}
+	}
+	return ""
 }

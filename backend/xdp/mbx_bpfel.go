@@ -193,34 +193,34 @@ type mbxSvcKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	mbxMapBrickDups       = "brick_dups"
-	mbxMapBrickEngines    = "brick_engines"
-	mbxMapBrickNodes      = "brick_nodes"
-	mbxMapBrickPorts      = "brick_ports"
-	mbxMapBrickProg       = "brick_prog"
-	mbxMapBrickScratchMap = "brick_scratch_map"
-	mbxMapBrickStats      = "brick_stats"
-	mbxMapCaptureCtl      = "capture_ctl"
-	mbxMapCaptureEvents   = "capture_events"
-	mbxMapCaptureRate     = "capture_rate"
-	mbxMapConfigMap       = "config_map"
-	mbxMapConns           = "conns"
-	mbxMapCounters        = "counters"
-	mbxMapIfStats         = "if_stats"
-	mbxMapLaddrConflicts  = "laddr_conflicts"
-	mbxMapLaddrs          = "laddrs"
-	mbxMapLoads           = "loads"
-	mbxMapLocalAddrs      = "local_addrs"
-	mbxMapLocalBits       = "local_bits"
-	mbxMapPersist         = "persist"
-	mbxMapReals           = "reals"
-	mbxMapSchedPos        = "sched_pos"
-	mbxMapSchedSlots      = "sched_slots"
-	mbxMapServices        = "services"
-	mbxMapStats           = "stats"
-	mbxMapTxPorts         = "tx_ports"
-	mbxProgMbxBricks      = "mbx_bricks"
-	mbxProgMbxXdp         = "mbx_xdp"
+	mbxMapBrickDups      = "brick_dups"
+	mbxMapBrickEngines   = "brick_engines"
+	mbxMapBrickHandoff   = "brick_handoff"
+	mbxMapBrickNodes     = "brick_nodes"
+	mbxMapBrickPorts     = "brick_ports"
+	mbxMapBrickProg      = "brick_prog"
+	mbxMapBrickStats     = "brick_stats"
+	mbxMapCaptureCtl     = "capture_ctl"
+	mbxMapCaptureEvents  = "capture_events"
+	mbxMapCaptureRate    = "capture_rate"
+	mbxMapConfigMap      = "config_map"
+	mbxMapConns          = "conns"
+	mbxMapCounters       = "counters"
+	mbxMapIfStats        = "if_stats"
+	mbxMapLaddrConflicts = "laddr_conflicts"
+	mbxMapLaddrs         = "laddrs"
+	mbxMapLoads          = "loads"
+	mbxMapLocalAddrs     = "local_addrs"
+	mbxMapLocalBits      = "local_bits"
+	mbxMapPersist        = "persist"
+	mbxMapReals          = "reals"
+	mbxMapSchedPos       = "sched_pos"
+	mbxMapSchedSlots     = "sched_slots"
+	mbxMapServices       = "services"
+	mbxMapStats          = "stats"
+	mbxMapTxPorts        = "tx_ports"
+	mbxProgMbxBricks     = "mbx_bricks"
+	mbxProgMbxXdp        = "mbx_xdp"
 )
 
 // loadMbx returns the embedded CollectionSpec for mbx.
@@ -273,32 +273,32 @@ type mbxProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type mbxMapSpecs struct {
-	BrickDups       *ebpf.MapSpec `ebpf:"brick_dups"`
-	BrickEngines    *ebpf.MapSpec `ebpf:"brick_engines"`
-	BrickNodes      *ebpf.MapSpec `ebpf:"brick_nodes"`
-	BrickPorts      *ebpf.MapSpec `ebpf:"brick_ports"`
-	BrickProg       *ebpf.MapSpec `ebpf:"brick_prog"`
-	BrickScratchMap *ebpf.MapSpec `ebpf:"brick_scratch_map"`
-	BrickStats      *ebpf.MapSpec `ebpf:"brick_stats"`
-	CaptureCtl      *ebpf.MapSpec `ebpf:"capture_ctl"`
-	CaptureEvents   *ebpf.MapSpec `ebpf:"capture_events"`
-	CaptureRate     *ebpf.MapSpec `ebpf:"capture_rate"`
-	ConfigMap       *ebpf.MapSpec `ebpf:"config_map"`
-	Conns           *ebpf.MapSpec `ebpf:"conns"`
-	Counters        *ebpf.MapSpec `ebpf:"counters"`
-	IfStats         *ebpf.MapSpec `ebpf:"if_stats"`
-	LaddrConflicts  *ebpf.MapSpec `ebpf:"laddr_conflicts"`
-	Laddrs          *ebpf.MapSpec `ebpf:"laddrs"`
-	Loads           *ebpf.MapSpec `ebpf:"loads"`
-	LocalAddrs      *ebpf.MapSpec `ebpf:"local_addrs"`
-	LocalBits       *ebpf.MapSpec `ebpf:"local_bits"`
-	Persist         *ebpf.MapSpec `ebpf:"persist"`
-	Reals           *ebpf.MapSpec `ebpf:"reals"`
-	SchedPos        *ebpf.MapSpec `ebpf:"sched_pos"`
-	SchedSlots      *ebpf.MapSpec `ebpf:"sched_slots"`
-	Services        *ebpf.MapSpec `ebpf:"services"`
-	Stats           *ebpf.MapSpec `ebpf:"stats"`
-	TxPorts         *ebpf.MapSpec `ebpf:"tx_ports"`
+	BrickDups      *ebpf.MapSpec `ebpf:"brick_dups"`
+	BrickEngines   *ebpf.MapSpec `ebpf:"brick_engines"`
+	BrickHandoff   *ebpf.MapSpec `ebpf:"brick_handoff"`
+	BrickNodes     *ebpf.MapSpec `ebpf:"brick_nodes"`
+	BrickPorts     *ebpf.MapSpec `ebpf:"brick_ports"`
+	BrickProg      *ebpf.MapSpec `ebpf:"brick_prog"`
+	BrickStats     *ebpf.MapSpec `ebpf:"brick_stats"`
+	CaptureCtl     *ebpf.MapSpec `ebpf:"capture_ctl"`
+	CaptureEvents  *ebpf.MapSpec `ebpf:"capture_events"`
+	CaptureRate    *ebpf.MapSpec `ebpf:"capture_rate"`
+	ConfigMap      *ebpf.MapSpec `ebpf:"config_map"`
+	Conns          *ebpf.MapSpec `ebpf:"conns"`
+	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	IfStats        *ebpf.MapSpec `ebpf:"if_stats"`
+	LaddrConflicts *ebpf.MapSpec `ebpf:"laddr_conflicts"`
+	Laddrs         *ebpf.MapSpec `ebpf:"laddrs"`
+	Loads          *ebpf.MapSpec `ebpf:"loads"`
+	LocalAddrs     *ebpf.MapSpec `ebpf:"local_addrs"`
+	LocalBits      *ebpf.MapSpec `ebpf:"local_bits"`
+	Persist        *ebpf.MapSpec `ebpf:"persist"`
+	Reals          *ebpf.MapSpec `ebpf:"reals"`
+	SchedPos       *ebpf.MapSpec `ebpf:"sched_pos"`
+	SchedSlots     *ebpf.MapSpec `ebpf:"sched_slots"`
+	Services       *ebpf.MapSpec `ebpf:"services"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
 }
 
 // mbxVariableSpecs contains global variables before they are loaded into the kernel.
@@ -327,42 +327,42 @@ func (o *mbxObjects) Close() error {
 //
 // It can be passed to loadMbxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type mbxMaps struct {
-	BrickDups       *ebpf.Map `ebpf:"brick_dups"`
-	BrickEngines    *ebpf.Map `ebpf:"brick_engines"`
-	BrickNodes      *ebpf.Map `ebpf:"brick_nodes"`
-	BrickPorts      *ebpf.Map `ebpf:"brick_ports"`
-	BrickProg       *ebpf.Map `ebpf:"brick_prog"`
-	BrickScratchMap *ebpf.Map `ebpf:"brick_scratch_map"`
-	BrickStats      *ebpf.Map `ebpf:"brick_stats"`
-	CaptureCtl      *ebpf.Map `ebpf:"capture_ctl"`
-	CaptureEvents   *ebpf.Map `ebpf:"capture_events"`
-	CaptureRate     *ebpf.Map `ebpf:"capture_rate"`
-	ConfigMap       *ebpf.Map `ebpf:"config_map"`
-	Conns           *ebpf.Map `ebpf:"conns"`
-	Counters        *ebpf.Map `ebpf:"counters"`
-	IfStats         *ebpf.Map `ebpf:"if_stats"`
-	LaddrConflicts  *ebpf.Map `ebpf:"laddr_conflicts"`
-	Laddrs          *ebpf.Map `ebpf:"laddrs"`
-	Loads           *ebpf.Map `ebpf:"loads"`
-	LocalAddrs      *ebpf.Map `ebpf:"local_addrs"`
-	LocalBits       *ebpf.Map `ebpf:"local_bits"`
-	Persist         *ebpf.Map `ebpf:"persist"`
-	Reals           *ebpf.Map `ebpf:"reals"`
-	SchedPos        *ebpf.Map `ebpf:"sched_pos"`
-	SchedSlots      *ebpf.Map `ebpf:"sched_slots"`
-	Services        *ebpf.Map `ebpf:"services"`
-	Stats           *ebpf.Map `ebpf:"stats"`
-	TxPorts         *ebpf.Map `ebpf:"tx_ports"`
+	BrickDups      *ebpf.Map `ebpf:"brick_dups"`
+	BrickEngines   *ebpf.Map `ebpf:"brick_engines"`
+	BrickHandoff   *ebpf.Map `ebpf:"brick_handoff"`
+	BrickNodes     *ebpf.Map `ebpf:"brick_nodes"`
+	BrickPorts     *ebpf.Map `ebpf:"brick_ports"`
+	BrickProg      *ebpf.Map `ebpf:"brick_prog"`
+	BrickStats     *ebpf.Map `ebpf:"brick_stats"`
+	CaptureCtl     *ebpf.Map `ebpf:"capture_ctl"`
+	CaptureEvents  *ebpf.Map `ebpf:"capture_events"`
+	CaptureRate    *ebpf.Map `ebpf:"capture_rate"`
+	ConfigMap      *ebpf.Map `ebpf:"config_map"`
+	Conns          *ebpf.Map `ebpf:"conns"`
+	Counters       *ebpf.Map `ebpf:"counters"`
+	IfStats        *ebpf.Map `ebpf:"if_stats"`
+	LaddrConflicts *ebpf.Map `ebpf:"laddr_conflicts"`
+	Laddrs         *ebpf.Map `ebpf:"laddrs"`
+	Loads          *ebpf.Map `ebpf:"loads"`
+	LocalAddrs     *ebpf.Map `ebpf:"local_addrs"`
+	LocalBits      *ebpf.Map `ebpf:"local_bits"`
+	Persist        *ebpf.Map `ebpf:"persist"`
+	Reals          *ebpf.Map `ebpf:"reals"`
+	SchedPos       *ebpf.Map `ebpf:"sched_pos"`
+	SchedSlots     *ebpf.Map `ebpf:"sched_slots"`
+	Services       *ebpf.Map `ebpf:"services"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
 }
 
 func (m *mbxMaps) Close() error {
 	return _MbxClose(
 		m.BrickDups,
 		m.BrickEngines,
+		m.BrickHandoff,
 		m.BrickNodes,
 		m.BrickPorts,
 		m.BrickProg,
-		m.BrickScratchMap,
 		m.BrickStats,
 		m.CaptureCtl,
 		m.CaptureEvents,
