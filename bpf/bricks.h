@@ -30,6 +30,8 @@
 #define BRICK_DEPTH 8
 #define BRICK_DUPS 64
 #define BRICK_PORTS 256
+#define BRICK_XSKS 64 /* AF_XDP outputs */
+#define XSK_QUEUES 8  /* receive queues per AF_XDP output */
 
 /* brick_node.kind */
 #define BRICK_OUTPUT 1
@@ -37,6 +39,7 @@
 #define BRICK_LB 3
 #define BRICK_DUP 4
 #define BRICK_MERGE 5
+#define BRICK_XSK 6 /* an AF_XDP socket per receive queue (bricks/xsk) */
 
 /* brick_node.hash */
 #define BRICK_HASH_2TUPLE 0
@@ -49,7 +52,7 @@ struct brick_node {
 	__u8 kind;
 	__u8 hash;
 	__u16 nchild;
-	__u32 arg; /* OUTPUT: ifindex; FILTER: filter id; DUP: brick_dups index */
+	__u32 arg; /* OUTPUT: ifindex; FILTER: filter id; DUP: brick_dups index; XSK: slot */
 	__u16 child[BRICK_CHILDREN];
 };
 
@@ -123,6 +126,14 @@ struct {
 	__type(key, __u32);
 	__array(values, struct brick_dup_ports);
 } brick_dups SEC(".maps");
+
+/* AF_XDP sockets of xsk outputs, at slot * XSK_QUEUES + receive queue. */
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, BRICK_XSKS * XSK_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} brick_xsks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
@@ -302,6 +313,12 @@ static __always_inline int brick_walk(struct xdp_md *ctx, struct brick_engine *e
 		switch (n->kind) {
 		case BRICK_OUTPUT: {
 			int v = bpf_redirect_map(&brick_ports, n->arg, XDP_DROP);
+			brick_count(id, len, v == XDP_REDIRECT ? 0 : 1);
+			return v;
+		}
+		case BRICK_XSK: {
+			__u32 key = n->arg * XSK_QUEUES + (ctx->rx_queue_index & (XSK_QUEUES - 1));
+			int v = bpf_redirect_map(&brick_xsks, key, XDP_DROP);
 			brick_count(id, len, v == XDP_REDIRECT ? 0 : 1);
 			return v;
 		}

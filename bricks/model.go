@@ -134,6 +134,23 @@ func PipeHost(output string) string { return strings.Replace(output, "}", "{", 1
 // IsPipe reports whether output names a pipe mbx creates when missing.
 func IsPipe(output string) bool { return strings.Contains(output, "}") }
 
+// IsXSK reports whether output names an AF_XDP output ("xsk:NAME"), read
+// by a Go program through bricks/xsk.
+func IsXSK(output string) bool { return strings.HasPrefix(output, "xsk:") }
+
+func (m *Model) xskOutputs() []string {
+	var x []string
+	for _, b := range m.Bricks {
+		for _, o := range b.Outputs {
+			if IsXSK(o) && !slices.Contains(x, o) {
+				x = append(x, o)
+			}
+		}
+	}
+	sort.Strings(x)
+	return x
+}
+
 // Pipes lists the output pipes the model uses.
 func (m *Model) Pipes() []string {
 	var p []string
@@ -261,6 +278,15 @@ func (m *Model) Validate(env Env) error {
 			if slices.Contains(b.Outputs[:i], o) {
 				return fmt.Errorf("brick %s: output %s listed twice", b.Name, o)
 			}
+			if IsXSK(o) {
+				if b.Kind == Duplicator {
+					return fmt.Errorf("brick %s: a duplicator cannot copy to an AF_XDP output (%s)", b.Name, o)
+				}
+				if err := validName("AF_XDP output", strings.TrimPrefix(o, "xsk:")); err != nil {
+					return fmt.Errorf("brick %s: %w", b.Name, err)
+				}
+				continue
+			}
 			if m.brick(o) != nil {
 				if b.Kind == Duplicator {
 					return fmt.Errorf("brick %s: a duplicator's outputs are interfaces, not bricks (%s): XDP sends copies only to devices", b.Name, o)
@@ -279,6 +305,24 @@ func (m *Model) Validate(env Env) error {
 	}
 	if err := m.checkCycles(); err != nil {
 		return err
+	}
+	// An AF_XDP socket binds to one interface: one engine per xsk output.
+	reach := map[string]string{}
+	for _, e := range m.Engines {
+		if !e.Running {
+			continue
+		}
+		for _, n := range m.reachable(e.Link) {
+			for _, o := range m.brick(n).Outputs {
+				if !IsXSK(o) {
+					continue
+				}
+				if other, ok := reach[o]; ok && other != e.Iface {
+					return fmt.Errorf("%s is reached from %s and %s: an AF_XDP output serves one interface", o, other, e.Iface)
+				}
+				reach[o] = e.Iface
+			}
+		}
 	}
 	for _, e := range m.Engines {
 		if !e.Running {

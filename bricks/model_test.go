@@ -68,6 +68,11 @@ func TestVerbs(t *testing.T) {
 		{"merge of two engines", []Op{{Verb: "connect-output", Name: "m0", Args: []string{"eth3}1"}},
 			{Verb: "engine-add", Name: "e1", Iface: "eth4"}, {Verb: "link", Name: "e1", Args: []string{"m0"}}, {Verb: "start", Name: "e1"},
 			{Verb: "engine-add", Name: "e2", Iface: "eth5"}, {Verb: "link", Name: "e2", Args: []string{"m0"}}, {Verb: "start", Name: "e2"}}, ""},
+		{"xsk output", []Op{{Verb: "connect-output", Name: "m0", Args: []string{"xsk:go0"}}}, ""},
+		{"duplicator to xsk", []Op{{Verb: "add", Name: "d", Kind: "duplicator"}, {Verb: "connect-output", Name: "d", Args: []string{"xsk:go0"}}}, "AF_XDP"},
+		{"xsk from two engines", []Op{{Verb: "connect-output", Name: "m0", Args: []string{"xsk:go0"}},
+			{Verb: "engine-add", Name: "e1", Iface: "eth4"}, {Verb: "link", Name: "e1", Args: []string{"m0"}}, {Verb: "start", Name: "e1"},
+			{Verb: "engine-add", Name: "e2", Iface: "eth5"}, {Verb: "link", Name: "e2", Args: []string{"m0"}}, {Verb: "start", Name: "e2"}}, "one interface"},
 		{"stop then relink", []Op{{Verb: "stop", Name: "e0"}, {Verb: "connect-output", Name: "m0", Args: []string{"eth4"}}, {Verb: "link", Name: "e0", Args: []string{"m0"}}, {Verb: "start", Name: "e0"}}, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -17,6 +17,7 @@ const (
 	NodeLB     NodeKind = 3
 	NodeDup    NodeKind = 4
 	NodeMerge  NodeKind = 5
+	NodeXSK    NodeKind = 6 // an AF_XDP output (bricks/xsk)
 )
 
 var kindNode = map[Kind]NodeKind{LoadBalancer: NodeLB, Duplicator: NodeDup, Merge: NodeMerge, Filter: NodeFilter}
@@ -28,7 +29,7 @@ type Node struct {
 	Kind     NodeKind
 	Hash     Hash
 	Children []uint32
-	Dup      uint32         // Duplicator: its port set
+	Dup      uint32         // Duplicator: its port set; XSK: its socket slot
 	Device   string         // Output: the interface mbx sends into
 	Filter   *filter.Filter // Filter
 	Label    string         // "lb0", or "lb0>eth3}0" for an output of lb0
@@ -49,7 +50,20 @@ type PlanEngine struct {
 type Plan struct {
 	Engines []PlanEngine
 	Nodes   []Node // by ID
+	XSKs    []PlanXSK
 }
+
+// PlanXSK is an AF_XDP output: its sockets bind to Iface's receive queues
+// and sit in the datapath's socket map from Slot * XSKQueues on.
+type PlanXSK struct {
+	Name  string `json:"name"`
+	Iface string `json:"iface"`
+	Slot  uint32 `json:"slot"`
+}
+
+// XSKQueues is how many receive queues of its engine's interface an
+// AF_XDP output serves (bricks.h XSK_QUEUES).
+const XSKQueues = 8
 
 // Planner flattens models into plans, keeping each brick's and output's
 // node id (and each Duplicator's port-set id) for as long as it exists, so
@@ -57,12 +71,14 @@ type Plan struct {
 type Planner struct {
 	nodes map[string]uint32
 	dups  map[string]uint32
+	xsks  map[string]uint32
 }
 
 // MaxNodes and MaxDups bound the ids (bricks.h BRICK_NODES, BRICK_DUPS).
 const (
 	MaxNodes = 1024
 	MaxDups  = 64
+	MaxXSKs  = 64
 )
 
 func outputLabel(brick, out string) string { return brick + ">" + out }
@@ -87,7 +103,7 @@ func alloc(ids map[string]uint32, label string, first, limit uint32) (uint32, bo
 // Plan flattens m (already validated). It fails only when the ids run out.
 func (p *Planner) Plan(m *Model) (*Plan, error) {
 	if p.nodes == nil {
-		p.nodes, p.dups = map[string]uint32{}, map[string]uint32{}
+		p.nodes, p.dups, p.xsks = map[string]uint32{}, map[string]uint32{}, map[string]uint32{}
 	}
 	// Forget what no longer exists, so its ids can be reused.
 	live := map[string]bool{}
@@ -107,6 +123,17 @@ func (p *Planner) Plan(m *Model) (*Plan, error) {
 	for l := range p.dups {
 		if b := m.brick(l); b == nil || b.Kind != Duplicator {
 			delete(p.dups, l)
+		}
+	}
+	xsks := m.xskOutputs()
+	for l := range p.xsks {
+		if !slices.Contains(xsks, l) {
+			delete(p.xsks, l)
+		}
+	}
+	for _, x := range xsks {
+		if _, ok := alloc(p.xsks, x, 0, MaxXSKs); !ok {
+			return nil, errTooMany("AF_XDP outputs", MaxXSKs)
 		}
 	}
 	// Ids in a stable order, so equal configs number alike.
@@ -164,6 +191,12 @@ func (p *Planner) Plan(m *Model) (*Plan, error) {
 					dev = PipeHost(o)
 				}
 				out := Node{ID: p.nodes[l], Kind: NodeOutput, Device: dev, Label: l, Brick: n, Output: o}
+				if IsXSK(o) {
+					out.Kind, out.Device, out.Dup = NodeXSK, "", p.xsks[o]
+					if !slices.ContainsFunc(plan.XSKs, func(x PlanXSK) bool { return x.Name == o }) {
+						plan.XSKs = append(plan.XSKs, PlanXSK{Name: o, Iface: e.Iface, Slot: p.xsks[o]})
+					}
+				}
 				nodes[out.ID] = out
 				node.Children = append(node.Children, out.ID)
 			}
@@ -194,7 +227,10 @@ func errTooMany(what string, max int) error {
 // Clone copies the planner, so a plan that is not applied leaves the
 // original's ids as they were.
 func (p *Planner) Clone() Planner {
-	c := Planner{nodes: map[string]uint32{}, dups: map[string]uint32{}}
+	c := Planner{nodes: map[string]uint32{}, dups: map[string]uint32{}, xsks: map[string]uint32{}}
+	for k, v := range p.xsks {
+		c.xsks[k] = v
+	}
 	for k, v := range p.nodes {
 		c.nodes[k] = v
 	}

@@ -23,6 +23,8 @@ func (p *Plan) Walk(iface string, frame []byte, seed uint32) (verdict string, de
 		switch n.Kind {
 		case NodeOutput:
 			return "redirect", []string{n.Device}
+		case NodeXSK:
+			return "redirect", []string{n.Output}
 		case NodeFilter:
 			if ok, err := n.Filter.Match(frame); err != nil || !ok {
 				return "pass", nil

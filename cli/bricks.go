@@ -163,6 +163,7 @@ func bricksCommand() *ucli.Command {
 	jsonFlag := &ucli.BoolFlag{Name: "json", Usage: "print JSON"}
 	cmds := verbCommands(brickVerbs, "")
 	cmds = append(cmds,
+		consumeCommand(),
 		&ucli.Command{Name: "engine", Usage: "packet engines (one per input interface)", Subcommands: verbCommands(engineVerbs, "engine ")},
 		&ucli.Command{Name: "show", Usage: "engines and bricks", Flags: []ucli.Flag{jsonFlag},
 			Action: func(c *ucli.Context) error {

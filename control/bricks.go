@@ -26,6 +26,8 @@ type BricksRequest struct {
 type BricksStatus struct {
 	bricks.Model
 	Stats []BrickStat `json:"stats"`
+	// XSKs are the running AF_XDP outputs, for consumers (bricks/xsk).
+	XSKs []bricks.PlanXSK `json:"xsks,omitempty"`
 }
 
 // BrickStat is one row of `mbx bricks stats`: a brick, or one of its
@@ -41,6 +43,7 @@ type BrickStat struct {
 type brickState struct {
 	model   *bricks.Model
 	planner bricks.Planner
+	plan    *bricks.Plan
 	pipes   map[string]bool // output pipes this daemon created
 	load    func() (*bricks.Model, error)
 }
@@ -140,6 +143,7 @@ func (d *Daemon) applyBricks(next *bricks.Model) error {
 	}
 	d.bricks.planner = planner
 	d.bricks.model = next
+	d.bricks.plan = plan
 	// Pipes the new model no longer uses go.
 	for p := range d.bricks.pipes {
 		if !slices.Contains(next.Pipes(), p) {
@@ -157,8 +161,12 @@ func (d *Daemon) Bricks() (*BricksStatus, error) {
 	d.mu.Lock()
 	model := d.bricks.model.Clone()
 	labels := d.bricks.planner.Labels()
+	var xsks []bricks.PlanXSK
+	if d.bricks.plan != nil {
+		xsks = d.bricks.plan.XSKs
+	}
 	d.mu.Unlock()
-	st := &BricksStatus{Model: *model}
+	st := &BricksStatus{Model: *model, XSKs: xsks}
 	bp, err := d.brickPlane()
 	if err != nil {
 		return st, nil

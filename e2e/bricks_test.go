@@ -83,6 +83,12 @@ func (r *tcpdumpRun) stop(t *testing.T) [][]byte {
 	if !strings.Contains(r.errs.String(), "\n0 packets dropped by kernel") {
 		t.Logf("tcpdump %s: %s", r.file, r.errs.String())
 	}
+	return r.frames(t)
+}
+
+// frames reads the capture file.
+func (r *tcpdumpRun) frames(t *testing.T) [][]byte {
+	t.Helper()
 	f, err := os.Open(r.file)
 	if err != nil {
 		t.Fatal(err)
@@ -419,6 +425,74 @@ func logFrameDiff(t *testing.T, got, want [][]byte) {
 			n++
 			p := gopacket.NewPacket([]byte(f), layers.LayerTypeEthernet, gopacket.Default)
 			t.Logf("%+d x %d bytes: %s", -c, len(f), strings.ReplaceAll(p.String(), "\n", " "))
+		}
+	}
+}
+
+// TestBricksAFXDP: a LoadBalancer whose second output is an AF_XDP socket
+// read in Go (`mbx bricks consume`, built on bricks/xsk): tcpdump's share
+// and the Go consumer's share are together the input, flows kept whole.
+func TestBricksAFXDP(t *testing.T) {
+	e := newTapEnv(t)
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"engine", "add", "e0", "--iface", "in0"},
+		{"add", "lb0", "loadbalancer", "--hash", "4tuple"},
+		{"connect-output", "lb0", "in0}0", "xsk:go0"},
+		{"link", "e0", "lb0"},
+		{"start", "e0"},
+	} {
+		e.mustMbx(append([]string{"bricks"}, args...)...)
+	}
+	goFile := filepath.Join(dir, "go0.pcap")
+	gf, err := os.Create(goFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var goErr bytes.Buffer
+	consumer := e.lab.Command("lb", mbxBin, "bricks", "--socket", e.socket, "consume", "-w", "-", "xsk:go0")
+	consumer.Stdout, consumer.Stderr = gf, &goErr
+	if err := consumer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- consumer.Wait() }()
+	t.Cleanup(func() { consumer.Process.Kill(); <-exited })
+	select {
+	case err := <-exited:
+		exited <- err
+		t.Fatalf("mbx bricks consume: %v: %s", err, goErr.String())
+	case <-time.After(3 * time.Second):
+	}
+	if !strings.Contains(goErr.String(), "listening on") {
+		t.Fatalf("mbx bricks consume did not start: %s", goErr.String())
+	}
+	o0 := e.tcpdump("lb", "in0}0", filepath.Join(dir, "o0.pcap"))
+	ref := e.tcpdump("srv", "mir0", filepath.Join(dir, "ref.pcap"))
+	e.traffic(12)
+	input := ref.stop(t)
+	viaTcpdump := o0.stop(t)
+	consumer.Process.Signal(os.Interrupt)
+	err = <-exited
+	exited <- err
+	gf.Close()
+	viaGo := (&tcpdumpRun{cmd: consumer, file: goFile, errs: &goErr}).frames(t)
+	t.Logf("input %d packets: tcpdump %d, Go consumer %d (%s)", len(input), len(viaTcpdump), len(viaGo), strings.TrimSpace(goErr.String()))
+	if len(viaGo) == 0 || len(viaTcpdump) == 0 {
+		t.Fatal("one output got nothing")
+	}
+	if !sameFrames(append(viaGo, viaTcpdump...), input) {
+		t.Errorf("the two outputs hold %d packets, the input %d", len(viaGo)+len(viaTcpdump), len(input))
+		logFrameDiff(t, append(viaGo, viaTcpdump...), input)
+	}
+	inGo := map[string]bool{}
+	for _, f := range viaGo {
+		inGo[flowKey(f)] = true
+	}
+	for _, f := range viaTcpdump {
+		if k := flowKey(f); inGo[k] && k != "non-ip" {
+			t.Errorf("flow %s reached both outputs", k)
+			break
 		}
 	}
 }

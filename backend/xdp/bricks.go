@@ -39,6 +39,7 @@ type brickState struct {
 	nodes   map[uint32]mbxBrickNode
 	labels  map[uint32]string // node id -> whose counters it holds
 	ports   map[int]bool
+	xsks    map[uint32]bool // AF_XDP output slots in use
 	dups    map[uint32][]int
 	filters string        // the filter set the variant was built for
 	variant *ebpf.Program // mbx_bricks with the filters; nil: the plain one
@@ -48,7 +49,7 @@ type brickState struct {
 func (b *Backend) bricks() *brickState {
 	if b.brick == nil {
 		b.brick = &brickState{nodes: map[uint32]mbxBrickNode{}, labels: map[uint32]string{},
-			ports: map[int]bool{}, dups: map[uint32][]int{}, engines: map[string]*brickEngine{}}
+			ports: map[int]bool{}, xsks: map[uint32]bool{}, dups: map[uint32][]int{}, engines: map[string]*brickEngine{}}
 	}
 	return b.brick
 }
@@ -102,6 +103,8 @@ func (b *Backend) ApplyBricks(plan *bricks.Plan) error {
 		case bricks.NodeFilter:
 			bn.Arg = n.ID
 			filters[n.ID] = n.Filter
+		case bricks.NodeXSK:
+			bn.Arg = n.Dup
 		case bricks.NodeDup:
 			bn.Arg = n.Dup
 			for _, c := range n.Children {
@@ -247,6 +250,19 @@ func (b *Backend) ApplyBricks(plan *bricks.Plan) error {
 			_ = b.objs.BrickPorts.Delete(uint32(idx))
 		}
 	}
+	xsks := map[uint32]bool{}
+	for _, x := range plan.XSKs {
+		xsks[x.Slot] = true
+	}
+	for slot := range st.xsks {
+		if !xsks[slot] {
+			// A consumer of a gone output must not get its slot's next owner's packets.
+			for q := range uint32(bricks.XSKQueues) {
+				_ = b.objs.BrickXsks.Delete(slot*bricks.XSKQueues + q)
+			}
+		}
+	}
+	st.xsks = xsks
 	for id, l := range labels {
 		st.labels[id] = l
 	}

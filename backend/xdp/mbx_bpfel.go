@@ -200,6 +200,7 @@ const (
 	mbxMapBrickPorts     = "brick_ports"
 	mbxMapBrickProg      = "brick_prog"
 	mbxMapBrickStats     = "brick_stats"
+	mbxMapBrickXsks      = "brick_xsks"
 	mbxMapCaptureCtl     = "capture_ctl"
 	mbxMapCaptureEvents  = "capture_events"
 	mbxMapCaptureRate    = "capture_rate"
@@ -280,6 +281,7 @@ type mbxMapSpecs struct {
 	BrickPorts     *ebpf.MapSpec `ebpf:"brick_ports"`
 	BrickProg      *ebpf.MapSpec `ebpf:"brick_prog"`
 	BrickStats     *ebpf.MapSpec `ebpf:"brick_stats"`
+	BrickXsks      *ebpf.MapSpec `ebpf:"brick_xsks"`
 	CaptureCtl     *ebpf.MapSpec `ebpf:"capture_ctl"`
 	CaptureEvents  *ebpf.MapSpec `ebpf:"capture_events"`
 	CaptureRate    *ebpf.MapSpec `ebpf:"capture_rate"`
@@ -334,6 +336,7 @@ type mbxMaps struct {
 	BrickPorts     *ebpf.Map `ebpf:"brick_ports"`
 	BrickProg      *ebpf.Map `ebpf:"brick_prog"`
 	BrickStats     *ebpf.Map `ebpf:"brick_stats"`
+	BrickXsks      *ebpf.Map `ebpf:"brick_xsks"`
 	CaptureCtl     *ebpf.Map `ebpf:"capture_ctl"`
 	CaptureEvents  *ebpf.Map `ebpf:"capture_events"`
 	CaptureRate    *ebpf.Map `ebpf:"capture_rate"`
@@ -364,6 +367,7 @@ func (m *mbxMaps) Close() error {
 		m.BrickPorts,
 		m.BrickProg,
 		m.BrickStats,
+		m.BrickXsks,
 		m.CaptureCtl,
 		m.CaptureEvents,
 		m.CaptureRate,
