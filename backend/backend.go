@@ -26,8 +26,12 @@ type Options struct {
 	PortHi   uint16
 	HashSeed uint32 // flow hash seed; equal on every node of a cluster
 	PinDir   string // keep state (and the attachment) here across restarts; "" = none
-	Fresh    bool   // discard state a previous run left in PinDir
-	Logger   *slog.Logger
+	// TunnelSrc, when set, is where tunnel (-i) outer source addresses come
+	// from: one per flow, so receivers' RSS spreads flows. Unset: the egress
+	// interface's address.
+	TunnelSrc netip.Prefix
+	Fresh     bool // discard state a previous run left in PinDir
+	Logger    *slog.Logger
 }
 
 // Defaults fills zero fields with mbx's defaults.

@@ -35,10 +35,16 @@
 /* Forwarding modes (ipvsadm -b/-g/-i/-m/-J). */
 enum fwd_mode {
 	FWD_FNAT = 1,
+	FWD_DR = 2,  /* direct routing (-g): MAC rewrite to an on-link real server */
+	FWD_TUN = 3, /* IP-in-IP (-i) */
+	FWD_NAT = 4, /* masquerading (-m): destination NAT, replies through mbx */
 };
 
 /* conn.flags */
-#define CONN_F_REPLY 0x1 /* entry keyed by the reply direction (RS -> LIP) */
+#define CONN_F_REPLY 0x1 /* entry keyed by the reply direction (RS -> LIP, or RS -> client for NAT) */
+#define CONN_F_DR 0x2    /* DR: forward only, daddr is the real server (MAC rewrite) */
+#define CONN_F_TUN 0x4   /* tunnel: forward only, daddr is the real server (IPIP) */
+#define CONN_F_MASQ 0x8  /* NAT (masquerading): the reply entry is keyed RS -> client */
 
 /* TCP state machine dimensions; the table itself comes from Go (flow/). */
 #define TCP_STATES 16
@@ -72,6 +78,8 @@ enum counter {
 	CNT_PASS_FIB,
 	CNT_DROP_FIB,
 	CNT_ENTRY_DELETED, /* connection-table entries the datapath deleted */
+	CNT_DROP_TOO_BIG,  /* encapsulated packet larger than the egress MTU */
+	CNT_DROP_NO_NEIGH, /* DR/tunnel: next hop not resolved yet (Go resolves it) */
 	CNT_MAX,
 };
 

@@ -42,7 +42,7 @@ struct conn {
 	__u32 nh_gen;
 	__u8 nh_dmac[6];
 	__u8 nh_smac[6];
-	__u32 pad2;
+	__u32 tun_saddr; /* tunnel: the egress address, from the fib lookup */
 };
 
 struct svc_key {
@@ -120,10 +120,12 @@ struct config {
 	__u32 hash_seed;
 	__u32 fib_gen;      /* bumped by Go on route/neighbour/link changes */
 	__u32 fib_max_age;  /* memoized next hops expire after this (~ms units) */
-	__u32 pad;
+	__u32 tun_src_base; /* tunnel outer source: base | (flow hash & ~mask), */
 	__u64 timeout_ns[TCP_STATES];
 	/* fsm[dir][event][state] -> new state */
 	__u8 fsm[2][TCP_EVENTS][TCP_STATES];
+	__u32 tun_src_mask; /* network order; 0: the egress interface's address */
+	__u32 pad;
 };
 
 struct {
@@ -250,6 +252,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } local_bits SEC(".maps");
+
+/* The same over the sources of NAT (masquerading) replies: the addresses of
+ * NAT real servers. Their replies are addressed to clients, not to us. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LOCAL_BITS_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} nat_src_bits SEC(".maps");
 
 /* Verdicts per receiving interface and CPU, for metrics. Indexed by
  * ifindex modulo IF_SLOTS (an array lookup is inlined; a hash lookup per

@@ -33,6 +33,15 @@ static __always_inline int maybe_local(const struct flow_key *k)
 	return w && (*w & (1ULL << (low & 63)));
 }
 
+/* Could this be a NAT real server's reply (its source one of them)? */
+static __always_inline int maybe_nat_reply(const struct flow_key *k)
+{
+	__u32 low = bpf_ntohl(k->saddr) & 0xffff;
+	__u32 word = low >> 6;
+	__u64 *w = bpf_map_lookup_elem(&nat_src_bits, &word);
+	return w && (*w & (1ULL << (low & 63)));
+}
+
 static __always_inline void account(const struct conn *c, const struct pkt *p)
 {
 	__u32 id = c->real_id;
@@ -165,13 +174,61 @@ picked:
 		if (l)
 			__sync_fetch_and_add(&l->recent, 1);
 	}
+	__u8 state = p->key.proto == IPPROTO_TCP ? cfg->fsm[DIR_INPUT][0][TCPS_NONE] : UDP_STATE;
+	fc->real_id = real_id;
+	fc->svc_id = s->id;
+	fc->state = state;
+	fc->last_seen = now;
+	fc->nh_out = 0;
+	if (rs->mode == FWD_DR || rs->mode == FWD_TUN) {
+		/* One entry, client side only: replies do not come back through
+		 * mbx. The packet keeps its addresses; daddr names the real server
+		 * (next hop for DR, outer destination for the tunnel). */
+		fc->saddr = p->key.saddr;
+		fc->daddr = rs->addr[0];
+		fc->sport = p->key.sport;
+		fc->dport = p->key.dport;
+		fc->flags = rs->mode == FWD_DR ? CONN_F_DR : CONN_F_TUN;
+		fc->csum_l3 = fc->csum_l4 = 0;
+		goto insert;
+	}
+	if (rs->mode == FWD_NAT) {
+		/* The reply entry is keyed RS -> client and restores the VIP. */
+		struct flow_key nk = {};
+		nk.saddr = rs->addr[0];
+		nk.daddr = p->key.saddr;
+		nk.sport = rs->port ? rs->port : p->key.dport;
+		nk.dport = p->key.sport;
+		nk.proto = p->key.proto;
+		fc->saddr = p->key.daddr;
+		fc->daddr = p->key.saddr;
+		fc->sport = p->key.dport;
+		fc->dport = p->key.sport;
+		fc->flags = CONN_F_REPLY | CONN_F_MASQ;
+		conn_set_csum(fc, &nk);
+		if (bpf_map_update_elem(&conns, &nk, fc, BPF_NOEXIST) != 0) {
+			struct conn *old = bpf_map_lookup_elem(&conns, &nk);
+			if (!old || conn_alive(cfg, old, &nk, now) ||
+			    bpf_map_update_elem(&conns, &nk, fc, BPF_NOEXIST) != 0) {
+				/* Another service's connection from this client port to
+				 * this real server: replies could not be told apart. */
+				count(CNT_DROP_NO_PORT);
+				return XDP_DROP;
+			}
+		}
+		fc->saddr = p->key.saddr;
+		fc->daddr = nk.saddr;
+		fc->sport = p->key.sport;
+		fc->dport = nk.sport;
+		fc->flags = CONN_F_MASQ;
+		conn_set_csum(fc, &p->key);
+		goto insert;
+	}
 	if (s->laddr_len == 0) {
 		count(CNT_DROP_NO_LADDR);
 		return XDP_DROP;
 	}
-
 	__u32 range = (__u32)cfg->port_hi - cfg->port_lo + 1;
-	__u8 state = p->key.proto == IPPROTO_TCP ? cfg->fsm[DIR_INPUT][0][TCPS_NONE] : UDP_STATE;
 
 	struct flow_key rk = {};
 	rk.saddr = rs->addr[0];
@@ -184,12 +241,7 @@ picked:
 	fc->daddr = p->key.saddr;
 	fc->sport = p->key.dport;
 	fc->dport = p->key.sport;
-	fc->real_id = real_id;
-	fc->svc_id = s->id;
-	fc->state = state;
 	fc->flags = CONN_F_REPLY;
-	fc->last_seen = now;
-	fc->nh_out = 0;
 
 	int ok = 0;
 #pragma clang loop unroll(disable)
@@ -229,6 +281,7 @@ picked:
 	fc->flags = 0;
 	fc->nh_out = 0; /* no memoized next hop yet */
 	conn_set_csum(fc, &p->key);
+insert:
 	/* BPF_ANY: a racing CPU that scheduled the same SYN loses its entry
 	 * pair's forward half; its reply half expires unused. */
 	bpf_map_update_elem(&conns, &p->key, fc, BPF_ANY);
@@ -274,7 +327,7 @@ static __always_inline int process(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	if (!maybe_local(&p.key)) {
+	if (!maybe_local(&p.key) && !maybe_nat_reply(&p.key)) {
 		count(CNT_PASS_NOT_OURS);
 		return XDP_PASS;
 	}
@@ -322,6 +375,10 @@ static __always_inline int process(struct xdp_md *ctx)
 		c = &fresh;
 	}
 	account(c, &p);
+	if (c->flags & CONN_F_DR)
+		return xmit_dr(ctx, &p, c, cfg, now);
+	if (c->flags & CONN_F_TUN)
+		return xmit_tunnel(ctx, &p, c, cfg, now);
 	rewrite_ipv4(&p, c);
 	return xmit_ipv4(ctx, &p, c, cfg, now);
 }

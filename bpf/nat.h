@@ -6,6 +6,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "csum.h"
+#include "hash.h"
 
 /* Fills the checksum deltas of c for packets whose tuple is k. */
 static __always_inline void conn_set_csum(struct conn *c, const struct flow_key *k)
@@ -48,30 +49,41 @@ static __always_inline int xmit_to(struct xdp_md *ctx, struct pkt *p, __u32 out,
 	return bpf_redirect_map(&tx_ports, out, XDP_PASS);
 }
 
-/* Sends the rewritten packet where the kernel's FIB says. The answer is
+#ifndef BPF_FIB_LOOKUP_SRC
+#define BPF_FIB_LOOKUP_SRC (1U << 4) /* Linux 6.7; Debian 12's headers predate it */
+#endif
+#define NH_OK -1
+
+/* next_hop finds where to send c's packets toward dst (the packet's own
+ * destination, or the real server for DR and tunnels). The answer is
  * memoized in the connection (a fib lookup costs more than the rest of the
  * fast path) and trusted only while the kernel's routing/neighbour state is
  * unchanged (cfg->fib_gen, bumped by Go from netlink events) and for at most
- * cfg->fib_max_age. Anything the fast path cannot finish (neighbour unknown,
- * no route, MTU) is handed to the kernel as rewritten, which resolves or
- * answers as a router would; such results are never memoized. */
-static __always_inline int xmit_ipv4(struct xdp_md *ctx, struct pkt *p, struct conn *c,
-				     const struct config *cfg, __u64 now)
+ * cfg->fib_max_age. It returns NH_OK with c->nh_* filled, or a verdict:
+ * what the fast path cannot finish (neighbour unknown, no route, MTU) goes
+ * to the kernel as it is, which resolves or answers as a router would;
+ * such results are never memoized. A direct (DR, tunnel) packet still
+ * carries the VIP as destination: handed to the kernel it would be
+ * delivered locally, so it is dropped instead (Go keeps those neighbours
+ * resolved, the client retransmits). */
+static __always_inline int next_hop(struct xdp_md *ctx, struct pkt *p, struct conn *c,
+				    const struct config *cfg, __u64 now, __u32 dst,
+				    __u32 tot_len, int direct)
 {
 	__u32 stamp = (__u32)(now >> 20);
 	if (c->nh_gen == cfg->fib_gen && c->nh_in == ctx->ingress_ifindex && c->nh_out &&
 	    stamp - c->nh_stamp < cfg->fib_max_age)
-		return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
+		return NH_OK;
 
 	struct bpf_fib_lookup fib = {};
 	fib.family = AF_INET_;
 	fib.l4_protocol = p->key.proto;
-	fib.tot_len = p->ip_len;
+	fib.tot_len = tot_len;
 	fib.ifindex = ctx->ingress_ifindex;
 	fib.ipv4_src = p->ip4->saddr;
-	fib.ipv4_dst = p->ip4->daddr;
+	fib.ipv4_dst = dst;
 
-	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), direct ? BPF_FIB_LOOKUP_SRC : 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		c->nh_in = ctx->ingress_ifindex;
 		c->nh_out = fib.ifindex;
@@ -79,14 +91,116 @@ static __always_inline int xmit_ipv4(struct xdp_md *ctx, struct pkt *p, struct c
 		c->nh_gen = cfg->fib_gen;
 		__builtin_memcpy(c->nh_dmac, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(c->nh_smac, fib.smac, ETH_ALEN);
-		return xmit_to(ctx, p, fib.ifindex, fib.dmac, fib.smac);
+		if (direct)
+			c->tun_saddr = fib.ipv4_src;
+		return NH_OK;
+	}
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && direct) {
+		count(CNT_DROP_TOO_BIG);
+		return XDP_DROP;
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		if (direct) {
+			count(CNT_DROP_NO_NEIGH);
+			return XDP_DROP;
+		}
 		count(CNT_PASS_NO_NEIGH);
 		return XDP_PASS;
 	}
+	if (direct) {
+		count(CNT_DROP_FIB);
+		return XDP_DROP;
+	}
 	count(CNT_PASS_FIB);
 	return XDP_PASS;
+}
+
+/* Sends the rewritten packet (Full-NAT, NAT) where the kernel's FIB says. */
+static __always_inline int xmit_ipv4(struct xdp_md *ctx, struct pkt *p, struct conn *c,
+				     const struct config *cfg, __u64 now)
+{
+	int v = next_hop(ctx, p, c, cfg, now, p->ip4->daddr, p->ip_len, 0);
+	if (v != NH_OK)
+		return v;
+	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
+}
+
+/* DR: the packet unchanged but for its MAC addresses, to the real server. */
+static __always_inline int xmit_dr(struct xdp_md *ctx, struct pkt *p, struct conn *c,
+				   const struct config *cfg, __u64 now)
+{
+	int v = next_hop(ctx, p, c, cfg, now, c->daddr, p->ip_len, 1);
+	if (v != NH_OK)
+		return v;
+	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
+}
+
+static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/* Tunnel: an outer IPv4 header (IPIP) to the real server. The outer source
+ * is the egress address, or with `--tunnel-src PREFIX` an address of that
+ * prefix chosen by the flow hash, so that receivers' RSS (which hashes the
+ * outer header) spreads flows over their queues. */
+static __always_inline int xmit_tunnel(struct xdp_md *ctx, struct pkt *p, struct conn *c,
+				       const struct config *cfg, __u64 now)
+{
+	__u32 inner_len = p->ip_len;
+	int v = next_hop(ctx, p, c, cfg, now, c->daddr, inner_len + sizeof(struct iphdr), 1);
+	if (v != NH_OK)
+		return v;
+	__u32 mtu = 0;
+	if (bpf_check_mtu(ctx, c->nh_out, &mtu, sizeof(struct iphdr), 0) != BPF_MTU_CHK_RET_SUCCESS) {
+		count(CNT_DROP_TOO_BIG);
+		return XDP_DROP;
+	}
+	__u32 saddr = c->tun_saddr;
+	if (cfg->tun_src_mask)
+		saddr = cfg->tun_src_base | (bpf_htonl(flow_hash(&p->key, cfg->hash_seed)) & ~cfg->tun_src_mask);
+	__u8 tos = p->ip4->tos;
+	/* Ethernet padding after a short packet would end up inside the frame
+	 * after the inner packet: cut it first. */
+	void *start = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	long pad = (long)(end - start) - (long)(sizeof(struct ethhdr) + inner_len);
+	if (pad > 0 && pad < 64 && bpf_xdp_adjust_tail(ctx, -(int)pad)) {
+		count(CNT_DROP_FIB);
+		return XDP_DROP;
+	}
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr))) {
+		count(CNT_DROP_FIB);
+		return XDP_DROP;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *o = (void *)(eth + 1);
+	if ((void *)(o + 1) > data_end)
+		return XDP_DROP;
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	o->version = 4;
+	o->ihl = 5;
+	o->tos = tos;
+	o->tot_len = bpf_htons(inner_len + sizeof(struct iphdr));
+	o->id = 0;
+	o->frag_off = 0;
+	o->ttl = 64;
+	o->protocol = IPPROTO_IPIP;
+	o->check = 0;
+	o->saddr = saddr;
+	o->daddr = c->daddr;
+	o->check = ipv4_csum(o);
+	p->eth = eth;
+	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
 }
 
 #endif

@@ -240,7 +240,7 @@ func (p *parser) virtualServer(n *node) error {
 	default:
 		return p.errf(n, "want \"virtual_server VIP PORT\" or \"virtual_server group NAME\"")
 	}
-	sched, proto, persist := "", lb.TCP, 0
+	sched, proto, persist, kind := "", lb.TCP, 0, lb.FullNAT
 	interval := time.Duration(0)
 	var laddrs []lb.LocalAddr
 	var reals []*node
@@ -262,9 +262,11 @@ func (p *parser) virtualServer(n *node) error {
 			}
 			sched = s
 		case "lb_kind":
-			if len(c.args) != 1 || !strings.EqualFold(c.args[0], "FNAT") {
-				return p.errf(c, "lb_kind %s is not supported yet (FNAT)", strings.Join(c.args, " "))
+			k, ok := lbKinds[strings.ToUpper(strings.Join(c.args, " "))]
+			if !ok {
+				return p.errf(c, "lb_kind %s is not supported (FNAT, DR, TUN, NAT)", strings.Join(c.args, " "))
 			}
+			kind = k
 		case "protocol":
 			switch strings.ToUpper(strings.Join(c.args, "")) {
 			case "TCP":
@@ -304,6 +306,7 @@ func (p *parser) virtualServer(n *node) error {
 			if err != nil {
 				return err
 			}
+			real.Forward = kind
 			p.res.Ops = append(p.res.Ops, lb.Op{Kind: lb.OpAddReal, Service: k, Real: real})
 		}
 		for _, la := range laddrs {
@@ -312,6 +315,10 @@ func (p *parser) virtualServer(n *node) error {
 	}
 	return nil
 }
+
+// lbKinds maps keepalived's lb_kind onto forwarding methods. Without
+// lb_kind mbx uses FNAT (DPVS's configurations always name it).
+var lbKinds = map[string]lb.Forward{"FNAT": lb.FullNAT, "DR": lb.DirectRoute, "TUN": lb.Tunnel, "NAT": lb.Masquerade}
 
 func seconds(n *node) (time.Duration, error) {
 	if len(n.args) != 1 {

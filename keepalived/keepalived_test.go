@@ -46,7 +46,7 @@ func TestErrorsNameTheLine(t *testing.T) {
 		{"stray brace", "}\n", "f.conf:1: unexpected }"},
 		{"unknown algo", "virtual_server 198.18.0.100 80 {\n  lb_algo fastest\n}\n", "f.conf:2: lb_algo fastest"},
 		{"lblc not supported", "virtual_server 198.18.0.100 80 {\n  lb_algo lblc\n}\n", "f.conf:2: lb_algo lblc is not supported"},
-		{"dr not yet", "virtual_server 198.18.0.100 80 {\n  lb_kind DR\n}\n", "f.conf:2: lb_kind DR"},
+		{"unknown lb_kind", "virtual_server 198.18.0.100 80 {\n  lb_kind SNAT\n}\n", "f.conf:2: lb_kind SNAT"},
 		{"persistence granularity", "virtual_server 198.18.0.100 80 {\n  persistence_granularity 255.255.255.0\n}\n", "f.conf:2: persistence_granularity is not supported"},
 		{"bad vip", "virtual_server 198.18.0.999 80 {\n}\n", "f.conf:1: bad virtual server address"},
 		{"bad real", "virtual_server 198.18.0.100 80 {\n  real_server 198.18.1.x 80 {\n  }\n}\n", "f.conf:2: bad real server address"},

@@ -35,17 +35,33 @@ func (p Proto) String() string {
 type Forward string
 
 const (
-	FullNAT Forward = "fnat"
+	FullNAT     Forward = "fnat"   // -b: source and destination NAT through a LIP
+	DirectRoute Forward = "dr"     // -g: MAC rewrite to an on-link real server
+	Tunnel      Forward = "tunnel" // -i: IP-in-IP to the real server
+	Masquerade  Forward = "nat"    // -m: destination NAT, replies routed back through mbx
 )
+
+// Forwards lists the methods mbx runs.
+var Forwards = []Forward{FullNAT, DirectRoute, Tunnel, Masquerade}
 
 // ForwardName is the column ipvsadm -ln prints for a method.
 func (f Forward) ForwardName() string {
 	switch f {
 	case FullNAT:
 		return "FullNat"
+	case DirectRoute:
+		return "Route"
+	case Tunnel:
+		return "Tunnel"
+	case Masquerade:
+		return "Masq"
 	}
 	return string(f)
 }
+
+// Direct reports whether the real server answers clients itself (DR,
+// tunnel): the packet keeps the VIP, so the port cannot change.
+func (f Forward) Direct() bool { return f == DirectRoute || f == Tunnel }
 
 // ServiceKey identifies a virtual service.
 type ServiceKey struct {
@@ -262,12 +278,15 @@ func (r Real) validate(k ServiceKey) error {
 	if r.Check.Interval < 0 || r.Check.Timeout < 0 || r.Check.Retries < 0 || r.Check.Rise < 0 || r.Check.Fall < 0 {
 		return errors.New("negative health check setting")
 	}
-	switch r.Forward {
-	case FullNAT:
-	case "":
+	switch {
+	case r.Forward == "":
 		return errors.New("no forwarding method")
-	default:
-		return fmt.Errorf("forwarding method %q is not supported yet (only Full-NAT, -b)", r.Forward)
+	case r.Forward == "snat":
+		return errors.New("forwarding method snat (-J) is not supported yet")
+	case !slices.Contains(Forwards, r.Forward):
+		return fmt.Errorf("unknown forwarding method %q (fnat, dr, tunnel, nat)", r.Forward)
+	case r.Forward.Direct() && r.Port != 0 && r.Port != k.Port:
+		return fmt.Errorf("%s keeps the destination port: real server port %d differs from the service's %d", r.Forward.ForwardName(), r.Port, k.Port)
 	}
 	return nil
 }

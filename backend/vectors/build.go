@@ -30,6 +30,7 @@ func merge(base Packet, over *Packet) Packet {
 	out.Iface = over.Iface
 	out.Eth = m(base.Eth, over.Eth)
 	out.ARP = m(base.ARP, over.ARP)
+	out.Outer = m(base.Outer, over.Outer)
 	out.IP = m(base.IP, over.IP)
 	out.TCP = m(base.TCP, over.TCP)
 	out.UDP = m(base.UDP, over.UDP)
@@ -94,6 +95,19 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 		*dst = mac
 	}
 	ls = append(ls, eth)
+	if p.Outer != nil {
+		src, err := parseAddr(p.Outer["src"])
+		if err != nil {
+			return nil, fmt.Errorf("outer.src: %w", err)
+		}
+		dst, err := parseAddr(p.Outer["dst"])
+		if err != nil {
+			return nil, fmt.Errorf("outer.dst: %w", err)
+		}
+		ttl, _ := num(p.Outer, "ttl", 64)
+		ls = append(ls, &layers.IPv4{Version: 4, TTL: uint8(ttl), Protocol: layers.IPProtocolIPv4,
+			SrcIP: src.AsSlice(), DstIP: dst.AsSlice()})
+	}
 
 	var netLayer gopacket.NetworkLayer
 	switch {

@@ -25,6 +25,7 @@ type File struct {
 	Name     string  `yaml:"name"`
 	Doc      string  `yaml:"doc"`
 	Ifaces   []Iface `yaml:"ifaces"`
+	Routes   []Route `yaml:"routes"`
 	Config   string  `yaml:"config"` // ipvsadm command lines
 	Steps    []Step  `yaml:"steps"`
 	Path     string  `yaml:"-"`
@@ -38,6 +39,12 @@ type Iface struct {
 	Addr      string     `yaml:"addr"`  // prefix, e.g. 198.18.0.1/24
 	Addrs     []string   `yaml:"addrs"` // extra /32 addresses (VIPs, LIPs)
 	Neighbors []Neighbor `yaml:"neighbors"`
+}
+
+// Route is a static route of mbx's node (e.g. to a routed real server).
+type Route struct {
+	Dst string `yaml:"dst"`
+	Via string `yaml:"via"`
 }
 
 // Neighbor is a host on an interface's link, with a static ARP entry.
@@ -61,6 +68,7 @@ type Packet struct {
 	Iface    string         `yaml:"iface"`
 	Eth      map[string]any `yaml:"eth"`
 	ARP      map[string]any `yaml:"arp"`
+	Outer    map[string]any `yaml:"outer"` // an IPIP outer header (src, dst, ttl) before ip
 	IP       map[string]any `yaml:"ip"`
 	TCP      map[string]any `yaml:"tcp"`
 	UDP      map[string]any `yaml:"udp"`

@@ -24,7 +24,7 @@ type progService struct {
 
 const localBitsWords = 1024
 
-var fwdModes = map[lb.Forward]uint8{lb.FullNAT: 1}
+var fwdModes = map[lb.Forward]uint8{lb.FullNAT: 1, lb.DirectRoute: 2, lb.Tunnel: 3, lb.Masquerade: 4}
 
 // pickFlags maps lb.Pick onto the datapath's PICK_* and SVC_F_WEIGHTED.
 var pickFlags = map[lb.Pick]uint32{
@@ -51,6 +51,9 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 		tables[s.Key] = sch.Table(s.Reals, cfg.Maglev)
 	}
 	if err := b.checkCapacity(cfg, tables); err != nil {
+		return err
+	}
+	if err := b.checkModes(cfg); err != nil {
 		return err
 	}
 	if to := cfg.Timeouts.Effective(b.baseTO); to != b.opts.Timeouts {
@@ -91,6 +94,12 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 		}
 	}
 	b.locals = wantLocals
+	if err := b.writeNATSrcBits(cfg); err != nil {
+		return err
+	}
+	if len(b.direct) > 0 {
+		go b.resolveDirect()
+	}
 	return b.writeLocalBits()
 }
 

@@ -22,6 +22,8 @@ var counterNames = []string{
 	"pass_fib",
 	"drop_fib",
 	"entry_deleted",
+	"drop_too_big",
+	"drop_no_neigh",
 }
 
 // Indices of counterNames the backend reads itself.

@@ -66,9 +66,11 @@ type mbxConfig struct {
 	HashSeed       uint32
 	FibGen         uint32
 	FibMaxAge      uint32
-	Pad            uint32
+	TunSrcBase     uint32
 	TimeoutNs      [16]uint64
 	Fsm            [2][4][16]uint8
+	TunSrcMask     uint32
+	Pad            uint32
 }
 
 type mbxConn struct {
@@ -91,7 +93,7 @@ type mbxConn struct {
 	NhGen    uint32
 	NhDmac   [6]uint8
 	NhSmac   [6]uint8
-	Pad2     uint32
+	TunSaddr uint32
 }
 
 type mbxFlowKey struct {
@@ -213,6 +215,7 @@ const (
 	mbxMapLoads          = "loads"
 	mbxMapLocalAddrs     = "local_addrs"
 	mbxMapLocalBits      = "local_bits"
+	mbxMapNatSrcBits     = "nat_src_bits"
 	mbxMapPersist        = "persist"
 	mbxMapReals          = "reals"
 	mbxMapSchedPos       = "sched_pos"
@@ -294,6 +297,7 @@ type mbxMapSpecs struct {
 	Loads          *ebpf.MapSpec `ebpf:"loads"`
 	LocalAddrs     *ebpf.MapSpec `ebpf:"local_addrs"`
 	LocalBits      *ebpf.MapSpec `ebpf:"local_bits"`
+	NatSrcBits     *ebpf.MapSpec `ebpf:"nat_src_bits"`
 	Persist        *ebpf.MapSpec `ebpf:"persist"`
 	Reals          *ebpf.MapSpec `ebpf:"reals"`
 	SchedPos       *ebpf.MapSpec `ebpf:"sched_pos"`
@@ -349,6 +353,7 @@ type mbxMaps struct {
 	Loads          *ebpf.Map `ebpf:"loads"`
 	LocalAddrs     *ebpf.Map `ebpf:"local_addrs"`
 	LocalBits      *ebpf.Map `ebpf:"local_bits"`
+	NatSrcBits     *ebpf.Map `ebpf:"nat_src_bits"`
 	Persist        *ebpf.Map `ebpf:"persist"`
 	Reals          *ebpf.Map `ebpf:"reals"`
 	SchedPos       *ebpf.Map `ebpf:"sched_pos"`
@@ -380,6 +385,7 @@ func (m *mbxMaps) Close() error {
 		m.Loads,
 		m.LocalAddrs,
 		m.LocalBits,
+		m.NatSrcBits,
 		m.Persist,
 		m.Reals,
 		m.SchedPos,

@@ -100,8 +100,10 @@ func (b *Backend) sweepOnce() {
 			return
 		}
 		r.entries++
-		if c.Flags&1 != 0 { // reply entry: keyed RS -> LIP
-			r.lipConns[addr4(k.Daddr)]++
+		if c.Flags&1 != 0 { // reply entry: keyed RS -> LIP (RS -> client for NAT)
+			if c.Flags&8 == 0 {
+				r.lipConns[addr4(k.Daddr)]++
+			}
 			return
 		}
 		if flow.State(c.State) == flow.StateEstablished {

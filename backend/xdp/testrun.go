@@ -91,5 +91,14 @@ func BuildTopology(f *vectors.File) (map[string]int, error) {
 		}
 		idx[ifc.Name] = l.Attrs().Index
 	}
+	for _, r := range f.Routes {
+		_, dst, err := net.ParseCIDR(r.Dst)
+		if err != nil {
+			return nil, fmt.Errorf("route %s: %w", r.Dst, err)
+		}
+		if err := netlink.RouteAdd(&netlink.Route{Dst: dst, Gw: net.ParseIP(r.Via)}); err != nil {
+			return nil, fmt.Errorf("route %s via %s: %w", r.Dst, r.Via, err)
+		}
+	}
 	return idx, nil
 }

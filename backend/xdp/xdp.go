@@ -63,7 +63,8 @@ type Backend struct {
 	done    chan struct{}
 	sweep   sweepResult
 	evict   evictEstimate
-	brick   *brickState // bricks.go; nil until ApplyBricks
+	brick   *brickState  // bricks.go; nil until ApplyBricks
+	direct  []netip.Addr // DR and tunnel real servers, whose next hops Go keeps resolved
 }
 
 // LoadSpec returns the datapath's collection spec with mbx's settings.
@@ -136,6 +137,7 @@ func (b *Backend) writeConfig() error {
 	c.HashSeed = b.opts.HashSeed
 	c.FibGen = b.fibGen
 	c.FibMaxAge = uint32(fibMaxAge.Nanoseconds() >> 20)
+	c.TunSrcBase, c.TunSrcMask = tunnelSrc(b.opts.TunnelSrc)
 	for i, d := range b.opts.Timeouts {
 		c.TimeoutNs[i] = uint64(d)
 	}

@@ -107,6 +107,12 @@ func fwdFlag(f lb.Forward) string {
 	switch f {
 	case lb.FullNAT:
 		return "-b"
+	case lb.DirectRoute:
+		return "-g"
+	case lb.Tunnel:
+		return "-i"
+	case lb.Masquerade:
+		return "-m"
 	}
 	return "-?"
 }

@@ -201,11 +201,11 @@ func Parse(args []string) (*Command, error) {
 		case "fullnat":
 			err = setFwd(lb.FullNAT, "-b")
 		case "gatewaying":
-			err = setFwd("dr", "-g")
+			err = setFwd(lb.DirectRoute, "-g")
 		case "ipip":
-			err = setFwd("tunnel", "-i")
+			err = setFwd(lb.Tunnel, "-i")
 		case "masquerading":
-			err = setFwd("nat", "-m")
+			err = setFwd(lb.Masquerade, "-m")
 		case "snat":
 			err = setFwd("snat", "-J")
 		case "laddr":
@@ -259,10 +259,10 @@ func Parse(args []string) (*Command, error) {
 		}
 		if r.Forward == "" {
 			// ipvsadm's default is direct routing (-g).
-			r.Forward, fwdFlag = "dr", "-g (the default)"
+			r.Forward, fwdFlag = lb.DirectRoute, "-g (the default)"
 		}
-		if r.Forward != lb.FullNAT {
-			return lb.Real{}, fmt.Errorf("forwarding method %s is not supported yet; use -b (Full-NAT)", fwdFlag)
+		if r.Forward == "snat" {
+			return lb.Real{}, fmt.Errorf("forwarding method %s is not supported yet", fwdFlag)
 		}
 		return r, nil
 	}
