@@ -29,6 +29,7 @@ func App() *ucli.App {
 			logLevelCommand(),
 			captureCommand(),
 			bricksCommand(),
+			decapCommand(),
 		},
 		HideHelpCommand: true,
 	}

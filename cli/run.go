@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -34,6 +35,7 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "xdp-mode", Value: "native", Usage: "native or generic"},
 			&ucli.IntFlag{Name: "conn-max", Value: 1 << 20, Usage: "connections the table holds"},
 			&ucli.UintFlag{Name: "hash-seed", Usage: "flow hash seed; give every node of a cluster the same one"},
+			&ucli.StringFlag{Name: "tunnel-src", Usage: "tunnel (-i) outer sources: one address of this IPv4 prefix per flow, so receivers' RSS spreads flows (default: the egress address)"},
 			&ucli.StringFlag{Name: "instance", Usage: "instance name for pinned state /sys/fs/bpf/mbx/NAME (default: the socket's file name)"},
 			&ucli.StringFlag{Name: "pin-dir", Usage: "where state is pinned for restarts without loss (default /sys/fs/bpf/mbx/INSTANCE; 'none' disables)"},
 			&ucli.BoolFlag{Name: "fresh", Usage: "discard state a previous run left (drops its connections)"},
@@ -90,14 +92,23 @@ func runCommand() *ucli.Command {
 			case "none":
 				pinDir = ""
 			}
+			var tunSrc netip.Prefix
+			if v := c.String("tunnel-src"); v != "" {
+				p, err := netip.ParsePrefix(v)
+				if err != nil || !p.Addr().Is4() || p.Bits() > 30 {
+					return fmt.Errorf("--tunnel-src %q: an IPv4 prefix of at least 4 addresses (e.g. 198.19.255.0/24)", v)
+				}
+				tunSrc = p
+			}
 			be, err := backend.Open(c.String("backend"), backend.Options{
-				PinDir:   pinDir,
-				Fresh:    c.Bool("fresh"),
-				Ifaces:   c.StringSlice("iface"),
-				XDPMode:  c.String("xdp-mode"),
-				ConnMax:  c.Int("conn-max"),
-				HashSeed: uint32(c.Uint("hash-seed")),
-				Logger:   log,
+				TunnelSrc: tunSrc,
+				PinDir:    pinDir,
+				Fresh:     c.Bool("fresh"),
+				Ifaces:    c.StringSlice("iface"),
+				XDPMode:   c.String("xdp-mode"),
+				ConnMax:   c.Int("conn-max"),
+				HashSeed:  uint32(c.Uint("hash-seed")),
+				Logger:    log,
 			})
 			if err != nil {
 				return err

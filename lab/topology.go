@@ -334,6 +334,26 @@ var Topologies = map[string]*Topology{
 			{End{Host: "rs2", Iface: "eth0", Addrs: []string{"198.18.1.3/24"}}, End{Host: "sw", Iface: "p2"}},
 		},
 	},
+	"lb-routed": {
+		Name: "lb-routed",
+		Doc: "Forwarding modes: client 198.18.0.2 -- wan0 [lb] lan0 198.18.1.1 -- switch -- rs1 198.18.1.2 (on-link) and " +
+			"router 198.18.1.254 -- 198.18.5.254 -- rs2 198.18.5.7 (routed). VIP 198.18.0.100. Real servers route back through lb.",
+		Hosts:   []string{"client", "lb", "sw", "rs1", "router", "rs2"},
+		Bridged: []string{"sw"},
+		Links: []Link{
+			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.0.2/24"}}, End{Host: "lb", Iface: "wan0", Addrs: []string{"198.18.0.1/24"}}},
+			{End{Host: "lb", Iface: "lan0", Addrs: []string{"198.18.1.1/24"}}, End{Host: "sw", Iface: "p0"}},
+			{End{Host: "rs1", Iface: "eth0", Addrs: []string{"198.18.1.2/24"}}, End{Host: "sw", Iface: "p1"}},
+			{End{Host: "router", Iface: "eth0", Addrs: []string{"198.18.1.254/24"}}, End{Host: "sw", Iface: "p2"}},
+			{End{Host: "router", Iface: "eth1", Addrs: []string{"198.18.5.254/24"}}, End{Host: "rs2", Iface: "eth0", Addrs: []string{"198.18.5.7/24"}}},
+		},
+		Routes: []Route{
+			{Host: "lb", Dst: "198.18.5.0/24", Via: "198.18.1.254"},
+			{Host: "router", Dst: "default", Via: "198.18.1.1"},
+			{Host: "rs1", Dst: "default", Via: "198.18.1.1"},
+			{Host: "rs2", Dst: "default", Via: "198.18.5.254"},
+		},
+	},
 	"bricks-tap": {
 		Name: "bricks-tap",
 		Doc: "A tap for bricks: client1-3 198.18.2.11-13 and srv 198.18.2.10 on one switch; srv's mir0 is a mirror " +

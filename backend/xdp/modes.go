@@ -74,14 +74,33 @@ func (b *Backend) resolveDirect() {
 		if err != nil {
 			continue
 		}
-		nh := a.AsSlice()
+		nh := net.IP(a.AsSlice())
 		if rt.Gw != nil {
 			nh = rt.Gw
 		}
-		// NTF_USE: "use this entry": the kernel starts resolution if needed.
+		if neighValid(rt.LinkIndex, nh) {
+			continue
+		}
+		// NTF_USE: "use this entry": the kernel starts resolution. Only for
+		// a missing or failed entry: on a valid one (a static entry too)
+		// it leaves the entry INCOMPLETE.
 		_ = netlink.NeighSet(&netlink.Neigh{LinkIndex: rt.LinkIndex, Family: unix.AF_INET, IP: net.IP(nh),
 			Flags: unix.NTF_USE, State: netlink.NUD_NONE})
 	}
+}
+
+// neighValid reports whether the kernel has a usable entry for ip.
+func neighValid(ifindex int, ip net.IP) bool {
+	ns, err := netlink.NeighList(ifindex, unix.AF_INET)
+	if err != nil {
+		return false
+	}
+	for _, n := range ns {
+		if n.IP.Equal(ip) {
+			return n.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP|netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0
+		}
+	}
+	return false
 }
 
 // writeNATSrcBits rebuilds the prefilter over NAT real servers' addresses

@@ -232,3 +232,41 @@ func TestPersistence(t *testing.T) {
 		t.Fatalf("persistence kept a client on a deleted real server")
 	}
 }
+
+// With --tunnel-src, each flow's outer source is an address of the prefix
+// chosen by its hash (receivers' RSS spreads flows); without, the egress
+// address.
+func TestTunnelSourceSpreads(t *testing.T) {
+	f, d := fixture(t, "-A -t 198.18.0.100:80 -s rr\n-a -t 198.18.0.100:80 -r 198.18.1.2 -i\n")
+	outerSrc := func(sport int) netip.Addr {
+		v, out := d.send(t, f, syn(sport))
+		if v != "redirect" {
+			t.Fatalf("verdict %s", v)
+		}
+		pkt := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+		ip, _ := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		if ip == nil || ip.Protocol != layers.IPProtocolIPv4 {
+			t.Fatalf("not IP-in-IP: %x", out)
+		}
+		a, _ := netip.AddrFromSlice(ip.SrcIP)
+		return a
+	}
+	if got := outerSrc(1000); got != netip.MustParseAddr("198.18.1.1") {
+		t.Errorf("outer source %s, want the egress address 198.18.1.1", got)
+	}
+	d.b.opts.TunnelSrc = netip.MustParsePrefix("198.19.255.0/24")
+	if err := d.b.writeConfig(); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[netip.Addr]bool{}
+	for sport := 2000; sport < 2064; sport++ {
+		a := outerSrc(sport)
+		if !d.b.opts.TunnelSrc.Contains(a) {
+			t.Fatalf("outer source %s outside %s", a, d.b.opts.TunnelSrc)
+		}
+		seen[a] = true
+	}
+	if len(seen) < 32 {
+		t.Errorf("64 flows used only %d outer sources", len(seen))
+	}
+}

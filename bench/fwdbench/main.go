@@ -146,7 +146,8 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	if err := attachDrop(l, "cp0p"); err != nil {
 		return err
 	}
-	variants := []variant{
+	var variants []variant
+	all := []variant{
 		{"xdp-redirect", func() error { return attachIn(l, redirectProg) }, func() { detachIn(l) }},
 		{"kernel-route", func() error { return nil }, func() {}},
 		{"nft-dnat", func() error {
@@ -160,6 +161,25 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			return mbxDo(
 				"ipvsadm -A -u "+vip+":5000 -s rr", "ipvsadm -a -u "+vip+":5000 -r "+sinkIP+" -b",
 				"ipvsadm --add-laddr -z 198.18.11.200 -u "+vip+":5000 -F out0")
+		}, stopMbx},
+		// The other forwarding modes, one real server (the sink) each.
+		{"mbx-dr", func() error {
+			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
+				return err
+			}
+			return mbxDo("ipvsadm -A -u "+vip+":5000 -s rr", "ipvsadm -a -u "+vip+":5000 -r "+sinkIP+" -g")
+		}, stopMbx},
+		{"mbx-tunnel", func() error {
+			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
+				return err
+			}
+			return mbxDo("ipvsadm -A -u "+vip+":5000 -s rr", "ipvsadm -a -u "+vip+":5000 -r "+sinkIP+" -i")
+		}, stopMbx},
+		{"mbx-nat", func() error {
+			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
+				return err
+			}
+			return mbxDo("ipvsadm -A -u "+vip+":5000 -s rr", "ipvsadm -a -u "+vip+":5000 -r "+sinkIP+" -m")
 		}, stopMbx},
 		// Bricks on in0 (an engine's own interface; the daemon's is out0):
 		// a 4-tuple LoadBalancer (parse, symmetric hash, pick) to out0, and
@@ -180,6 +200,11 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		}, stopMbx},
 	}
 
+	for _, v := range all {
+		if only := os.Getenv("FWDBENCH_ONLY"); only == "" || strings.Contains(","+only+",", ","+v.name+",") {
+			variants = append(variants, v)
+		}
+	}
 	gen, err := newGenerator(l)
 	if err != nil {
 		return err
@@ -200,6 +225,10 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 				fmt.Fprintf(os.Stderr, "  in0 xdp: %s\n", strings.TrimSpace(out))
 			}
 			ns, pps, err := measure(l, gen, sinkCount, dur)
+			if os.Getenv("FWDBENCH_DEBUG") != "" && stopDaemon != nil {
+				out, _ := l.Run("fwd", "sh", "-c", "curl -s --unix-socket "+sock+" http://mbx/v1/status | grep -o '\"datapath\":{[^}]*}'")
+				fmt.Fprintf(os.Stderr, "  mbx: %s\n", out)
+			}
 			if os.Getenv("FWDBENCH_DEBUG") != "" {
 				for _, h := range [][2]string{{"fwd", "in0"}, {"fwd", "out0"}, {"sink", "eth0"}} {
 					out, _ := l.Run(h[0], "sh", "-c", "ethtool -S "+h[1]+" | grep -v ': 0$' | tr -s ' ' | tr '\n' ' '")
@@ -227,18 +256,37 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	ratio := func(a, b string) float64 {
 		var rs []float64
 		for i := range results[a] {
-			rs = append(rs, results[a][i]/results[b][i])
+			if i < len(results[b]) {
+				rs = append(rs, results[a][i]/results[b][i])
+			}
 		}
 		sort.Float64s(rs)
 		return rs[len(rs)/2]
 	}
 	fmt.Printf("\nratios (median of per-round ratios):\n")
-	fmt.Printf("  mbx-fnat / xdp-redirect  %.2f  (target <= 1.3)\n", ratio("mbx-fnat", "xdp-redirect"))
-	fmt.Printf("  mbx-fnat / nft-dnat      %.2f  (target <= 0.4)\n", ratio("mbx-fnat", "nft-dnat"))
-	fmt.Printf("  mbx-fnat / kernel-route  %.2f\n", ratio("mbx-fnat", "kernel-route"))
-	fmt.Printf("  nft-dnat / xdp-redirect  %.2f\n", ratio("nft-dnat", "xdp-redirect"))
-	fmt.Printf("  bricks-lb / xdp-redirect %.2f  (target <= 1.2)\n", ratio("bricks-lb", "xdp-redirect"))
-	fmt.Printf("  bricks-dup / xdp-redirect %.2f (two copies)\n", ratio("bricks-dup", "xdp-redirect"))
+	for _, r := range []struct{ a, b, note string }{
+		{"mbx-fnat", "xdp-redirect", "target <= 1.3"},
+		{"mbx-dr", "xdp-redirect", "target <= 1.3"},
+		{"mbx-nat", "xdp-redirect", "target <= 1.3"},
+		{"mbx-tunnel", "xdp-redirect", "target <= 1.5"},
+		{"mbx-fnat", "nft-dnat", "target <= 0.4"},
+		{"mbx-dr", "nft-dnat", ""},
+		{"mbx-nat", "nft-dnat", ""},
+		{"mbx-tunnel", "nft-dnat", ""},
+		{"mbx-fnat", "kernel-route", ""},
+		{"nft-dnat", "xdp-redirect", ""},
+		{"bricks-lb", "xdp-redirect", "target <= 1.2"},
+		{"bricks-dup", "xdp-redirect", "two copies"},
+	} {
+		if len(results[r.a]) == 0 || len(results[r.b]) == 0 {
+			continue
+		}
+		note := ""
+		if r.note != "" {
+			note = "  (" + r.note + ")"
+		}
+		fmt.Printf("  %-11s / %-13s %.2f%s\n", r.a, r.b, ratio(r.a, r.b), note)
+	}
 	return nil
 }
 

@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// ownVIP makes a real server accept the VIP without answering ARP for it,
+// as the DPVS tutorial's real-server commands for DR and tunnels do.
+func (e *env) ownVIP(host, iface string) {
+	e.t.Helper()
+	e.host(host, "ip", "addr", "add", vip+"/32", "dev", "lo")
+	for _, c := range []string{
+		"net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2",
+		"net.ipv4.conf." + iface + ".arp_ignore=1", "net.ipv4.conf." + iface + ".arp_announce=2",
+		// Tunnelled packets come in on iface with the client's address.
+		"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf." + iface + ".rp_filter=0",
+	} {
+		e.host(host, "sysctl", "-qw", c)
+	}
+}
+
+// checkMode runs the checks every forwarding mode must pass: curl under rr
+// reaches both real servers, which see the client's own address (only
+// Full-NAT hides it); a sha256-checked 20 MB download from each; wrk
+// without errors.
+func checkMode(t *testing.T, e *env, sum string, reals ...string) {
+	t.Helper()
+	out := e.curl("-H", "Connection: close", "http://"+vip+"/?[1-10]")
+	c := countFirstWords(out)
+	for _, r := range reals {
+		if c[r] != 10/len(reals) {
+			t.Fatalf("rr split %v, want an even split over %v:\n%s", c, reals, out)
+		}
+	}
+	if !strings.Contains(out, "198.18.0.2:") {
+		t.Fatalf("real servers should see the client's address:\n%s", out)
+	}
+	for i := range reals {
+		got := e.host("client", "bash", "-c", "curl -sS --max-time 20 http://"+vip+"/files/20M.bin | sha256sum")
+		if f := strings.Fields(got); len(f) == 0 || f[0] != sum {
+			t.Fatalf("download %d: sha256 %q, want %s", i, got, sum)
+		}
+	}
+	need(t, "wrk")
+	w := e.host("client", "wrk", "-t2", "-c16", "-d4s", "http://"+vip+"/")
+	wrkClean(t, w)
+}
+
+func routedLab(t *testing.T) (*env, string) {
+	need(t, "nginx", "curl", "ethtool")
+	e := newEnv(t, "lb-routed")
+	e.host("router", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	sum := writeRandom(t, filepath.Join(e.filesDir(), "20M.bin"), 20<<20)
+	e.nginx("rs1")
+	e.nginx("rs2")
+	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
+	e.mustMbx("addr", "add", vip+"/32", "dev", "wan0")
+	return e, sum
+}
+
+// TestDRTwoArm: the client on wan0, the real servers on lan0 own the VIP
+// on their loopback and answer through lb as their router.
+func TestDRTwoArm(t *testing.T) {
+	e, sum := twoArmNoDaemon(t)
+	for _, rs := range []string{"rs1", "rs2"} {
+		e.ownVIP(rs, "eth0")
+		e.host(rs, "ip", "route", "add", "default", "via", "198.18.1.1")
+	}
+	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
+	e.mustMbx("addr", "add", vip+"/32", "dev", "wan0")
+	e.ipvsadm(`
+		-A -t 198.18.0.100:80 -s rr
+		-a -t 198.18.0.100:80 -r 198.18.1.2 -g
+		-a -t 198.18.0.100:80 -r 198.18.1.3 -g`)
+	checkMode(t, e, sum, "rs1", "rs2")
+	if out := e.mustMbx("ipvsadm", "-ln"); strings.Count(out, "Route") != 2 {
+		t.Errorf("ipvsadm -ln should show Route twice:\n%s", out)
+	}
+}
+
+// TestDROneArm: client, mbx and real servers on one link; replies go from
+// the real servers straight to the client.
+func TestDROneArm(t *testing.T) {
+	need(t, "nginx", "curl", "ethtool")
+	e := newEnv(t, "fnat-one-arm")
+	sum := writeRandom(t, filepath.Join(e.filesDir(), "20M.bin"), 20<<20)
+	for _, rs := range []string{"rs1", "rs2"} {
+		e.nginx(rs)
+		e.ownVIP(rs, "eth0")
+	}
+	e.startDaemon("--iface", "eth0", "--pin-dir", "none")
+	e.mustMbx("addr", "add", vip+"/32", "dev", "eth0")
+	e.ipvsadm(`
+		-A -t 198.18.0.100:80 -s rr
+		-a -t 198.18.0.100:80 -r 198.18.0.3 -g
+		-a -t 198.18.0.100:80 -r 198.18.0.4 -g`)
+	checkMode(t, e, sum, "rs1", "rs2")
+}
+
+// TestTunnel: IP-in-IP to an on-link real server and to one behind a
+// router, each running `mbx decap`; RSS-spread outer sources
+// (--tunnel-src) for the second service.
+func TestTunnel(t *testing.T) {
+	e, sum := routedLab(t)
+	for _, rs := range []string{"rs1", "rs2"} {
+		e.ownVIP(rs, "eth0")
+		e.host(rs, mbxBin, "decap", "--iface", "eth0", "--vip", vip)
+	}
+	e.ipvsadm(`
+		-A -t 198.18.0.100:80 -s rr
+		-a -t 198.18.0.100:80 -r 198.18.1.2 -i
+		-a -t 198.18.0.100:80 -r 198.18.5.7 -i`)
+	checkMode(t, e, sum, "rs1", "rs2")
+	if out := e.mustMbx("ipvsadm", "-ln"); strings.Count(out, "Tunnel") != 2 {
+		t.Errorf("ipvsadm -ln should show Tunnel twice:\n%s", out)
+	}
+	for _, rs := range []string{"rs1", "rs2"} {
+		st := e.host(rs, mbxBin, "decap", "--iface", "eth0", "--stats")
+		if strings.Contains(st, "decapsulated 0\n") {
+			t.Errorf("%s decapsulated nothing:\n%s", rs, st)
+		}
+	}
+	// Bad input: DR to the routed real server is refused, nothing changes.
+	before := e.mustMbx("ipvsadm", "-Sn")
+	out, err := e.mbx("ipvsadm", "-a", "-t", vip+":80", "-r", "198.18.5.8", "-g")
+	oneLineError(t, out, err, "not on-link")
+	if after := e.mustMbx("ipvsadm", "-Sn"); after != before {
+		t.Errorf("a refused command changed the configuration:\n%s\n%s", before, after)
+	}
+}
+
+// TestNAT: destination NAT; the real servers route back through mbx, which
+// restores the VIP; wrk on 2 threads keeps both cores busy.
+func TestNAT(t *testing.T) {
+	e, sum := routedLab(t)
+	e.ipvsadm(`
+		-A -t 198.18.0.100:80 -s rr
+		-a -t 198.18.0.100:80 -r 198.18.1.2 -m
+		-a -t 198.18.0.100:80 -r 198.18.5.7 -m`)
+	checkMode(t, e, sum, "rs1", "rs2")
+	saved := e.mustMbx("ipvsadm", "-Sn")
+	if !strings.Contains(saved, "-m") {
+		t.Errorf("ipvsadm -S lost the NAT method:\n%s", saved)
+	}
+	if out := e.mustMbx("ipvsadm", "-ln"); strings.Count(out, "Masq") != 2 {
+		t.Errorf("ipvsadm -ln should show Masq twice:\n%s", out)
+	}
+}
