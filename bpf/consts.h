@@ -80,6 +80,7 @@ enum counter {
 	CNT_ENTRY_DELETED, /* connection-table entries the datapath deleted */
 	CNT_DROP_TOO_BIG,  /* encapsulated packet larger than the egress MTU */
 	CNT_DROP_NO_NEIGH, /* DR/tunnel: next hop not resolved yet (Go resolves it) */
+	CNT_ICMP_ERROR,    /* ICMP errors about a connection, translated and sent on */
 	CNT_MAX,
 };
 

@@ -14,6 +14,7 @@
 #include "nat.h"
 #include "capture.h"
 #include "bricks.h"
+#include "icmp.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -305,7 +306,14 @@ static __always_inline int process(struct xdp_md *ctx)
 	case PARSE_OK:
 		break;
 	case PARSE_NOT_IP:
+		count(CNT_PASS_NOT_OURS);
+		return XDP_PASS;
 	case PARSE_OTHER_L4:
+		if (p.key.proto == IPPROTO_ICMP && (maybe_local(&p.key) || maybe_nat_reply(&p.key))) {
+			struct config *icfg = get_config();
+			if (icfg)
+				return icmp_error(ctx, &p, icfg, bpf_ktime_get_coarse_ns());
+		}
 		count(CNT_PASS_NOT_OURS);
 		return XDP_PASS;
 	case PARSE_BAD_L3:

@@ -38,6 +38,9 @@ func merge(base Packet, over *Packet) Packet {
 	if over.Payload != "" {
 		out.Payload = over.Payload
 	}
+	if over.Quote != nil {
+		out.Quote = over.Quote
+	}
 	out.Truncate, out.Patch, out.Raw = over.Truncate, over.Patch, over.Raw
 	return out
 }
@@ -200,9 +203,25 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 		ls = append(ls, u)
 	case p.ICMP != nil:
 		typ, _ := num(p.ICMP, "type", 8)
+		code, _ := num(p.ICMP, "code", 0)
 		id, _ := num(p.ICMP, "id", 1)
 		seq, _ := num(p.ICMP, "seq", 1)
-		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(uint8(typ), 0), Id: uint16(id), Seq: uint16(seq)})
+		if mtu, ok := p.ICMP["mtu"]; ok { // frag needed: unused, next-hop MTU
+			n, _, _ := v.num(mtu)
+			id, seq = 0, n
+		}
+		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(uint8(typ), uint8(code)), Id: uint16(id), Seq: uint16(seq)})
+		if p.Quote != nil {
+			q, err := f.build(*p.Quote, v)
+			if err != nil {
+				return nil, fmt.Errorf("quote: %w", err)
+			}
+			q = q[14:]
+			if p.QuoteLen > 0 && p.QuoteLen < len(q) {
+				q = q[:p.QuoteLen]
+			}
+			ls = append(ls, gopacket.Payload(q))
+		}
 	}
 	if p.Payload != "" {
 		ls = append(ls, gopacket.Payload(p.Payload))

@@ -74,6 +74,10 @@ type Packet struct {
 	UDP      map[string]any `yaml:"udp"`
 	ICMP     map[string]any `yaml:"icmp"`
 	Payload  string         `yaml:"payload"`  // text
+	// Quote is the packet an ICMP error quotes (built like a frame, its
+	// Ethernet header left out), cut to QuoteLen bytes (0: whole).
+	Quote    *Packet `yaml:"quote"`
+	QuoteLen int     `yaml:"quote_len"`
 	Truncate int            `yaml:"truncate"` // cut the frame to this many bytes
 	Patch    []Patch        `yaml:"patch"`    // raw byte overwrites after building
 	Raw      string         `yaml:"raw"`      // hex frame, instead of the fields

@@ -24,6 +24,7 @@ var counterNames = []string{
 	"entry_deleted",
 	"drop_too_big",
 	"drop_no_neigh",
+	"icmp_error",
 }
 
 // Indices of counterNames the backend reads itself.
