@@ -65,22 +65,22 @@ type Step struct {
 
 // Packet describes a frame by header fields.
 type Packet struct {
-	Iface    string         `yaml:"iface"`
-	Eth      map[string]any `yaml:"eth"`
-	ARP      map[string]any `yaml:"arp"`
-	Outer    map[string]any `yaml:"outer"` // an IPIP outer header (src, dst, ttl) before ip
-	IP       map[string]any `yaml:"ip"`
-	TCP      map[string]any `yaml:"tcp"`
-	UDP      map[string]any `yaml:"udp"`
-	ICMP     map[string]any `yaml:"icmp"`
-	Payload  string         `yaml:"payload"`  // text
+	Iface   string         `yaml:"iface"`
+	Eth     map[string]any `yaml:"eth"`
+	ARP     map[string]any `yaml:"arp"`
+	Outer   map[string]any `yaml:"outer"` // an IPIP outer header (src, dst, ttl) before ip
+	IP      map[string]any `yaml:"ip"`
+	TCP     map[string]any `yaml:"tcp"`
+	UDP     map[string]any `yaml:"udp"`
+	ICMP    map[string]any `yaml:"icmp"`
+	Payload string         `yaml:"payload"` // text
 	// Quote is the packet an ICMP error quotes (built like a frame, its
 	// Ethernet header left out), cut to QuoteLen bytes (0: whole).
 	Quote    *Packet `yaml:"quote"`
 	QuoteLen int     `yaml:"quote_len"`
-	Truncate int            `yaml:"truncate"` // cut the frame to this many bytes
-	Patch    []Patch        `yaml:"patch"`    // raw byte overwrites after building
-	Raw      string         `yaml:"raw"`      // hex frame, instead of the fields
+	Truncate int     `yaml:"truncate"` // cut the frame to this many bytes
+	Patch    []Patch `yaml:"patch"`    // raw byte overwrites after building
+	Raw      string  `yaml:"raw"`      // hex frame, instead of the fields
 }
 
 // Patch overwrites bytes at an offset of the built frame.
