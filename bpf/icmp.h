@@ -13,19 +13,6 @@
 #include "conn.h"
 #include "nat.h"
 
-/* linux/icmp.h pulls in libc headers; the few definitions needed: */
-#define ICMP_DEST_UNREACH 3
-#define ICMP_FRAG_NEEDED 4 /* code of ICMP_DEST_UNREACH */
-#define ICMP_TIME_EXCEEDED 11
-
-struct icmphdr {
-	__u8 type;
-	__u8 code;
-	__u16 checksum;
-	__u16 unused;
-	__u16 mtu; /* next-hop MTU for ICMP_FRAG_NEEDED */
-};
-
 static __always_inline int is_icmp_error(__u8 type)
 {
 	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED;
@@ -71,8 +58,8 @@ static __attribute__((noinline)) int icmp_error(struct xdp_md *ctx, struct pkt *
 		/* The real server sent the quoted packet from the VIP itself:
 		 * it gets the error as it is (DR) or tunnelled. */
 		if (c->flags & CONN_F_DR)
-			return xmit_dr(ctx, p, c, cfg, now);
-		return xmit_tunnel(ctx, p, c, cfg, now);
+			return xmit_dr(ctx, p, c, cfg, now, 0);
+		return xmit_tunnel(ctx, p, c, cfg, now, 0);
 	}
 
 	/* The quoted packet before translation: c's rewrite reversed. */

@@ -43,6 +43,8 @@ struct conn {
 	__u8 nh_dmac[6];
 	__u8 nh_smac[6];
 	__u32 tun_saddr; /* tunnel: the egress address, from the fib lookup */
+	__u16 nh_mtu;    /* the memoized egress's MTU */
+	__u16 pad2;
 };
 
 struct svc_key {

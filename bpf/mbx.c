@@ -384,11 +384,10 @@ static __always_inline int process(struct xdp_md *ctx)
 	}
 	account(c, &p);
 	if (c->flags & CONN_F_DR)
-		return xmit_dr(ctx, &p, c, cfg, now);
+		return xmit_dr(ctx, &p, c, cfg, now, 1);
 	if (c->flags & CONN_F_TUN)
-		return xmit_tunnel(ctx, &p, c, cfg, now);
-	rewrite_ipv4(&p, c);
-	return xmit_ipv4(ctx, &p, c, cfg, now);
+		return xmit_tunnel(ctx, &p, c, cfg, now, 1);
+	return xmit_nat(ctx, &p, c, cfg, now);
 }
 
 SEC("xdp")

@@ -53,22 +53,126 @@ static __always_inline int xmit_to(struct xdp_md *ctx, struct pkt *p, __u32 out,
 #define BPF_FIB_LOOKUP_SRC (1U << 4) /* Linux 6.7; Debian 12's headers predate it */
 #endif
 #define NH_OK -1
+#define NH_TOO_BIG -2
+#define IP_DF_ 0x4000
 
-/* next_hop finds where to send c's packets toward dst (the packet's own
- * destination, or the real server for DR and tunnels). The answer is
+/* linux/icmp.h pulls in libc headers; the few definitions needed: */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_FRAG_NEEDED 4 /* code of ICMP_DEST_UNREACH */
+#define ICMP_TIME_EXCEEDED 11
+
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__u16 unused;
+	__u16 mtu; /* next-hop MTU for ICMP_FRAG_NEEDED */
+};
+
+static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/* mbx_icmp_too_big answers a packet that does not fit the egress with ICMP
+ * "fragmentation needed" (RFC 1191) to its sender, built in place of the
+ * packet and sent back where it came from (XDP_TX to the previous hop's
+ * MAC, as Katran does). The packet is quoted as the sender sent it. A
+ * global function: the verifier checks it once, not at every call site. */
+__attribute__((noinline)) int mbx_icmp_too_big(struct xdp_md *ctx, __u32 mtu)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *oeth = data;
+	struct iphdr *oip = (void *)(oeth + 1);
+	if ((void *)(oip + 1) > data_end || oip->ihl != 5)
+		goto drop; /* IP options: quoting them is not worth it */
+	__u8 smac[ETH_ALEN], dmac[ETH_ALEN];
+	__builtin_memcpy(smac, oeth->h_dest, ETH_ALEN);
+	__builtin_memcpy(dmac, oeth->h_source, ETH_ALEN);
+	__u32 to = oip->saddr;
+	__u32 from = oip->daddr;
+	/* Our address toward the sender (a NAT reply's destination is the
+	 * client, not us). */
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET_;
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.ipv4_dst = to;
+	bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_OUTPUT);
+	if (fib.ipv4_src)
+		from = fib.ipv4_src;
+
+	/* [eth][ip][l4 ...] becomes [eth][ip][icmp][quoted ip][8 bytes]: the
+	 * quote starts where the packet's IP header already is. */
+	if (bpf_xdp_adjust_head(ctx, -(int)(sizeof(struct iphdr) + sizeof(struct icmphdr))))
+		goto drop;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	const int hdrs = sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct icmphdr);
+	const int quote = sizeof(struct iphdr) + 8;
+	long cut = (long)(data_end - data) - (hdrs + quote);
+	if (cut < 0 || cut > 0xffff)
+		goto drop;
+	if (cut > 0 && bpf_xdp_adjust_tail(ctx, -(int)cut))
+		goto drop;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct icmphdr *ic = (void *)(ip + 1);
+	if ((void *)ic + sizeof(*ic) + quote > data_end)
+		goto drop;
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*ic) + quote);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_ICMP;
+	ip->check = 0;
+	ip->saddr = from;
+	ip->daddr = to;
+	ip->check = ipv4_csum(ip);
+	ic->type = ICMP_DEST_UNREACH;
+	ic->code = ICMP_FRAG_NEEDED;
+	ic->checksum = 0;
+	ic->unused = 0;
+	ic->mtu = bpf_htons((__u16)mtu);
+	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)ic, sizeof(*ic) + quote, 0);
+	ic->checksum = ~csum_fold32((__u32)sum);
+	count(CNT_ICMP_TOO_BIG);
+	return XDP_TX;
+drop:
+	count(CNT_DROP_TOO_BIG);
+	return XDP_DROP;
+}
+
+/* next_hop finds where to send c's packets from src to dst. The answer is
  * memoized in the connection (a fib lookup costs more than the rest of the
- * fast path) and trusted only while the kernel's routing/neighbour state is
- * unchanged (cfg->fib_gen, bumped by Go from netlink events) and for at most
- * cfg->fib_max_age. It returns NH_OK with c->nh_* filled, or a verdict:
- * what the fast path cannot finish (neighbour unknown, no route, MTU) goes
- * to the kernel as it is, which resolves or answers as a router would;
- * such results are never memoized. A direct (DR, tunnel) packet still
- * carries the VIP as destination: handed to the kernel it would be
- * delivered locally, so it is dropped instead (Go keeps those neighbours
- * resolved, the client retransmits). */
+ * fast path) with the egress MTU, and trusted only while the kernel's
+ * routing/neighbour state is unchanged (cfg->fib_gen, bumped by Go from
+ * netlink events) and for at most cfg->fib_max_age. It returns NH_OK with
+ * c->nh_* filled; NH_TOO_BIG with *mtu when the route's MTU is smaller
+ * than tot_len; or a verdict: what the fast path cannot finish (neighbour
+ * unknown, no route) goes to the kernel, which resolves or answers as a
+ * router would; such results are never memoized. A direct (DR, tunnel)
+ * packet still carries the VIP as destination: handed to the kernel it
+ * would be delivered locally, so it is dropped instead (Go keeps those
+ * neighbours resolved, the client retransmits). */
 static __always_inline int next_hop(struct xdp_md *ctx, struct pkt *p, struct conn *c,
-				    const struct config *cfg, __u64 now, __u32 dst,
-				    __u32 tot_len, int direct)
+				    const struct config *cfg, __u64 now, __u32 src, __u32 dst,
+				    __u32 tot_len, int direct, __u32 *mtu)
 {
 	__u32 stamp = (__u32)(now >> 20);
 	if (c->nh_gen == cfg->fib_gen && c->nh_in == ctx->ingress_ifindex && c->nh_out &&
@@ -80,11 +184,14 @@ static __always_inline int next_hop(struct xdp_md *ctx, struct pkt *p, struct co
 	fib.l4_protocol = p->key.proto;
 	fib.tot_len = tot_len;
 	fib.ifindex = ctx->ingress_ifindex;
-	fib.ipv4_src = p->ip4->saddr;
+	fib.ipv4_src = src;
 	fib.ipv4_dst = dst;
 
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), direct ? BPF_FIB_LOOKUP_SRC : 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__u32 m = 0;
+		bpf_check_mtu(ctx, fib.ifindex, &m, 0, 0);
+		c->nh_mtu = m > 0xffff ? 0xffff : m;
 		c->nh_in = ctx->ingress_ifindex;
 		c->nh_out = fib.ifindex;
 		c->nh_stamp = stamp;
@@ -95,9 +202,9 @@ static __always_inline int next_hop(struct xdp_md *ctx, struct pkt *p, struct co
 			c->tun_saddr = fib.ipv4_src;
 		return NH_OK;
 	}
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && direct) {
-		count(CNT_DROP_TOO_BIG);
-		return XDP_DROP;
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		*mtu = fib.mtu_result;
+		return NH_TOO_BIG;
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		if (direct) {
@@ -115,11 +222,57 @@ static __always_inline int next_hop(struct xdp_md *ctx, struct pkt *p, struct co
 	return XDP_PASS;
 }
 
-/* Sends the rewritten packet (Full-NAT, NAT) where the kernel's FIB says. */
+/* fits applies the egress MTU to a packet of len bytes that grows by
+ * overhead: NH_OK, or the verdict for a packet that does not fit (ICMP
+ * "fragmentation needed" when the sender forbade fragments). */
+static __always_inline int fits(struct xdp_md *ctx, struct pkt *p, const struct conn *c,
+				int v, __u32 mtu, __u32 overhead, int answer)
+{
+	if (v == NH_OK) {
+		if (p->ip_len + overhead <= c->nh_mtu || !c->nh_mtu)
+			return NH_OK;
+		mtu = c->nh_mtu;
+	}
+	if (answer && (p->ip4->frag_off & bpf_htons(IP_DF_)) && p->eth == (void *)(long)ctx->data)
+		/* The packet is gone (an ICMP now): only a final verdict may follow. */
+		return mbx_icmp_too_big(ctx, mtu - overhead) == XDP_TX ? XDP_TX : XDP_DROP;
+	return NH_TOO_BIG;
+}
+
+/* Full-NAT and NAT: the next hop and MTU for the translated packet, then
+ * the rewrite and transmission. A packet the fast path cannot send goes to
+ * the kernel translated: it resolves neighbours, routes, and fragments what
+ * may be fragmented. */
+static __always_inline int xmit_nat(struct xdp_md *ctx, struct pkt *p, struct conn *c,
+				    const struct config *cfg, __u64 now)
+{
+	__u32 mtu = 0;
+	int v = next_hop(ctx, p, c, cfg, now, c->saddr, c->daddr, p->ip_len, 0, &mtu);
+	if (v == NH_OK || v == NH_TOO_BIG) {
+		v = fits(ctx, p, c, v, mtu, 0, 1);
+		if (v == NH_TOO_BIG) {
+			count(CNT_PASS_FIB);
+			v = XDP_PASS;
+		} else if (v != NH_OK) {
+			return v; /* the ICMP answer */
+		}
+	}
+	rewrite_ipv4(p, c);
+	if (v != NH_OK)
+		return v;
+	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
+}
+
+/* Sends an already rewritten packet (a translated ICMP error) on c's path. */
 static __always_inline int xmit_ipv4(struct xdp_md *ctx, struct pkt *p, struct conn *c,
 				     const struct config *cfg, __u64 now)
 {
-	int v = next_hop(ctx, p, c, cfg, now, p->ip4->daddr, p->ip_len, 0);
+	__u32 mtu = 0;
+	int v = next_hop(ctx, p, c, cfg, now, p->ip4->saddr, p->ip4->daddr, p->ip_len, 0, &mtu);
+	if (v == NH_TOO_BIG) {
+		count(CNT_PASS_FIB);
+		return XDP_PASS;
+	}
 	if (v != NH_OK)
 		return v;
 	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
@@ -127,42 +280,46 @@ static __always_inline int xmit_ipv4(struct xdp_md *ctx, struct pkt *p, struct c
 
 /* DR: the packet unchanged but for its MAC addresses, to the real server. */
 static __always_inline int xmit_dr(struct xdp_md *ctx, struct pkt *p, struct conn *c,
-				   const struct config *cfg, __u64 now)
+				   const struct config *cfg, __u64 now, int answer)
 {
-	int v = next_hop(ctx, p, c, cfg, now, c->daddr, p->ip_len, 1);
+	__u32 mtu = 0;
+	int v = next_hop(ctx, p, c, cfg, now, p->ip4->saddr, c->daddr, p->ip_len, 1, &mtu);
+	if (v == NH_OK || v == NH_TOO_BIG) {
+		v = fits(ctx, p, c, v, mtu, 0, answer);
+		if (v == NH_TOO_BIG) {
+			count(CNT_DROP_TOO_BIG); /* XDP cannot fragment, the kernel would keep it */
+			return XDP_DROP;
+		}
+		if (v != NH_OK)
+			return v;
+	}
 	if (v != NH_OK)
 		return v;
 	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
 }
 
-static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
-{
-	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
-}
-
 /* Tunnel: an outer IPv4 header (IPIP) to the real server. The outer source
  * is the egress address, or with `--tunnel-src PREFIX` an address of that
  * prefix chosen by the flow hash, so that receivers' RSS (which hashes the
- * outer header) spreads flows over their queues. */
+ * outer header) spreads flows over their queues. A packet that no longer
+ * fits gets "fragmentation needed" with the MTU minus the outer header. */
 static __always_inline int xmit_tunnel(struct xdp_md *ctx, struct pkt *p, struct conn *c,
-				       const struct config *cfg, __u64 now)
+				       const struct config *cfg, __u64 now, int answer)
 {
 	__u32 inner_len = p->ip_len;
-	int v = next_hop(ctx, p, c, cfg, now, c->daddr, inner_len + sizeof(struct iphdr), 1);
+	__u32 mtu = 0;
+	int v = next_hop(ctx, p, c, cfg, now, 0, c->daddr, inner_len + sizeof(struct iphdr), 1, &mtu);
+	if (v == NH_OK || v == NH_TOO_BIG) {
+		v = fits(ctx, p, c, v, mtu, sizeof(struct iphdr), answer);
+		if (v == NH_TOO_BIG) {
+			count(CNT_DROP_TOO_BIG);
+			return XDP_DROP;
+		}
+		if (v != NH_OK)
+			return v;
+	}
 	if (v != NH_OK)
 		return v;
-	__u32 mtu = 0;
-	if (bpf_check_mtu(ctx, c->nh_out, &mtu, sizeof(struct iphdr), 0) != BPF_MTU_CHK_RET_SUCCESS) {
-		count(CNT_DROP_TOO_BIG);
-		return XDP_DROP;
-	}
 	__u32 saddr = c->tun_saddr;
 	if (cfg->tun_src_mask)
 		saddr = cfg->tun_src_base | (bpf_htonl(flow_hash(&p->key, cfg->hash_seed)) & ~cfg->tun_src_mask);

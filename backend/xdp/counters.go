@@ -25,6 +25,7 @@ var counterNames = []string{
 	"drop_too_big",
 	"drop_no_neigh",
 	"icmp_error",
+	"icmp_too_big",
 }
 
 // Indices of counterNames the backend reads itself.

@@ -94,6 +94,9 @@ type mbxConn struct {
 	NhDmac   [6]uint8
 	NhSmac   [6]uint8
 	TunSaddr uint32
+	NhMtu    uint16
+	Pad2     uint16
+	_        [4]byte
 }
 
 type mbxFlowKey struct {
