@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -146,5 +147,68 @@ func TestNAT(t *testing.T) {
 	}
 	if out := e.mustMbx("ipvsadm", "-ln"); strings.Count(out, "Masq") != 2 {
 		t.Errorf("ipvsadm -ln should show Masq twice:\n%s", out)
+	}
+}
+
+// TestPMTU: paths narrower than the real servers think. With lb's wan0 at
+// MTU 1400 (the client's link and the real servers' at 1500), a 20 MB
+// download only completes if mbx answers the real servers' 1500-byte
+// packets with "fragmentation needed" (Full-NAT, NAT); a tunnel's upload
+// only completes if mbx tells the client the MTU minus the outer header.
+func TestPMTU(t *testing.T) {
+	e, sum := routedLab(t)
+	download := func(t *testing.T) {
+		t.Helper()
+		for i := range 2 {
+			got := e.host("client", "bash", "-c", "curl -sS --max-time 30 http://"+vip+"/files/20M.bin | sha256sum")
+			if f := strings.Fields(got); len(f) == 0 || f[0] != sum {
+				t.Fatalf("download %d: sha256 %q, want %s", i, got, sum)
+			}
+		}
+	}
+	toobig := func() uint64 {
+		var st struct{ Datapath map[string]uint64 }
+		out := e.host("lb", "curl", "-s", "--unix-socket", e.socket, "http://mbx/v1/status")
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Datapath["icmp_too_big"]
+	}
+	// The tunnel first: the NAT part teaches the real servers a smaller
+	// path MTU toward the client, which would shrink the upload's MSS.
+	t.Run("tunnel upload", func(t *testing.T) {
+		e.t = t
+		need(t, "iperf3")
+		e.ownVIP("rs1", "eth0")
+		e.host("rs1", mbxBin, "decap", "--iface", "eth0", "--vip", vip)
+		e.background("rs1", "iperf3", "-s", "-p", "5201")
+		e.waitTCP("rs1", "127.0.0.1:5201")
+		e.ipvsadm(`
+			-C
+			-A -t 198.18.0.100:5201 -s rr
+			-a -t 198.18.0.100:5201 -r 198.18.1.2 -i`)
+		before := toobig()
+		r := parseIperf(t, e.host("client", "iperf3", "-c", vip, "-n", "20M", "-J", "--connect-timeout", "5000"))
+		t.Logf("iperf3 upload through the tunnel: %+v", r)
+		if toobig() == before {
+			t.Errorf("no frag-needed was sent: the test did not exercise PMTU")
+		}
+	})
+	e.host("lb", "ip", "link", "set", "wan0", "mtu", "1400")
+	for _, m := range []struct{ name, flag string }{{"full-nat", "-b"}, {"nat", "-m"}} {
+		t.Run(m.name, func(t *testing.T) {
+			e.t = t
+			e.ipvsadm(`
+				-C
+				-A -t 198.18.0.100:80 -s rr
+				-a -t 198.18.0.100:80 -r 198.18.1.2 ` + m.flag + `
+				-a -t 198.18.0.100:80 -r 198.18.5.7 ` + m.flag + `
+				--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`)
+			before := toobig()
+			download(t)
+			if toobig() == before {
+				t.Errorf("no frag-needed was sent: the test did not exercise PMTU")
+			}
+		})
 	}
 }

@@ -15,6 +15,9 @@ func merge(base Packet, over *Packet) Packet {
 	if over == nil {
 		return base
 	}
+	if over.Replace {
+		return *over
+	}
 	m := func(a, b map[string]any) map[string]any {
 		if a == nil && b == nil {
 			return nil
@@ -37,6 +40,9 @@ func merge(base Packet, over *Packet) Packet {
 	out.ICMP = m(base.ICMP, over.ICMP)
 	if over.Payload != "" {
 		out.Payload = over.Payload
+	}
+	if over.PayloadLen != 0 {
+		out.PayloadLen = over.PayloadLen
 	}
 	if over.Quote != nil {
 		out.Quote = over.Quote
@@ -145,7 +151,7 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 		mf, _ := num(p.IP, "mf", 0)
 		ip := &layers.IPv4{Version: 4, TTL: uint8(ttl), Id: uint16(id), TOS: uint8(tos),
 			Flags: layers.IPv4DontFragment, SrcIP: src.AsSlice(), DstIP: dst.AsSlice(), FragOffset: uint16(frag)}
-		if frag != 0 || mf != 0 {
+		if df, ok := p.IP["df"]; frag != 0 || mf != 0 || (ok && df == 0) {
 			ip.Flags = 0
 		}
 		if mf != 0 {
@@ -225,6 +231,9 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 	}
 	if p.Payload != "" {
 		ls = append(ls, gopacket.Payload(p.Payload))
+	}
+	if p.PayloadLen > 0 {
+		ls = append(ls, gopacket.Payload(strings.Repeat("x", p.PayloadLen)))
 	}
 	buf := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {

@@ -38,6 +38,7 @@ type Iface struct {
 	MAC       string     `yaml:"mac"`
 	Addr      string     `yaml:"addr"`  // prefix, e.g. 198.18.0.1/24
 	Addrs     []string   `yaml:"addrs"` // extra /32 addresses (VIPs, LIPs)
+	MTU       int        `yaml:"mtu"`
 	Neighbors []Neighbor `yaml:"neighbors"`
 }
 
@@ -65,19 +66,22 @@ type Step struct {
 
 // Packet describes a frame by header fields.
 type Packet struct {
-	Iface   string         `yaml:"iface"`
-	Eth     map[string]any `yaml:"eth"`
-	ARP     map[string]any `yaml:"arp"`
-	Outer   map[string]any `yaml:"outer"` // an IPIP outer header (src, dst, ttl) before ip
-	IP      map[string]any `yaml:"ip"`
-	TCP     map[string]any `yaml:"tcp"`
-	UDP     map[string]any `yaml:"udp"`
-	ICMP    map[string]any `yaml:"icmp"`
-	Payload string         `yaml:"payload"` // text
+	Iface      string         `yaml:"iface"`
+	Eth        map[string]any `yaml:"eth"`
+	ARP        map[string]any `yaml:"arp"`
+	Outer      map[string]any `yaml:"outer"` // an IPIP outer header (src, dst, ttl) before ip
+	IP         map[string]any `yaml:"ip"`
+	TCP        map[string]any `yaml:"tcp"`
+	UDP        map[string]any `yaml:"udp"`
+	ICMP       map[string]any `yaml:"icmp"`
+	Payload    string         `yaml:"payload"`     // text
+	PayloadLen int            `yaml:"payload_len"` // or this many bytes of x
 	// Quote is the packet an ICMP error quotes (built like a frame, its
 	// Ethernet header left out), cut to QuoteLen bytes (0: whole).
 	Quote    *Packet `yaml:"quote"`
 	QuoteLen int     `yaml:"quote_len"`
+	// Replace: this packet is the whole expected output, not overrides of the input.
+	Replace  bool    `yaml:"replace"`
 	Truncate int     `yaml:"truncate"` // cut the frame to this many bytes
 	Patch    []Patch `yaml:"patch"`    // raw byte overwrites after building
 	Raw      string  `yaml:"raw"`      // hex frame, instead of the fields

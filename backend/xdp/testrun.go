@@ -74,6 +74,11 @@ func BuildTopology(f *vectors.File) (map[string]int, error) {
 				return nil, fmt.Errorf("%s addr %s: %w", ifc.Name, s, err)
 			}
 		}
+		if ifc.MTU > 0 {
+			if err := netlink.LinkSetMTU(l, ifc.MTU); err != nil {
+				return nil, fmt.Errorf("%s mtu: %w", ifc.Name, err)
+			}
+		}
 		for _, x := range []netlink.Link{l, peer} {
 			if err := netlink.LinkSetUp(x); err != nil {
 				return nil, err
