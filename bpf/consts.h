@@ -82,6 +82,7 @@ enum counter {
 	CNT_DROP_NO_NEIGH, /* DR/tunnel: next hop not resolved yet (Go resolves it) */
 	CNT_ICMP_ERROR,    /* ICMP errors about a connection, translated and sent on */
 	CNT_ICMP_TOO_BIG,  /* "fragmentation needed" mbx sent for a packet that did not fit */
+	CNT_FRAGMENT,      /* later fragments sent after their flow */
 	CNT_MAX,
 };
 

@@ -15,6 +15,7 @@
 #include "capture.h"
 #include "bricks.h"
 #include "icmp.h"
+#include "frag.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -320,10 +321,8 @@ static __always_inline int process(struct xdp_md *ctx)
 		count(CNT_PASS_MALFORMED);
 		return XDP_PASS;
 	case PARSE_FRAGMENT:
-		if (is_local(&p.key)) {
-			count(CNT_DROP_FRAGMENT);
-			return XDP_DROP;
-		}
+		if (is_local(&p.key) || maybe_nat_reply(&p.key))
+			return later_fragment(ctx, &p);
 		count(CNT_PASS_NOT_OURS);
 		return XDP_PASS;
 	default: /* PARSE_BAD_L4 */
@@ -383,11 +382,13 @@ static __always_inline int process(struct xdp_md *ctx)
 		c = &fresh;
 	}
 	account(c, &p);
+	if (p.frag)
+		frag_remember(&p);
 	if (c->flags & CONN_F_DR)
 		return xmit_dr(ctx, &p, c, cfg, now, 1);
 	if (c->flags & CONN_F_TUN)
 		return xmit_tunnel(ctx, &p, c, cfg, now, 1);
-	return xmit_nat(ctx, &p, c, cfg, now);
+	return xmit_nat(ctx, &p, c, cfg, now, 0);
 }
 
 SEC("xdp")

@@ -30,9 +30,11 @@ static __always_inline void rewrite_ipv4(struct pkt *p, const struct conn *c)
 	__u16 *ports = p->l4;
 	ports[0] = c->sport;
 	ports[1] = c->dport;
+	if (!p->l4_csum)
+		return; /* UDP without checksum */
 	if (p->key.proto == IPPROTO_TCP)
 		csum_apply(p->l4_csum, c->csum_l4);
-	else if (p->l4_csum)
+	else
 		csum_apply_udp(p->l4_csum, c->csum_l4);
 }
 
@@ -244,12 +246,12 @@ static __always_inline int fits(struct xdp_md *ctx, struct pkt *p, const struct 
  * the kernel translated: it resolves neighbours, routes, and fragments what
  * may be fragmented. */
 static __always_inline int xmit_nat(struct xdp_md *ctx, struct pkt *p, struct conn *c,
-				    const struct config *cfg, __u64 now)
+				    const struct config *cfg, __u64 now, int later_fragment)
 {
 	__u32 mtu = 0;
 	int v = next_hop(ctx, p, c, cfg, now, c->saddr, c->daddr, p->ip_len, 0, &mtu);
 	if (v == NH_OK || v == NH_TOO_BIG) {
-		v = fits(ctx, p, c, v, mtu, 0, 1);
+		v = fits(ctx, p, c, v, mtu, 0, !later_fragment);
 		if (v == NH_TOO_BIG) {
 			count(CNT_PASS_FIB);
 			v = XDP_PASS;
@@ -257,7 +259,14 @@ static __always_inline int xmit_nat(struct xdp_md *ctx, struct pkt *p, struct co
 			return v; /* the ICMP answer */
 		}
 	}
-	rewrite_ipv4(p, c);
+	if (later_fragment) {
+		/* No transport header: the addresses and the IP checksum only. */
+		p->ip4->saddr = c->saddr;
+		p->ip4->daddr = c->daddr;
+		csum_apply(&p->ip4->check, c->csum_l3);
+	} else {
+		rewrite_ipv4(p, c);
+	}
 	if (v != NH_OK)
 		return v;
 	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);

@@ -30,8 +30,12 @@ struct pkt {
 	__u16 *l4_csum; /* NULL: UDP without checksum */
 	__u8 tcp_flags; /* TCP flags byte (FIN=1 SYN=2 RST=4 ACK=16) */
 	__u16 ip_len;   /* IPv4 total length */
+	__u8 frag;      /* 0: whole datagram, FRAG_FIRST (has the ports), FRAG_LATER */
 	struct flow_key key;
 };
+
+#define FRAG_FIRST 1
+#define FRAG_LATER 2
 
 #define TH_FIN 0x01
 #define TH_SYN 0x02
@@ -65,9 +69,14 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct pkt *p)
 
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return PARSE_OTHER_L4;
-	/* MF set or a fragment offset: ports are missing or unreliable. */
-	if (ip->frag_off & bpf_htons(0x3fff))
+	/* A fragment offset: no transport header (frag.h finds the ports). A
+	 * first fragment (MF, offset 0) has it and is parsed on. */
+	if (ip->frag_off & bpf_htons(0x1fff)) {
+		p->frag = FRAG_LATER;
 		return PARSE_FRAGMENT;
+	}
+	if (ip->frag_off & bpf_htons(0x2000))
+		p->frag = FRAG_FIRST;
 
 	void *l4 = (void *)ip + hlen;
 	p->l4 = l4;
@@ -87,7 +96,8 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct pkt *p)
 		if ((void *)(uh + 1) > data_end)
 			return PARSE_BAD_L4;
 		__u16 ulen = bpf_ntohs(uh->len);
-		if (ulen < sizeof(*uh) || ulen > l4len)
+		/* A first fragment's UDP length is the whole datagram's. */
+		if (ulen < sizeof(*uh) || (ulen > l4len && !p->frag))
 			return PARSE_BAD_L4;
 		p->key.sport = uh->source;
 		p->key.dport = uh->dest;

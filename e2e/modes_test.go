@@ -166,14 +166,7 @@ func TestPMTU(t *testing.T) {
 			}
 		}
 	}
-	toobig := func() uint64 {
-		var st struct{ Datapath map[string]uint64 }
-		out := e.host("lb", "curl", "-s", "--unix-socket", e.socket, "http://mbx/v1/status")
-		if err := json.Unmarshal([]byte(out), &st); err != nil {
-			t.Fatal(err)
-		}
-		return st.Datapath["icmp_too_big"]
-	}
+	toobig := func() uint64 { return e.datapathCounter("icmp_too_big") }
 	// The tunnel first: the NAT part teaches the real servers a smaller
 	// path MTU toward the client, which would shrink the upload's MSS.
 	t.Run("tunnel upload", func(t *testing.T) {
@@ -211,4 +204,49 @@ func TestPMTU(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFragments: UDP datagrams of 3000 bytes (three IPv4 fragments each on
+// 1500-byte links) through Full-NAT and NAT: later fragments follow their
+// first one to the same real server, and iperf3 loses none.
+func TestFragments(t *testing.T) {
+	need(t, "iperf3")
+	e, _ := routedLab(t)
+	e.background("rs1", "iperf3", "-s", "-p", "5201")
+	e.waitTCP("rs1", "127.0.0.1:5201")
+	for _, m := range []struct{ name, flag string }{{"full-nat", "-b"}, {"nat", "-m"}} {
+		t.Run(m.name, func(t *testing.T) {
+			e.t = t
+			e.ipvsadm(`
+				-C
+				-A -t 198.18.0.100:5201 -s rr
+				-a -t 198.18.0.100:5201 -r 198.18.1.2 ` + m.flag + `
+				--add-laddr -z 198.18.1.200 -t 198.18.0.100:5201 -F lan0
+				-A -u 198.18.0.100:5201 -s rr
+				-a -u 198.18.0.100:5201 -r 198.18.1.2 ` + m.flag + `
+				--add-laddr -z 198.18.1.200 -u 198.18.0.100:5201 -F lan0`)
+			before := e.datapathCounter("fragment")
+			out := e.host("client", "iperf3", "-c", vip, "-u", "-l", "3000", "-b", "8M", "-t", "2", "-J")
+			// iperf3 warns about fragmentation before its JSON.
+			r := parseIperf(t, out[strings.Index(out, "{"):])
+			t.Logf("UDP, 3000-byte datagrams: %+v", r.End.Sum)
+			if r.End.Sum.Packets < 500 || r.End.Sum.LostPercent > 1 {
+				t.Errorf("fragmented datagrams lost: %+v", r.End.Sum)
+			}
+			if n := e.datapathCounter("fragment") - before; n < uint64(r.End.Sum.Packets) {
+				t.Errorf("only %d later fragments went through mbx for %d datagrams", n, r.End.Sum.Packets)
+			}
+		})
+	}
+}
+
+// datapathCounter reads one of the daemon's datapath counters.
+func (e *env) datapathCounter(name string) uint64 {
+	e.t.Helper()
+	var st struct{ Datapath map[string]uint64 }
+	out := e.host("lb", "curl", "-s", "--unix-socket", e.socket, "http://mbx/v1/status")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		e.t.Fatal(err)
+	}
+	return st.Datapath[name]
 }

@@ -164,6 +164,10 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 			}
 			ip.Options = []layers.IPv4Option{{OptionType: b[0], OptionLength: b[1], OptionData: b[2:]}}
 		}
+		if pr, ok := p.IP["proto"]; ok { // a later fragment has no transport layer
+			n, _, _ := v.num(pr)
+			ip.Protocol = layers.IPProtocol(n)
+		}
 		switch {
 		case p.TCP != nil:
 			ip.Protocol = layers.IPProtocolTCP
@@ -277,6 +281,17 @@ func bind(p Packet, actual []byte, v vars) {
 	if u, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && p.UDP != nil {
 		set(p.UDP, "sport", uint64(u.SrcPort))
 		set(p.UDP, "dport", uint64(u.DstPort))
+	}
+	// gopacket leaves a first fragment's transport header undecoded.
+	if ip, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok && ip.FragOffset == 0 && ip.Flags&layers.IPv4MoreFragments != 0 && len(ip.Payload) >= 4 {
+		sp := uint64(ip.Payload[0])<<8 | uint64(ip.Payload[1])
+		dp := uint64(ip.Payload[2])<<8 | uint64(ip.Payload[3])
+		for _, m := range []map[string]any{p.TCP, p.UDP} {
+			if m != nil {
+				set(m, "sport", sp)
+				set(m, "dport", dp)
+			}
+		}
 	}
 }
 

@@ -26,6 +26,7 @@ var counterNames = []string{
 	"drop_no_neigh",
 	"icmp_error",
 	"icmp_too_big",
+	"fragment",
 }
 
 // Indices of counterNames the backend reads itself.

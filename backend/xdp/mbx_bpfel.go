@@ -109,6 +109,21 @@ type mbxFlowKey struct {
 	Pad   [3]uint8
 }
 
+type mbxFragKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type mbxFragPorts struct {
+	_     structs.HostLayout
+	Sport uint16
+	Dport uint16
+}
+
 type mbxIfVerdicts struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -212,6 +227,7 @@ const (
 	mbxMapConfigMap      = "config_map"
 	mbxMapConns          = "conns"
 	mbxMapCounters       = "counters"
+	mbxMapFrags          = "frags"
 	mbxMapIfStats        = "if_stats"
 	mbxMapLaddrConflicts = "laddr_conflicts"
 	mbxMapLaddrs         = "laddrs"
@@ -294,6 +310,7 @@ type mbxMapSpecs struct {
 	ConfigMap      *ebpf.MapSpec `ebpf:"config_map"`
 	Conns          *ebpf.MapSpec `ebpf:"conns"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	Frags          *ebpf.MapSpec `ebpf:"frags"`
 	IfStats        *ebpf.MapSpec `ebpf:"if_stats"`
 	LaddrConflicts *ebpf.MapSpec `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.MapSpec `ebpf:"laddrs"`
@@ -350,6 +367,7 @@ type mbxMaps struct {
 	ConfigMap      *ebpf.Map `ebpf:"config_map"`
 	Conns          *ebpf.Map `ebpf:"conns"`
 	Counters       *ebpf.Map `ebpf:"counters"`
+	Frags          *ebpf.Map `ebpf:"frags"`
 	IfStats        *ebpf.Map `ebpf:"if_stats"`
 	LaddrConflicts *ebpf.Map `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.Map `ebpf:"laddrs"`
@@ -382,6 +400,7 @@ func (m *mbxMaps) Close() error {
 		m.ConfigMap,
 		m.Conns,
 		m.Counters,
+		m.Frags,
 		m.IfStats,
 		m.LaddrConflicts,
 		m.Laddrs,
