@@ -38,6 +38,7 @@ enum fwd_mode {
 	FWD_DR = 2,  /* direct routing (-g): MAC rewrite to an on-link real server */
 	FWD_TUN = 3, /* IP-in-IP (-i) */
 	FWD_NAT = 4, /* masquerading (-m): destination NAT, replies through mbx */
+	FWD_SNAT = 5, /* SNAT (-J): source NAT of LAN hosts to a WAN address */
 };
 
 /* conn.flags */

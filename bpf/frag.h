@@ -65,11 +65,7 @@ static __attribute__((noinline)) int later_fragment(struct xdp_md *ctx, struct p
 		return XDP_DROP;
 	}
 	count(CNT_FRAGMENT);
-	if (c->flags & CONN_F_DR)
-		return xmit_dr(ctx, p, c, cfg, now, 0);
-	if (c->flags & CONN_F_TUN)
-		return xmit_tunnel(ctx, p, c, cfg, now, 0);
-	return xmit_nat(ctx, p, c, cfg, now, 1);
+	return send(ctx, c, &p->key, XMIT_LATER_FRAGMENT);
 }
 
 #endif

@@ -57,9 +57,7 @@ static __attribute__((noinline)) int icmp_error(struct xdp_md *ctx, struct pkt *
 	if (c->flags & (CONN_F_DR | CONN_F_TUN)) {
 		/* The real server sent the quoted packet from the VIP itself:
 		 * it gets the error as it is (DR) or tunnelled. */
-		if (c->flags & CONN_F_DR)
-			return xmit_dr(ctx, p, c, cfg, now, 0);
-		return xmit_tunnel(ctx, p, c, cfg, now, 0);
+		return send(ctx, c, &p->key, 0);
 	}
 
 	/* The quoted packet before translation: c's rewrite reversed. */
@@ -115,7 +113,7 @@ static __attribute__((noinline)) int icmp_error(struct xdp_md *ctx, struct pkt *
 	ip->daddr = od;
 	csum_apply(&ip->check, dout);
 	/* c's next hop leads to od (c sends its own packets there). */
-	return xmit_ipv4(ctx, p, c, cfg, now);
+	return send(ctx, c, &p->key, XMIT_REWRITTEN);
 }
 
 #endif

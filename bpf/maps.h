@@ -127,7 +127,7 @@ struct config {
 	/* fsm[dir][event][state] -> new state */
 	__u8 fsm[2][TCP_EVENTS][TCP_STATES];
 	__u32 tun_src_mask; /* network order; 0: the egress interface's address */
-	__u32 pad;
+	__u32 snat_rules;   /* rules in use in snat_rules (snat.h) */
 };
 
 struct {

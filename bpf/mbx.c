@@ -16,6 +16,7 @@
 #include "bricks.h"
 #include "icmp.h"
 #include "frag.h"
+#include "snat.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -113,17 +114,21 @@ static __always_inline __u32 pick_least(const struct svc *s)
 
 /* Not inlined: the slow path gets its own stack frame. On success fills fc
  * with the client-side entry and returns NEW_CONN_OK, else a verdict. */
-static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s,
-					      const struct config *cfg, __u64 now, struct conn *fc)
+__attribute__((noinline)) int mbx_new_conn(const struct flow_key *key, const struct svc *s,
+					   const struct config *cfg, __u64 now, struct conn *fc)
 {
+	/* A global function (verified once, not per caller): its pointer
+	 * arguments may be NULL as far as the verifier knows. */
+	if (!key || !s || !cfg || !fc)
+		return XDP_DROP;
 	if (s->sched_len == 0) {
 		count(CNT_DROP_NO_REAL);
 		return XDP_DROP;
 	}
-	__u32 h = flow_hash(&p->key, cfg->hash_seed);
+	__u32 h = flow_hash(key, cfg->hash_seed);
 	__u32 real_id;
 	struct real *rs;
-	struct persist_key pk = {.svc_id = s->id, .client = p->key.saddr};
+	struct persist_key pk = {.svc_id = s->id, .client = key->saddr};
 	if (s->persist_s) {
 		/* A client seen within the persistence timeout keeps its real
 		 * server, while that real server is still in the service. */
@@ -140,10 +145,10 @@ static __attribute__((noinline)) int new_conn(struct pkt *p, const struct svc *s
 	__u32 n;
 	switch (s->flags & PICK_MASK) {
 	case PICK_SRC:
-		n = sched_hash(p->key.saddr, cfg->hash_seed);
+		n = sched_hash(key->saddr, cfg->hash_seed);
 		break;
 	case PICK_DST:
-		n = sched_hash(p->key.daddr, cfg->hash_seed);
+		n = sched_hash(key->daddr, cfg->hash_seed);
 		break;
 	case PICK_FLOW:
 		n = hash_final(h ^ SCHED_SALT);
@@ -176,7 +181,7 @@ picked:
 		if (l)
 			__sync_fetch_and_add(&l->recent, 1);
 	}
-	__u8 state = p->key.proto == IPPROTO_TCP ? cfg->fsm[DIR_INPUT][0][TCPS_NONE] : UDP_STATE;
+	__u8 state = key->proto == IPPROTO_TCP ? cfg->fsm[DIR_INPUT][0][TCPS_NONE] : UDP_STATE;
 	fc->real_id = real_id;
 	fc->svc_id = s->id;
 	fc->state = state;
@@ -186,10 +191,10 @@ picked:
 		/* One entry, client side only: replies do not come back through
 		 * mbx. The packet keeps its addresses; daddr names the real server
 		 * (next hop for DR, outer destination for the tunnel). */
-		fc->saddr = p->key.saddr;
+		fc->saddr = key->saddr;
 		fc->daddr = rs->addr[0];
-		fc->sport = p->key.sport;
-		fc->dport = p->key.dport;
+		fc->sport = key->sport;
+		fc->dport = key->dport;
 		fc->flags = rs->mode == FWD_DR ? CONN_F_DR : CONN_F_TUN;
 		fc->csum_l3 = fc->csum_l4 = 0;
 		goto insert;
@@ -198,14 +203,14 @@ picked:
 		/* The reply entry is keyed RS -> client and restores the VIP. */
 		struct flow_key nk = {};
 		nk.saddr = rs->addr[0];
-		nk.daddr = p->key.saddr;
-		nk.sport = rs->port ? rs->port : p->key.dport;
-		nk.dport = p->key.sport;
-		nk.proto = p->key.proto;
-		fc->saddr = p->key.daddr;
-		fc->daddr = p->key.saddr;
-		fc->sport = p->key.dport;
-		fc->dport = p->key.sport;
+		nk.daddr = key->saddr;
+		nk.sport = rs->port ? rs->port : key->dport;
+		nk.dport = key->sport;
+		nk.proto = key->proto;
+		fc->saddr = key->daddr;
+		fc->daddr = key->saddr;
+		fc->sport = key->dport;
+		fc->dport = key->sport;
 		fc->flags = CONN_F_REPLY | CONN_F_MASQ;
 		conn_set_csum(fc, &nk);
 		if (bpf_map_update_elem(&conns, &nk, fc, BPF_NOEXIST) != 0) {
@@ -218,42 +223,49 @@ picked:
 				return XDP_DROP;
 			}
 		}
-		fc->saddr = p->key.saddr;
+		fc->saddr = key->saddr;
 		fc->daddr = nk.saddr;
-		fc->sport = p->key.sport;
+		fc->sport = key->sport;
 		fc->dport = nk.sport;
 		fc->flags = CONN_F_MASQ;
-		conn_set_csum(fc, &p->key);
+		conn_set_csum(fc, key);
 		goto insert;
 	}
-	if (s->laddr_len == 0) {
+	int snat = rs->mode == FWD_SNAT;
+	if (s->laddr_len == 0 && !snat) {
 		count(CNT_DROP_NO_LADDR);
 		return XDP_DROP;
 	}
 	__u32 range = (__u32)cfg->port_hi - cfg->port_lo + 1;
 
+	/* The reply comes from the real server (for SNAT: the flow's own
+	 * destination) to a LIP (for SNAT: the WAN address) and port. */
 	struct flow_key rk = {};
-	rk.saddr = rs->addr[0];
-	rk.sport = rs->port ? rs->port : p->key.dport;
-	rk.proto = p->key.proto;
+	rk.saddr = snat ? key->daddr : rs->addr[0];
+	rk.sport = snat ? key->dport : (rs->port ? rs->port : key->dport);
+	rk.proto = key->proto;
 
 	/* fc first holds the reply entry, then becomes the client-side entry:
 	 * one conn on the stack keeps both frames under the 512-byte limit. */
-	fc->saddr = p->key.daddr;
-	fc->daddr = p->key.saddr;
-	fc->sport = p->key.dport;
-	fc->dport = p->key.sport;
+	fc->saddr = key->daddr;
+	fc->daddr = key->saddr;
+	fc->sport = key->dport;
+	fc->dport = key->sport;
 	fc->flags = CONN_F_REPLY;
 
 	int ok = 0;
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < PORT_TRIES; i++) {
 		__u32 cand = h + (__u32)i * PORT_CAND_STEP;
-		__u32 li = s->laddr_base + cand % s->laddr_len;
-		struct laddr *la = bpf_map_lookup_elem(&laddrs, &li);
-		if (!la)
-			break;
-		rk.daddr = la->addr[0];
+		__u32 li = s->laddr_base + (s->laddr_len ? cand % s->laddr_len : 0);
+		if (snat) {
+			rk.daddr = rs->addr[0];
+		} else {
+			struct laddr *la = bpf_map_lookup_elem(&laddrs, &li);
+			if (!la)
+				break;
+			rk.daddr = la->addr[0];
+		}
 		rk.dport = bpf_htons((__u16)(cfg->port_lo + (cand >> 8) % range));
 		conn_set_csum(fc, &rk);
 		if (bpf_map_update_elem(&conns, &rk, fc, BPF_NOEXIST) == 0) {
@@ -267,7 +279,7 @@ picked:
 				break;
 			}
 		}
-		__u64 *cf = bpf_map_lookup_elem(&laddr_conflicts, &li);
+		__u64 *cf = snat ? 0 : bpf_map_lookup_elem(&laddr_conflicts, &li);
 		if (cf)
 			*cf += 1;
 	}
@@ -282,11 +294,11 @@ picked:
 	fc->dport = rk.sport;
 	fc->flags = 0;
 	fc->nh_out = 0; /* no memoized next hop yet */
-	conn_set_csum(fc, &p->key);
+	conn_set_csum(fc, key);
 insert:
 	/* BPF_ANY: a racing CPU that scheduled the same SYN loses its entry
 	 * pair's forward half; its reply half expires unused. */
-	bpf_map_update_elem(&conns, &p->key, fc, BPF_ANY);
+	bpf_map_update_elem(&conns, key, fc, BPF_ANY);
 
 	struct real_stats *st = bpf_map_lookup_elem(&stats, &real_id);
 	if (st)
@@ -295,13 +307,51 @@ insert:
 	return NEW_CONN_OK;
 }
 
+/* SNAT's outbound direction: a LAN host's packet that is not addressed to
+ * mbx and matches a match service (snat.h). Kept out of process() so the
+ * verifier explores it once, apart from the load balancer's paths. */
+static __attribute__((noinline)) int snat_out(struct xdp_md *ctx, struct pkt *p, struct config *cfg)
+{
+	struct snat_rule *r = snat_match(cfg, p, ctx->ingress_ifindex);
+	if (!r) {
+		count(CNT_PASS_NOT_OURS);
+		return XDP_PASS;
+	}
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct conn *c = bpf_map_lookup_elem(&conns, &p->key);
+	if (c && conn_alive(cfg, c, &p->key, now)) {
+		if (now - c->last_seen > (1 << 20))
+			c->last_seen = now;
+		conn_track(cfg, c, p);
+		account(c, p);
+		return send(ctx, c, &p->key, XMIT_ANSWER);
+	}
+	struct svc *s = snat_service(ctx, r, p);
+	if (!s || !is_new_syn(p)) {
+		/* Not for SNAT after all (another egress), or mid-flow without
+		 * state: the kernel's, as routed traffic. */
+		count(CNT_PASS_NOT_OURS);
+		return XDP_PASS;
+	}
+	/* The new entry's copy in per-CPU scratch: this frame sits between
+	 * process() and the transmit path, and the stack is 512 bytes for all. */
+	__u32 zero = 0;
+	struct conn *fresh = bpf_map_lookup_elem(&conn_scratch, &zero);
+	if (!fresh)
+		return XDP_DROP;
+	int v = mbx_new_conn(&p->key, s, cfg, now, fresh);
+	if (v != NEW_CONN_OK)
+		return v;
+	account(fresh, p);
+	return send(ctx, fresh, &p->key, XMIT_ANSWER);
+}
+
 /* Every packet: parse, find or make its connection, translate, send. */
 static __always_inline int process(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct pkt p = {};
-	struct conn fresh;
 
 	switch (parse_ipv4(data, data_end, &p)) {
 	case PARSE_OK:
@@ -335,6 +385,9 @@ static __always_inline int process(struct xdp_md *ctx)
 	}
 
 	if (!maybe_local(&p.key) && !maybe_nat_reply(&p.key)) {
+		struct config *scfg = get_config();
+		if (scfg && scfg->snat_rules)
+			return snat_out(ctx, &p, scfg);
 		count(CNT_PASS_NOT_OURS);
 		return XDP_PASS;
 	}
@@ -376,19 +429,21 @@ static __always_inline int process(struct xdp_md *ctx)
 			count(CNT_DROP_NO_CONN);
 			return XDP_DROP;
 		}
-		int v = new_conn(&p, s, cfg, now, &fresh);
+		/* The new entry's copy lives in per-CPU scratch, not on the
+		 * stack: the transmit path below needs the room. */
+		__u32 zero = 0;
+		struct conn *fresh = bpf_map_lookup_elem(&conn_scratch, &zero);
+		if (!fresh)
+			return XDP_DROP;
+		int v = mbx_new_conn(&p.key, s, cfg, now, fresh);
 		if (v != NEW_CONN_OK)
 			return v;
-		c = &fresh;
+		c = fresh;
 	}
 	account(c, &p);
 	if (p.frag)
 		frag_remember(&p);
-	if (c->flags & CONN_F_DR)
-		return xmit_dr(ctx, &p, c, cfg, now, 1);
-	if (c->flags & CONN_F_TUN)
-		return xmit_tunnel(ctx, &p, c, cfg, now, 1);
-	return xmit_nat(ctx, &p, c, cfg, now, 0);
+	return send(ctx, c, &p.key, XMIT_ANSWER);
 }
 
 SEC("xdp")

@@ -7,6 +7,7 @@
 #include "parse.h"
 #include "csum.h"
 #include "hash.h"
+#include "conn.h"
 
 /* Fills the checksum deltas of c for packets whose tuple is k. */
 static __always_inline void conn_set_csum(struct conn *c, const struct flow_key *k)
@@ -84,11 +85,11 @@ static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
 }
 
 /* mbx_icmp_too_big answers a packet that does not fit the egress with ICMP
- * "fragmentation needed" (RFC 1191) to its sender, built in place of the
+ * "fragmentation needed" (RFC 1191) from address from to its sender, built in place of the
  * packet and sent back where it came from (XDP_TX to the previous hop's
  * MAC, as Katran does). The packet is quoted as the sender sent it. A
  * global function: the verifier checks it once, not at every call site. */
-__attribute__((noinline)) int mbx_icmp_too_big(struct xdp_md *ctx, __u32 mtu)
+__attribute__((noinline)) int mbx_icmp_too_big(struct xdp_md *ctx, __u32 mtu, __u32 from)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -100,16 +101,6 @@ __attribute__((noinline)) int mbx_icmp_too_big(struct xdp_md *ctx, __u32 mtu)
 	__builtin_memcpy(smac, oeth->h_dest, ETH_ALEN);
 	__builtin_memcpy(dmac, oeth->h_source, ETH_ALEN);
 	__u32 to = oip->saddr;
-	__u32 from = oip->daddr;
-	/* Our address toward the sender (a NAT reply's destination is the
-	 * client, not us). */
-	struct bpf_fib_lookup fib = {};
-	fib.family = AF_INET_;
-	fib.ifindex = ctx->ingress_ifindex;
-	fib.ipv4_dst = to;
-	bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_OUTPUT);
-	if (fib.ipv4_src)
-		from = fib.ipv4_src;
 
 	/* [eth][ip][l4 ...] becomes [eth][ip][icmp][quoted ip][8 bytes]: the
 	 * quote starts where the packet's IP header already is. */
@@ -237,7 +228,10 @@ static __always_inline int fits(struct xdp_md *ctx, struct pkt *p, const struct 
 	}
 	if (answer && (p->ip4->frag_off & bpf_htons(IP_DF_)) && p->eth == (void *)(long)ctx->data)
 		/* The packet is gone (an ICMP now): only a final verdict may follow. */
-		return mbx_icmp_too_big(ctx, mtu - overhead) == XDP_TX ? XDP_TX : XDP_DROP;
+		/* From the address the sender was talking to (ours), or for a NAT
+		 * real server's reply (addressed to the client) from the VIP. */
+		return mbx_icmp_too_big(ctx, mtu - overhead,
+					(c->flags & CONN_F_MASQ) && (c->flags & CONN_F_REPLY) ? c->saddr : p->ip4->daddr) == XDP_TX ? XDP_TX : XDP_DROP;
 	return NH_TOO_BIG;
 }
 
@@ -367,6 +361,71 @@ static __always_inline int xmit_tunnel(struct xdp_md *ctx, struct pkt *p, struct
 	o->check = ipv4_csum(o);
 	p->eth = eth;
 	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
+}
+
+/* How mbx_xmit sends a packet. */
+#define XMIT_LATER_FRAGMENT 1 /* no transport header: addresses only */
+#define XMIT_ANSWER 2         /* may answer "fragmentation needed" */
+#define XMIT_REWRITTEN 4      /* already translated (an ICMP error): send as is */
+
+struct xmit_req {
+	struct flow_key key; /* the packet's flow (ports of a later fragment from frag.h) */
+	__u32 flags;
+	__u32 pad;
+};
+
+/* mbx_xmit translates and sends a packet of connection c: every forwarding
+ * mode's transmit path in one global function, which the verifier checks
+ * once instead of at each of its callers (the load balancer, SNAT, later
+ * fragments, ICMP errors). Packet pointers are derived anew from ctx: a
+ * global function gets no pointers into the packet. */
+__attribute__((noinline)) int mbx_xmit(struct xdp_md *ctx, struct conn *c, struct xmit_req *rq)
+{
+	if (!c || !rq)
+		return XDP_DROP;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct pkt p = {};
+	p.eth = data;
+	p.ip4 = (void *)(p.eth + 1);
+	if ((void *)(p.ip4 + 1) > data_end)
+		return XDP_DROP;
+	p.ip_len = bpf_ntohs(p.ip4->tot_len);
+	p.key = rq->key;
+	struct config *cfg = get_config();
+	if (!cfg)
+		return XDP_DROP;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (c->flags & CONN_F_DR)
+		return xmit_dr(ctx, &p, c, cfg, now, rq->flags & XMIT_ANSWER);
+	if (c->flags & CONN_F_TUN)
+		return xmit_tunnel(ctx, &p, c, cfg, now, rq->flags & XMIT_ANSWER);
+	if (rq->flags & XMIT_REWRITTEN)
+		return xmit_ipv4(ctx, &p, c, cfg, now);
+	if (!(rq->flags & XMIT_LATER_FRAGMENT)) {
+		__u32 hlen = p.ip4->ihl * 4;
+		if (hlen < sizeof(struct iphdr) || hlen > 60)
+			return XDP_DROP;
+		void *l4 = (void *)p.ip4 + hlen;
+		if (l4 + 20 <= data_end && p.key.proto == IPPROTO_TCP) {
+			p.l4 = l4;
+			p.l4_csum = l4 + 16;
+		} else if (l4 + 8 <= data_end && p.key.proto == IPPROTO_UDP) {
+			p.l4 = l4;
+			__u16 *uc = l4 + 6;
+			p.l4_csum = *uc ? uc : 0;
+		} else {
+			return XDP_DROP;
+		}
+	}
+	return xmit_nat(ctx, &p, c, cfg, now, rq->flags & XMIT_LATER_FRAGMENT);
+}
+
+/* send is how callers reach mbx_xmit. */
+static __always_inline int send(struct xdp_md *ctx, struct conn *c, const struct flow_key *k, __u32 flags)
+{
+	struct xmit_req rq = {.key = *k, .flags = flags};
+	return mbx_xmit(ctx, c, &rq);
 }
 
 #endif

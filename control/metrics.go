@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/lb"
 )
 
 // RegisterMetrics publishes the daemon's counters as observable instruments
@@ -83,7 +84,7 @@ func (i *instruments) observe(o metric.Observer, st *Status) {
 	for _, s := range st.Services {
 		svc := []attribute.KeyValue{
 			attribute.String("protocol", strings.ToLower(s.Key.Proto.String())),
-			attribute.String("service", netip.AddrPortFrom(s.Key.Addr, s.Key.Port).String()),
+			attribute.String("service", serviceLabel(s.Key)),
 		}
 		o.ObserveInt64(i.svcInfo, 1, metric.WithAttributes(append(slices.Clip(svc), attribute.String("scheduler", s.Scheduler))...))
 		observeTraffic(o, i.svcConns, i.svcPkts, i.svcBytes, s.Stats, svc, in, out)
@@ -181,4 +182,12 @@ func (d *Daemon) registerBrickMetrics(m metric.Meter) error {
 		return nil
 	}, pkts, bytes, drops, skipped)
 	return err
+}
+
+// serviceLabel is a service's "service" label: VIP:port, or an SNAT match.
+func serviceLabel(k lb.ServiceKey) string {
+	if k.IsMatch() {
+		return "match:" + k.Match
+	}
+	return netip.AddrPortFrom(k.Addr, k.Port).String()
 }

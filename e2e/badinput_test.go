@@ -38,7 +38,7 @@ func TestBadInput(t *testing.T) {
 		{"duplicate service", []string{"ipvsadm", "-A", "-t", "198.18.0.100:80", "-s", "rr"}, "already exists"},
 		{"real server for a missing service", []string{"ipvsadm", "-a", "-t", "198.18.0.101:80", "-r", "198.18.1.2", "-b"}, "does not exist"},
 		{"LIP on a missing device", []string{"ipvsadm", "--add-laddr", "-z", "198.18.1.210", "-t", "198.18.0.100:80", "-F", "nosuch0"}, "nosuch0"},
-		{"unsupported forwarding method", []string{"ipvsadm", "-a", "-t", "198.18.0.100:80", "-r", "198.18.1.4", "-J"}, "not supported"},
+		{"SNAT without a match", []string{"ipvsadm", "-a", "-t", "198.18.0.100:80", "-r", "198.18.1.4", "-J"}, "needs a match service"},
 		{"bad weight", []string{"ipvsadm", "-a", "-t", "198.18.0.100:80", "-r", "198.18.1.4", "-b", "-w", "x"}, "illegal weight"},
 		{"unknown option", []string{"ipvsadm", "-A", "--frobnicate"}, "unknown option"},
 		{"no command", []string{"ipvsadm", "-t", "198.18.0.100:80"}, "no command"},

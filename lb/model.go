@@ -39,10 +39,11 @@ const (
 	DirectRoute Forward = "dr"     // -g: MAC rewrite to an on-link real server
 	Tunnel      Forward = "tunnel" // -i: IP-in-IP to the real server
 	Masquerade  Forward = "nat"    // -m: destination NAT, replies routed back through mbx
+	SNAT        Forward = "snat"   // -J: LAN hosts out through the WAN address (match services)
 )
 
 // Forwards lists the methods mbx runs.
-var Forwards = []Forward{FullNAT, DirectRoute, Tunnel, Masquerade}
+var Forwards = []Forward{FullNAT, DirectRoute, Tunnel, Masquerade, SNAT}
 
 // ForwardName is the column ipvsadm -ln prints for a method.
 func (f Forward) ForwardName() string {
@@ -55,6 +56,8 @@ func (f Forward) ForwardName() string {
 		return "Tunnel"
 	case Masquerade:
 		return "Masq"
+	case SNAT:
+		return "Snat"
 	}
 	return string(f)
 }
@@ -68,14 +71,20 @@ type ServiceKey struct {
 	Proto Proto      `json:"proto"`
 	Addr  netip.Addr `json:"addr"`
 	Port  uint16     `json:"port"`
+	// Match, for an SNAT match service (-H), is its canonical match text;
+	// Addr and Port are then unset.
+	Match string `json:"match,omitempty"`
 }
 
 func (k ServiceKey) String() string {
+	if k.Match != "" {
+		return "MATCH " + k.Match
+	}
 	return fmt.Sprintf("%s %s", k.Proto, netip.AddrPortFrom(k.Addr, k.Port))
 }
 
 func (k ServiceKey) compare(o ServiceKey) int {
-	return cmp.Or(cmp.Compare(k.Proto, o.Proto), k.Addr.Compare(o.Addr), cmp.Compare(k.Port, o.Port))
+	return cmp.Or(cmp.Compare(k.Match, o.Match), cmp.Compare(k.Proto, o.Proto), k.Addr.Compare(o.Addr), cmp.Compare(k.Port, o.Port))
 }
 
 // Real is a real server of a service.
@@ -190,6 +199,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, s := range c.Services {
+		if s.Key.IsMatch() {
+			continue
+		}
 		if _, isLIP := lips[s.Key.Addr]; isLIP {
 			return fmt.Errorf("service %s: address %s is also a local address (LIP)", s.Key, s.Key.Addr)
 		}
@@ -212,6 +224,9 @@ func (c *Config) Validate() error {
 
 func (s *Service) validate() error {
 	k := s.Key
+	if k.IsMatch() {
+		return s.validateMatch()
+	}
 	if k.Proto != TCP && k.Proto != UDP {
 		return fmt.Errorf("service %s: protocol must be TCP or UDP", k)
 	}
@@ -281,8 +296,10 @@ func (r Real) validate(k ServiceKey) error {
 	switch {
 	case r.Forward == "":
 		return errors.New("no forwarding method")
-	case r.Forward == "snat":
-		return errors.New("forwarding method snat (-J) is not supported yet")
+	case r.Forward == SNAT && !k.IsMatch():
+		return errors.New("SNAT (-J) needs a match service (-H MATCH), not a virtual address")
+	case r.Forward != SNAT && k.IsMatch():
+		return fmt.Errorf("a match service (-H) takes SNAT real servers (-J), not %s", r.Forward.ForwardName())
 	case !slices.Contains(Forwards, r.Forward):
 		return fmt.Errorf("unknown forwarding method %q (fnat, dr, tunnel, nat)", r.Forward)
 	case r.Forward.Direct() && r.Port != 0 && r.Port != k.Port:
@@ -312,4 +329,42 @@ func (t Timeouts) Effective(base flow.Timeouts) flow.Timeouts {
 // Seconds reads the three ipvsadm timeouts back from per-state timeouts.
 func Seconds(f flow.Timeouts) Timeouts {
 	return Timeouts{TCP: int(f[flow.StateEstablished] / time.Second), TCPFin: int(f[flow.StateFinWait] / time.Second), UDP: int(f[flow.StateUDP] / time.Second)}
+}
+
+// validateMatch checks an SNAT match service: its real servers are the WAN
+// addresses (port 0) connections leave from.
+func (s *Service) validateMatch() error {
+	m, err := ParseMatch(s.Key.Match)
+	if err != nil {
+		return err
+	}
+	if m.String() != s.Key.Match || m.Proto != s.Key.Proto {
+		return fmt.Errorf("service %s: not a canonical match", s.Key)
+	}
+	if _, ok := LookupScheduler(s.Scheduler); !ok {
+		return fmt.Errorf("service %s: unknown scheduler %q (have %s)", s.Key, s.Scheduler, strings.Join(Schedulers(), ", "))
+	}
+	if s.Persistence != 0 {
+		return fmt.Errorf("service %s: persistence does not apply to SNAT", s.Key)
+	}
+	if len(s.LocalAddrs) > 0 {
+		return fmt.Errorf("service %s: SNAT's addresses are its real servers (-r WAN_IP:0 -J), not LIPs", s.Key)
+	}
+	seen := map[netip.Addr]bool{}
+	for _, r := range s.Reals {
+		if r.Forward != SNAT {
+			return fmt.Errorf("service %s: a match service takes SNAT real servers (-J), not %s", s.Key, r.Forward.ForwardName())
+		}
+		if !r.Addr.Is4() || r.Port != 0 {
+			return fmt.Errorf("service %s: SNAT address %s: IPv4 with port 0 (-r WAN_IP:0)", s.Key, r.AddrPort())
+		}
+		if seen[r.Addr] {
+			return fmt.Errorf("service %s: duplicate SNAT address %s", s.Key, r.Addr)
+		}
+		seen[r.Addr] = true
+		if r.Weight < 0 || r.Weight > 65535 {
+			return fmt.Errorf("service %s: weight %d out of range 0..65535", s.Key, r.Weight)
+		}
+	}
+	return nil
 }

@@ -24,7 +24,7 @@ type progService struct {
 
 const localBitsWords = 1024
 
-var fwdModes = map[lb.Forward]uint8{lb.FullNAT: 1, lb.DirectRoute: 2, lb.Tunnel: 3, lb.Masquerade: 4}
+var fwdModes = map[lb.Forward]uint8{lb.FullNAT: 1, lb.DirectRoute: 2, lb.Tunnel: 3, lb.Masquerade: 4, lb.SNAT: 5}
 
 // pickFlags maps lb.Pick onto the datapath's PICK_* and SVC_F_WEIGHTED.
 var pickFlags = map[lb.Pick]uint32{
@@ -56,6 +56,10 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 	if err := b.checkModes(cfg); err != nil {
 		return err
 	}
+	rules, err := snatRuleEntries(cfg)
+	if err != nil {
+		return err
+	}
 	if to := cfg.Timeouts.Effective(b.baseTO); to != b.opts.Timeouts {
 		b.opts.Timeouts = to
 		if err := b.writeConfig(); err != nil {
@@ -68,6 +72,13 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 		want[s.Key] = true
 		if err := b.applyService(s, tables[s.Key]); err != nil {
 			return fmt.Errorf("service %s: %w", s.Key, err)
+		}
+		if s.Key.IsMatch() {
+			// Replies come back to the WAN addresses, like to LIPs.
+			for _, r := range s.Reals {
+				wantLocals[localKey(r.Addr)] |= 2
+			}
+			continue
 		}
 		wantLocals[localKey(s.Key.Addr)] |= 1
 		for _, la := range s.LocalAddrs {
@@ -94,6 +105,9 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 		}
 	}
 	b.locals = wantLocals
+	if err := b.writeSNATRules(rules); err != nil {
+		return err
+	}
 	if err := b.writeNATSrcBits(cfg); err != nil {
 		return err
 	}
@@ -149,6 +163,9 @@ func localKey(a netip.Addr) mbxLocalKey {
 }
 
 func svcKey(k lb.ServiceKey) mbxSvcKey {
+	if k.IsMatch() {
+		return mbxSvcKey{Addr: [4]uint32{matchHash(k.Match)}, Proto: uint8(k.Proto), Family: snatFamily}
+	}
 	return mbxSvcKey{Addr: addrWords(k.Addr), Port: htons(k.Port), Proto: uint8(k.Proto), Family: family(k.Addr)}
 }
 

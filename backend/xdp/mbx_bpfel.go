@@ -70,7 +70,7 @@ type mbxConfig struct {
 	TimeoutNs      [16]uint64
 	Fsm            [2][4][16]uint8
 	TunSrcMask     uint32
-	Pad            uint32
+	SnatRules      uint32
 }
 
 type mbxConn struct {
@@ -189,6 +189,19 @@ type mbxSchedGroup struct {
 	Real [4]uint16
 }
 
+type mbxSnatRule struct {
+	_       structs.HostLayout
+	SrcLo   uint32
+	SrcHi   uint32
+	DstLo   uint32
+	DstHi   uint32
+	Iif     uint32
+	Oif     uint32
+	SvcHash uint32
+	Proto   uint8
+	Pad     [3]uint8
+}
+
 type mbxSvc struct {
 	_         structs.HostLayout
 	Id        uint32
@@ -225,6 +238,7 @@ const (
 	mbxMapCaptureEvents  = "capture_events"
 	mbxMapCaptureRate    = "capture_rate"
 	mbxMapConfigMap      = "config_map"
+	mbxMapConnScratch    = "conn_scratch"
 	mbxMapConns          = "conns"
 	mbxMapCounters       = "counters"
 	mbxMapFrags          = "frags"
@@ -240,6 +254,7 @@ const (
 	mbxMapSchedPos       = "sched_pos"
 	mbxMapSchedSlots     = "sched_slots"
 	mbxMapServices       = "services"
+	mbxMapSnatRules      = "snat_rules"
 	mbxMapStats          = "stats"
 	mbxMapTxPorts        = "tx_ports"
 	mbxProgMbxBricks     = "mbx_bricks"
@@ -308,6 +323,7 @@ type mbxMapSpecs struct {
 	CaptureEvents  *ebpf.MapSpec `ebpf:"capture_events"`
 	CaptureRate    *ebpf.MapSpec `ebpf:"capture_rate"`
 	ConfigMap      *ebpf.MapSpec `ebpf:"config_map"`
+	ConnScratch    *ebpf.MapSpec `ebpf:"conn_scratch"`
 	Conns          *ebpf.MapSpec `ebpf:"conns"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
 	Frags          *ebpf.MapSpec `ebpf:"frags"`
@@ -323,6 +339,7 @@ type mbxMapSpecs struct {
 	SchedPos       *ebpf.MapSpec `ebpf:"sched_pos"`
 	SchedSlots     *ebpf.MapSpec `ebpf:"sched_slots"`
 	Services       *ebpf.MapSpec `ebpf:"services"`
+	SnatRules      *ebpf.MapSpec `ebpf:"snat_rules"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
 	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
 }
@@ -365,6 +382,7 @@ type mbxMaps struct {
 	CaptureEvents  *ebpf.Map `ebpf:"capture_events"`
 	CaptureRate    *ebpf.Map `ebpf:"capture_rate"`
 	ConfigMap      *ebpf.Map `ebpf:"config_map"`
+	ConnScratch    *ebpf.Map `ebpf:"conn_scratch"`
 	Conns          *ebpf.Map `ebpf:"conns"`
 	Counters       *ebpf.Map `ebpf:"counters"`
 	Frags          *ebpf.Map `ebpf:"frags"`
@@ -380,6 +398,7 @@ type mbxMaps struct {
 	SchedPos       *ebpf.Map `ebpf:"sched_pos"`
 	SchedSlots     *ebpf.Map `ebpf:"sched_slots"`
 	Services       *ebpf.Map `ebpf:"services"`
+	SnatRules      *ebpf.Map `ebpf:"snat_rules"`
 	Stats          *ebpf.Map `ebpf:"stats"`
 	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
 }
@@ -398,6 +417,7 @@ func (m *mbxMaps) Close() error {
 		m.CaptureEvents,
 		m.CaptureRate,
 		m.ConfigMap,
+		m.ConnScratch,
 		m.Conns,
 		m.Counters,
 		m.Frags,
@@ -413,6 +433,7 @@ func (m *mbxMaps) Close() error {
 		m.SchedPos,
 		m.SchedSlots,
 		m.Services,
+		m.SnatRules,
 		m.Stats,
 		m.TxPorts,
 	)

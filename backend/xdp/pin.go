@@ -133,7 +133,15 @@ func (b *Backend) adopt() (int, error) {
 	var v mbxSvc
 	n := 0
 	it := b.objs.Services.Iterate()
+	var stale []mbxSvcKey
 	for it.Next(&k, &v) {
+		if k.Family == snatFamily {
+			// A match service's key does not say its match: the restored
+			// configuration adds it again (its connections carry their own
+			// translation and continue).
+			stale = append(stale, k)
+			continue
+		}
 		key := lb.ServiceKey{Proto: lb.Proto(k.Proto), Addr: addr4(k.Addr[0]), Port: htons(k.Port)}
 		ps := &progService{id: v.Id, entry: v, reals: map[netip.AddrPort]uint32{}}
 		b.svcIDs.reserve(v.Id)
@@ -171,6 +179,9 @@ func (b *Backend) adopt() (int, error) {
 	}
 	if err := it.Err(); err != nil {
 		return n, err
+	}
+	for i := range stale {
+		_ = b.objs.Services.Delete(&stale[i])
 	}
 	var lk mbxLocalKey
 	var lv uint32

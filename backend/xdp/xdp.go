@@ -53,18 +53,19 @@ type Backend struct {
 	pending  []func() // releases deferred to the next Apply (readers may still use them)
 	retired  map[lb.ServiceKey]backend.Counters
 
-	sysctls []sysctlRestore
-	fibGen  uint32
-	baseTO  flow.Timeouts // from Options; the config's --set values apply on top
-	fibDone chan struct{}
-	adopted int
-	created map[link.Link]bool // links this run attached (not taken over)
-	stop    chan struct{}
-	done    chan struct{}
-	sweep   sweepResult
-	evict   evictEstimate
-	brick   *brickState  // bricks.go; nil until ApplyBricks
-	direct  []netip.Addr // DR and tunnel real servers, whose next hops Go keeps resolved
+	sysctls   []sysctlRestore
+	fibGen    uint32
+	baseTO    flow.Timeouts // from Options; the config's --set values apply on top
+	fibDone   chan struct{}
+	adopted   int
+	created   map[link.Link]bool // links this run attached (not taken over)
+	stop      chan struct{}
+	done      chan struct{}
+	sweep     sweepResult
+	evict     evictEstimate
+	brick     *brickState  // bricks.go; nil until ApplyBricks
+	direct    []netip.Addr // DR and tunnel real servers, whose next hops Go keeps resolved
+	snatCount int          // SNAT rules written (config.snat_rules)
 }
 
 // LoadSpec returns the datapath's collection spec with mbx's settings.
@@ -138,6 +139,7 @@ func (b *Backend) writeConfig() error {
 	c.FibGen = b.fibGen
 	c.FibMaxAge = uint32(fibMaxAge.Nanoseconds() >> 20)
 	c.TunSrcBase, c.TunSrcMask = tunnelSrc(b.opts.TunnelSrc)
+	c.SnatRules = uint32(b.snatCount)
 	for i, d := range b.opts.Timeouts {
 		c.TimeoutNs[i] = uint64(d)
 	}

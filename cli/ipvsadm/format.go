@@ -19,6 +19,9 @@ func header(w io.Writer, st *control.Status) {
 }
 
 func svcName(k lb.ServiceKey) string {
+	if k.IsMatch() {
+		return "MATCH " + k.Match // as DPVS's ipvsadm lists SNAT services
+	}
 	return fmt.Sprintf("%s  %s", k.Proto, netip.AddrPortFrom(k.Addr, k.Port))
 }
 
@@ -88,7 +91,10 @@ func Save(w io.Writer, c *Command, cfg *lb.Config) {
 		if s.Key.Proto == lb.UDP {
 			flag = "-u"
 		}
-		svc := netip.AddrPortFrom(s.Key.Addr, s.Key.Port)
+		svc := netip.AddrPortFrom(s.Key.Addr, s.Key.Port).String()
+		if s.Key.IsMatch() {
+			flag, svc = "-H", s.Key.Match
+		}
 		persist := ""
 		if s.Persistence > 0 {
 			persist = fmt.Sprintf(" -p %d", s.Persistence)
@@ -113,6 +119,8 @@ func fwdFlag(f lb.Forward) string {
 		return "-i"
 	case lb.Masquerade:
 		return "-m"
+	case lb.SNAT:
+		return "-J"
 	}
 	return "-?"
 }

@@ -45,7 +45,6 @@ func TestParse(t *testing.T) {
 		{"-a -t 10.0.0.100:80 -r 192.168.100.2", "add-real", ""},
 		{"-a -t 10.0.0.100:80 -r 192.168.100.2 -m", "add-real", ""},
 		{"-a -t 10.0.0.100:80 -r 192.168.100.2 -i", "add-real", ""},
-		{"-a -t 10.0.0.100:80 -r 192.168.100.2 -J", "", "-J"},
 		{"-a -t 10.0.0.100:80 -r 192.168.100.2 -b -g", "", "only one forwarding method"},
 		{"-a -t 10.0.0.100:80 -b", "", "no real server"},
 		{"-a -r 192.168.100.2 -b", "", "no service"},
@@ -180,4 +179,44 @@ func mustLines(t *testing.T, s string) []lb.Op {
 		t.Fatal(err)
 	}
 	return ops
+}
+
+func TestSNATMatchRoundTrip(t *testing.T) {
+	ops, err := ParseLines(`-A -s rr -H proto=tcp,src-range=198.18.2.0-198.18.2.254,oif=wan0
+-a -H proto=tcp,src-range=198.18.2.0-198.18.2.254,oif=wan0 -r 198.18.3.1:0 -w 100 -J`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := (&lb.Config{}).Do(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	Save(&b, &Command{}, cfg)
+	want := "-A -H proto=tcp,src-range=198.18.2.0-198.18.2.254,oif=wan0 -s rr\n-a -H proto=tcp,src-range=198.18.2.0-198.18.2.254,oif=wan0 -r 198.18.3.1:0 -J -w 100\n"
+	if b.String() != want {
+		t.Errorf("-S:\n%s\nwant:\n%s", b.String(), want)
+	}
+	for _, bad := range []struct{ line, want string }{
+		{"-A -s rr -H proto=tcp", "matches every packet"},
+		{"-A -s rr -H proto=sctp,oif=wan0", "unknown proto"},
+		{"-A -s rr -H proto=tcp,src-range=1.2.3.9-1.2.3.1", "bad range"},
+	} {
+		if _, err := ParseLines(bad.line); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: %v, want %q", bad.line, err, bad.want)
+		}
+	}
+	// SNAT without a match, and a match with a non-SNAT real server.
+	for _, bad := range []string{
+		"-A -t 198.18.0.100:80 -s rr\n-a -t 198.18.0.100:80 -r 198.18.3.1 -J",
+		"-A -s rr -H proto=udp,oif=wan0\n-a -H proto=udp,oif=wan0 -r 198.18.3.1:0 -b",
+	} {
+		ops, err := ParseLines(bad)
+		if err == nil {
+			_, err = (&lb.Config{}).Do(ops)
+		}
+		if err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
 }

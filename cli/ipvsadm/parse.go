@@ -154,7 +154,6 @@ func Parse(args []string) (*Command, error) {
 		real    string
 		weight  = -1
 		fwd     lb.Forward
-		fwdFlag string
 		laddr   string
 		dev     string
 		c       = &Command{}
@@ -163,7 +162,7 @@ func Parse(args []string) (*Command, error) {
 		if fwd != "" && fwd != f {
 			return errors.New("only one forwarding method (-b, -g, -i, -m, -J) may be given")
 		}
-		fwd, fwdFlag = f, flag
+		fwd = f
 		return nil
 	}
 	for _, o := range opts {
@@ -229,7 +228,12 @@ func Parse(args []string) (*Command, error) {
 			}
 			persist = n
 		case "match":
-			return nil, errors.New("SNAT matches (-H) are not supported yet")
+			m, err := lb.ParseMatch(o.arg)
+			if err != nil {
+				return nil, err
+			}
+			k := lb.MatchKey(m)
+			svc = &k
 		case "fwmark-service":
 			return nil, errors.New("firewall-mark services (-f) are not supported")
 		case "rate":
@@ -259,10 +263,10 @@ func Parse(args []string) (*Command, error) {
 		}
 		if r.Forward == "" {
 			// ipvsadm's default is direct routing (-g).
-			r.Forward, fwdFlag = lb.DirectRoute, "-g (the default)"
-		}
-		if r.Forward == "snat" {
-			return lb.Real{}, fmt.Errorf("forwarding method %s is not supported yet", fwdFlag)
+			r.Forward = lb.DirectRoute // ipvsadm's default
+			if svc.IsMatch() {
+				r.Forward = lb.SNAT
+			}
 		}
 		return r, nil
 	}
