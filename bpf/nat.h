@@ -239,13 +239,13 @@ static __always_inline int fits(struct xdp_md *ctx, struct pkt *p, const struct 
  * the rewrite and transmission. A packet the fast path cannot send goes to
  * the kernel translated: it resolves neighbours, routes, and fragments what
  * may be fragmented. */
-static __always_inline int xmit_nat(struct xdp_md *ctx, struct pkt *p, struct conn *c,
-				    const struct config *cfg, __u64 now, int later_fragment)
+static __always_inline int xmit_nat_(struct xdp_md *ctx, struct pkt *p, struct conn *c,
+				     const struct config *cfg, __u64 now, int later_fragment, int answer)
 {
 	__u32 mtu = 0;
 	int v = next_hop(ctx, p, c, cfg, now, c->saddr, c->daddr, p->ip_len, 0, &mtu);
 	if (v == NH_OK || v == NH_TOO_BIG) {
-		v = fits(ctx, p, c, v, mtu, 0, !later_fragment);
+		v = fits(ctx, p, c, v, mtu, 0, answer && !later_fragment);
 		if (v == NH_TOO_BIG) {
 			count(CNT_PASS_FIB);
 			v = XDP_PASS;
@@ -264,6 +264,18 @@ static __always_inline int xmit_nat(struct xdp_md *ctx, struct pkt *p, struct co
 	if (v != NH_OK)
 		return v;
 	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
+}
+
+static __always_inline int xmit_nat(struct xdp_md *ctx, struct pkt *p, struct conn *c,
+				    const struct config *cfg, __u64 now, int later_fragment)
+{
+	return xmit_nat_(ctx, p, c, cfg, now, later_fragment, 1);
+}
+
+static __always_inline int xmit_nat_noanswer(struct xdp_md *ctx, struct pkt *p, struct conn *c,
+					     const struct config *cfg, __u64 now, int later_fragment)
+{
+	return xmit_nat_(ctx, p, c, cfg, now, later_fragment, 0);
 }
 
 /* Sends an already rewritten packet (a translated ICMP error) on c's path. */
@@ -365,7 +377,6 @@ static __always_inline int xmit_tunnel(struct xdp_md *ctx, struct pkt *p, struct
 
 /* How mbx_xmit sends a packet. */
 #define XMIT_LATER_FRAGMENT 1 /* no transport header: addresses only */
-#define XMIT_ANSWER 2         /* may answer "fragmentation needed" */
 #define XMIT_REWRITTEN 4      /* already translated (an ICMP error): send as is */
 
 struct xmit_req {
@@ -396,10 +407,13 @@ __attribute__((noinline)) int mbx_xmit(struct xdp_md *ctx, struct conn *c, struc
 	if (!cfg)
 		return XDP_DROP;
 	__u64 now = bpf_ktime_get_coarse_ns();
+	/* No "fragmentation needed" answers from here (the fast path and
+	 * SNAT answer inline): it keeps mbx_icmp_too_big off this call chain,
+	 * whose stack adds up to the 512-byte limit. */
 	if (c->flags & CONN_F_DR)
-		return xmit_dr(ctx, &p, c, cfg, now, rq->flags & XMIT_ANSWER);
+		return xmit_dr(ctx, &p, c, cfg, now, 0);
 	if (c->flags & CONN_F_TUN)
-		return xmit_tunnel(ctx, &p, c, cfg, now, rq->flags & XMIT_ANSWER);
+		return xmit_tunnel(ctx, &p, c, cfg, now, 0);
 	if (rq->flags & XMIT_REWRITTEN)
 		return xmit_ipv4(ctx, &p, c, cfg, now);
 	if (!(rq->flags & XMIT_LATER_FRAGMENT)) {
@@ -418,7 +432,7 @@ __attribute__((noinline)) int mbx_xmit(struct xdp_md *ctx, struct conn *c, struc
 			return XDP_DROP;
 		}
 	}
-	return xmit_nat(ctx, &p, c, cfg, now, rq->flags & XMIT_LATER_FRAGMENT);
+	return xmit_nat_noanswer(ctx, &p, c, cfg, now, rq->flags & XMIT_LATER_FRAGMENT);
 }
 
 /* send is how callers reach mbx_xmit. */
