@@ -101,6 +101,15 @@ __attribute__((noinline)) int mbx_icmp_too_big(struct xdp_md *ctx, __u32 mtu, __
 	__builtin_memcpy(smac, oeth->h_dest, ETH_ALEN);
 	__builtin_memcpy(dmac, oeth->h_source, ETH_ALEN);
 	__u32 to = oip->saddr;
+	if (!from) {
+		/* Our address toward the sender. */
+		struct bpf_fib_lookup fib = {};
+		fib.family = AF_INET_;
+		fib.ifindex = ctx->ingress_ifindex;
+		fib.ipv4_dst = to;
+		bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_OUTPUT);
+		from = fib.ipv4_src ? fib.ipv4_src : oip->daddr;
+	}
 
 	/* [eth][ip][l4 ...] becomes [eth][ip][icmp][quoted ip][8 bytes]: the
 	 * quote starts where the packet's IP header already is. */
@@ -228,10 +237,11 @@ static __always_inline int fits(struct xdp_md *ctx, struct pkt *p, const struct 
 	}
 	if (answer && (p->ip4->frag_off & bpf_htons(IP_DF_)) && p->eth == (void *)(long)ctx->data)
 		/* The packet is gone (an ICMP now): only a final verdict may follow. */
-		/* From the address the sender was talking to (ours), or for a NAT
-		 * real server's reply (addressed to the client) from the VIP. */
+		/* From the address the sender was talking to (ours); a NAT real
+		 * server's reply is addressed to the client: from our address
+		 * toward it (0: mbx_icmp_too_big looks it up). */
 		return mbx_icmp_too_big(ctx, mtu - overhead,
-					(c->flags & CONN_F_MASQ) && (c->flags & CONN_F_REPLY) ? c->saddr : p->ip4->daddr) == XDP_TX ? XDP_TX : XDP_DROP;
+					(c->flags & CONN_F_MASQ) && (c->flags & CONN_F_REPLY) ? 0 : p->ip4->daddr) == XDP_TX ? XDP_TX : XDP_DROP;
 	return NH_TOO_BIG;
 }
 

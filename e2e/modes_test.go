@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -249,4 +250,61 @@ func (e *env) datapathCounter(name string) uint64 {
 		e.t.Fatal(err)
 	}
 	return st.Datapath[name]
+}
+
+// TestSNAT: two LAN hosts (rs1 and the router of the lb-routed lab) reach a
+// WAN server (the client host, which has no route back to the LAN) through
+// mbx's WAN address 198.18.0.1, at the same time: TCP (curl, a
+// sha256-checked 20 MB download) and UDP (iperf3).
+func TestSNAT(t *testing.T) {
+	need(t, "iperf3")
+	e, sum := routedLab(t)
+	e.nginx("client")
+	e.background("client", "iperf3", "-s", "-p", "5301")
+	e.background("client", "iperf3", "-s", "-p", "5302")
+	e.waitTCP("client", "127.0.0.1:5301")
+	e.waitTCP("client", "127.0.0.1:5302")
+	const tcpMatch = "proto=tcp,src-range=198.18.1.0-198.18.1.254,oif=wan0"
+	const udpMatch = "proto=udp,src-range=198.18.1.0-198.18.1.254,oif=wan0"
+	// Without SNAT the LAN cannot reach the server (no route back).
+	if out, err := e.lab.Run("rs1", "curl", "-sS", "--max-time", "2", "http://198.18.0.2/"); err == nil {
+		t.Fatalf("the WAN server answered without SNAT: %s", out)
+	}
+	e.ipvsadm(`
+		-A -s rr -H ` + tcpMatch + `
+		-a -H ` + tcpMatch + ` -r 198.18.0.1:0 -J
+		-A -s rr -H ` + udpMatch + `
+		-a -H ` + udpMatch + ` -r 198.18.0.1:0 -J`)
+	if out := e.mustMbx("ipvsadm", "-ln"); !strings.Contains(out, "MATCH "+tcpMatch) || !strings.Contains(out, "Snat") {
+		t.Errorf("ipvsadm -ln:\n%s", out)
+	}
+	hosts := []string{"rs1", "router"}
+	errs := make(chan error, 2*len(hosts))
+	for i, h := range hosts {
+		go func() {
+			out, err := e.lab.Run(h, "sh", "-c", "curl -sS --max-time 10 http://198.18.0.2/ && curl -sS --max-time 30 http://198.18.0.2/files/20M.bin | sha256sum")
+			if err == nil && (!strings.Contains(out, "client 198.18.0.1:") || !strings.Contains(out, sum)) {
+				err = fmt.Errorf("%s: the server should see the WAN address and the download match:\n%s", h, out)
+			}
+			errs <- err
+		}()
+		go func() {
+			out, err := e.lab.Run(h, "iperf3", "-c", "198.18.0.2", "-p", fmt.Sprint(5301+i), "-u", "-b", "5M", "-t", "2", "-J")
+			if err == nil {
+				var r iperfResult
+				if jerr := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &r); jerr != nil || r.Error != "" || r.End.Sum.Packets == 0 || r.End.Sum.LostPercent > 1 {
+					err = fmt.Errorf("%s: UDP through SNAT: %v %s %+v", h, jerr, r.Error, r.End.Sum)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range 2 * len(hosts) {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if s := e.mustMbx("ipvsadm", "-Sn"); !strings.Contains(s, "-a -H "+tcpMatch+" -r 198.18.0.1:0 -J") {
+		t.Errorf("ipvsadm -S:\n%s", s)
+	}
 }
