@@ -360,6 +360,8 @@ static __always_inline int process(struct xdp_md *ctx)
 		count(CNT_PASS_NOT_OURS);
 		return XDP_PASS;
 	case PARSE_OTHER_L4:
+		if (parse_icmp_echo(data_end, &p))
+			break; /* a flow like any other (SNAT of pings) */
 		if (p.key.proto == IPPROTO_ICMP && (maybe_local(&p.key) || maybe_nat_reply(&p.key))) {
 			struct config *icfg = get_config();
 			if (icfg)

@@ -263,7 +263,18 @@ static __always_inline int xmit_nat_(struct xdp_md *ctx, struct pkt *p, struct c
 			return v; /* the ICMP answer */
 		}
 	}
-	if (later_fragment) {
+	if (p->key.proto == IPPROTO_ICMP) {
+		/* An echo (SNAT of a ping): the identifier is the port. */
+		p->ip4->saddr = c->saddr;
+		p->ip4->daddr = c->daddr;
+		csum_apply(&p->ip4->check, c->csum_l3);
+		__u16 *id = p->l4 + 4;
+		__u16 nid = (c->flags & CONN_F_REPLY) ? c->dport : c->sport;
+		if (p->l4_csum && (void *)(id + 1) <= (void *)(long)ctx->data_end) {
+			csum_apply(p->l4_csum, csum_add_diff16(0, *id, nid));
+			*id = nid;
+		}
+	} else if (later_fragment) {
 		/* No transport header: the addresses and the IP checksum only. */
 		p->ip4->saddr = c->saddr;
 		p->ip4->daddr = c->daddr;

@@ -34,6 +34,32 @@ struct pkt {
 	struct flow_key key;
 };
 
+/* ICMP echo: the identifier stands in for the ports (request: source
+ * "port", reply: destination), as conntrack does, so SNAT can translate
+ * pings like any flow. Returns 1 for an unfragmented echo request/reply. */
+static __always_inline int parse_icmp_echo(void *data_end, struct pkt *p)
+{
+	struct iphdr *ip = p->ip4;
+	if (!ip || p->key.proto != IPPROTO_ICMP || (ip->frag_off & bpf_htons(0x3fff)))
+		return 0;
+	__u8 *ic = (void *)ip + ip->ihl * 4;
+	if ((void *)(ic + 8) > data_end)
+		return 0;
+	__u16 id = *(__u16 *)(ic + 4);
+	if (ic[0] == 8 && ic[1] == 0) {
+		p->key.sport = id;
+		p->key.dport = 0;
+	} else if (ic[0] == 0 && ic[1] == 0) {
+		p->key.sport = 0;
+		p->key.dport = id;
+	} else {
+		return 0;
+	}
+	p->l4 = ic;
+	p->l4_csum = (__u16 *)(ic + 2);
+	return 1;
+}
+
 #define FRAG_FIRST 1
 #define FRAG_LATER 2
 

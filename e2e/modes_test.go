@@ -255,9 +255,10 @@ func (e *env) datapathCounter(name string) uint64 {
 // TestSNAT: two LAN hosts (rs1 and the router of the lb-routed lab) reach a
 // WAN server (the client host, which has no route back to the LAN) through
 // mbx's WAN address 198.18.0.1, at the same time: TCP (curl, a
-// sha256-checked 20 MB download) and UDP (iperf3).
+// sha256-checked 20 MB download), UDP (iperf3) and ping (identifiers
+// rewritten).
 func TestSNAT(t *testing.T) {
-	need(t, "iperf3")
+	need(t, "iperf3", "ping")
 	e, sum := routedLab(t)
 	e.nginx("client")
 	e.background("client", "iperf3", "-s", "-p", "5301")
@@ -266,6 +267,7 @@ func TestSNAT(t *testing.T) {
 	e.waitTCP("client", "127.0.0.1:5302")
 	const tcpMatch = "proto=tcp,src-range=198.18.1.0-198.18.1.254,oif=wan0"
 	const udpMatch = "proto=udp,src-range=198.18.1.0-198.18.1.254,oif=wan0"
+	const icmpMatch = "proto=icmp,src-range=198.18.1.0-198.18.1.254,oif=wan0"
 	// Without SNAT the LAN cannot reach the server (no route back).
 	if out, err := e.lab.Run("rs1", "curl", "-sS", "--max-time", "2", "http://198.18.0.2/"); err == nil {
 		t.Fatalf("the WAN server answered without SNAT: %s", out)
@@ -274,12 +276,14 @@ func TestSNAT(t *testing.T) {
 		-A -s rr -H ` + tcpMatch + `
 		-a -H ` + tcpMatch + ` -r 198.18.0.1:0 -J
 		-A -s rr -H ` + udpMatch + `
-		-a -H ` + udpMatch + ` -r 198.18.0.1:0 -J`)
+		-a -H ` + udpMatch + ` -r 198.18.0.1:0 -J
+		-A -s rr -H ` + icmpMatch + `
+		-a -H ` + icmpMatch + ` -r 198.18.0.1:0 -J`)
 	if out := e.mustMbx("ipvsadm", "-ln"); !strings.Contains(out, "MATCH "+tcpMatch) || !strings.Contains(out, "Snat") {
 		t.Errorf("ipvsadm -ln:\n%s", out)
 	}
 	hosts := []string{"rs1", "router"}
-	errs := make(chan error, 2*len(hosts))
+	errs := make(chan error, 3*len(hosts))
 	for i, h := range hosts {
 		go func() {
 			out, err := e.lab.Run(h, "sh", "-c", "curl -sS --max-time 10 http://198.18.0.2/ && curl -sS --max-time 30 http://198.18.0.2/files/20M.bin | sha256sum")
@@ -299,7 +303,16 @@ func TestSNAT(t *testing.T) {
 			errs <- err
 		}()
 	}
-	for range 2 * len(hosts) {
+	for _, h := range hosts {
+		go func() {
+			out, err := e.lab.Run(h, "ping", "-c", "5", "-i", "0.2", "-W", "2", "198.18.0.2")
+			if err != nil || !strings.Contains(out, " 0% packet loss") {
+				err = fmt.Errorf("%s: ping through SNAT: %v\n%s", h, err, out)
+			}
+			errs <- err
+		}()
+	}
+	for range 3 * len(hosts) {
 		if err := <-errs; err != nil {
 			t.Error(err)
 		}

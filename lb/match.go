@@ -49,9 +49,9 @@ func ParseMatch(s string) (Match, error) {
 			case "udp":
 				m.Proto = UDP
 			case "icmp":
-				return m, fmt.Errorf("match %q: proto=icmp is not supported yet (tcp, udp)", s)
+				m.Proto = ICMP
 			default:
-				return m, fmt.Errorf("match %q: unknown proto %q (tcp, udp)", s, v)
+				return m, fmt.Errorf("match %q: unknown proto %q (tcp, udp, icmp)", s, v)
 			}
 		case "src-range":
 			m.SrcLo, m.SrcHi, err = rng(v)

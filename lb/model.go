@@ -17,8 +17,9 @@ import (
 type Proto uint8
 
 const (
-	TCP Proto = 6
-	UDP Proto = 17
+	TCP  Proto = 6
+	UDP  Proto = 17
+	ICMP Proto = 1 // SNAT match services only (echo, by identifier)
 )
 
 func (p Proto) String() string {
@@ -27,6 +28,8 @@ func (p Proto) String() string {
 		return "TCP"
 	case UDP:
 		return "UDP"
+	case ICMP:
+		return "ICMP"
 	}
 	return "proto" + strconv.Itoa(int(p))
 }

@@ -5,7 +5,7 @@
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root" >&2; exit 1; }
 
-pkgs=(iproute2 ethtool curl nginx-light iperf3 wrk tcpdump tshark libpcap-dev gcc nftables util-linux procps)
+pkgs=(iproute2 ethtool curl nginx-light iperf3 wrk tcpdump tshark libpcap-dev gcc nftables util-linux procps iputils-ping)
 [ "${1:-}" = "--clang" ] && pkgs+=(clang llvm libbpf-dev linux-libc-dev)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -282,6 +282,9 @@ func bind(p Packet, actual []byte, v vars) {
 		set(p.UDP, "sport", uint64(u.SrcPort))
 		set(p.UDP, "dport", uint64(u.DstPort))
 	}
+	if ic, ok := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4); ok && p.ICMP != nil {
+		set(p.ICMP, "id", uint64(ic.Id))
+	}
 	// gopacket leaves a first fragment's transport header undecoded.
 	if ip, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok && ip.FragOffset == 0 && ip.Flags&layers.IPv4MoreFragments != 0 && len(ip.Payload) >= 4 {
 		sp := uint64(ip.Payload[0])<<8 | uint64(ip.Payload[1])
