@@ -2,6 +2,7 @@ package control
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -29,6 +30,9 @@ import (
 //	         inhibit_on_failure: true}
 //	    laddrs:
 //	      - {addr: 198.18.1.200, dev: lan0}
+//	  - match: proto=tcp,src-range=198.18.1.0-198.18.1.254,oif=wan0   # SNAT
+//	    scheduler: rr
+//	    reals: [{addr: "198.18.0.1:0"}]
 //	bricks:                        # docs/bricks.md
 //	  engines: [{name: e0, iface: tap0, link: lb0, start: true}]
 //	  bricks: [{name: lb0, type: loadbalancer, hash: 4tuple, outputs: ["tap0}0", "tap0}1"]}]
@@ -49,6 +53,7 @@ type fileService struct {
 	Persistence int         `yaml:"persistence"`
 	Proto       string      `yaml:"proto"`
 	VIP         string      `yaml:"vip"`
+	Match       string      `yaml:"match"` // SNAT match service instead of vip (DPVS's -H)
 	Scheduler   string      `yaml:"scheduler"`
 	Reals       []fileReal  `yaml:"reals"`
 	Laddrs      []fileLaddr `yaml:"laddrs"`
@@ -200,11 +205,24 @@ func ParseConfig(data []byte) ([]lb.Op, error) {
 		default:
 			return nil, lineError{line, fmt.Errorf("unknown protocol %q (tcp or udp)", s.Proto)}
 		}
-		addr, port, err := lb.ParseAddrPort(s.VIP, -1)
-		if err != nil {
-			return nil, lineError{nodeLine(&root, "services", i, "vip"), err}
+		var key lb.ServiceKey
+		var port uint16
+		if s.Match != "" {
+			if s.VIP != "" {
+				return nil, lineError{line, errors.New("give vip or match, not both")}
+			}
+			m, err := lb.ParseMatch(s.Match)
+			if err != nil {
+				return nil, lineError{nodeLine(&root, "services", i, "match"), err}
+			}
+			key = lb.MatchKey(m)
+		} else {
+			addr, p, err := lb.ParseAddrPort(s.VIP, -1)
+			if err != nil {
+				return nil, lineError{nodeLine(&root, "services", i, "vip"), err}
+			}
+			key, port = lb.ServiceKey{Proto: proto, Addr: addr, Port: p}, p
 		}
-		key := lb.ServiceKey{Proto: proto, Addr: addr, Port: port}
 		svcLine[key] = line
 		if s.Scheduler != "" {
 			if _, ok := lb.LookupScheduler(s.Scheduler); !ok {
@@ -225,7 +243,10 @@ func ParseConfig(data []byte) ([]lb.Op, error) {
 				w = *r.Weight
 			}
 			fwd := lb.Forward(strings.ToLower(r.Forward))
-			if fwd == "" {
+			switch {
+			case fwd == "" && key.IsMatch():
+				fwd = lb.SNAT
+			case fwd == "":
 				fwd = lb.FullNAT
 			}
 			real := lb.Real{Addr: a, Port: p, Weight: w, Forward: fwd, Check: r.Check, InhibitOnFailure: r.InhibitOnFailure}

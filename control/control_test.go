@@ -115,3 +115,24 @@ func TestDaemonIsAllOrNothing(t *testing.T) {
 		t.Fatalf("backend not restored: %d services", len(last.Services))
 	}
 }
+
+func TestYAMLSNATMatch(t *testing.T) {
+	ops, err := ParseConfig([]byte(`services:
+  - match: proto=udp,src-range=198.18.1.0-198.18.1.254,oif=wan0
+    scheduler: rr
+    reals: [{addr: "198.18.0.1:0"}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := (&lb.Config{}).Do(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Services[0]; !s.Key.IsMatch() || s.Reals[0].Forward != lb.SNAT {
+		t.Fatalf("%+v", s)
+	}
+	if _, err := ParseConfig([]byte("services:\n  - match: proto=tcp\n")); err == nil || !strings.HasPrefix(err.Error(), "2: ") {
+		t.Errorf("a match without conditions: %v, want an error on line 2", err)
+	}
+}

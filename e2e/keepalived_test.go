@@ -33,9 +33,9 @@ func TestKeepalivedConf(t *testing.T) {
 	e.stopDaemon()
 
 	bad := filepath.Join(e.dir, "bad.conf")
-	os.WriteFile(bad, []byte("virtual_server 198.18.0.100 80 {\n    lb_algo rr\n    lb_kind SNAT\n}\n"), 0o644)
+	os.WriteFile(bad, []byte("virtual_server 198.18.0.100 80 {\n    lb_algo rr\n    lb_kind BOGUS\n}\n"), 0o644)
 	out, err := e.lab.Command("lb", mbxBin, "keepalived", "check", bad).CombinedOutput()
-	oneLineError(t, string(out), err, "bad.conf:3: lb_kind SNAT")
+	oneLineError(t, string(out), err, "bad.conf:3: lb_kind BOGUS")
 	out, err = e.lab.Command("lb", mbxBin, "run", "--iface", "wan0", "--keepalived-conf", bad, "--socket", filepath.Join(e.dir, "k.sock")).CombinedOutput()
 	oneLineError(t, string(out), err, "bad.conf:3:")
 	if x, _ := e.lab.Run("lb", "ip", "link", "show", "wan0"); strings.Contains(x, "xdp") {

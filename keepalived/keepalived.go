@@ -220,7 +220,12 @@ var algos = map[string]string{"rr": "rr", "wrr": "wrr", "lc": "lc", "wlc": "wlc"
 
 func (p *parser) virtualServer(n *node) error {
 	var keys []lb.ServiceKey
+	isMatch := false
 	switch {
+	case len(n.args) == 2 && n.args[0] == "match":
+		// DPVS's SNAT service: the match is built from src-range, dst-range,
+		// iif and oif below; the key is made once the block is read.
+		isMatch = true
 	case len(n.args) == 2 && n.args[0] == "group":
 		g, ok := p.groups[n.args[1]]
 		if !ok {
@@ -241,6 +246,8 @@ func (p *parser) virtualServer(n *node) error {
 		return p.errf(n, "want \"virtual_server VIP PORT\" or \"virtual_server group NAME\"")
 	}
 	sched, proto, persist, kind := "", lb.TCP, 0, lb.FullNAT
+	var matchParts []string
+	matchNode := n
 	interval := time.Duration(0)
 	var laddrs []lb.LocalAddr
 	var reals []*node
@@ -273,9 +280,23 @@ func (p *parser) virtualServer(n *node) error {
 				proto = lb.TCP
 			case "UDP":
 				proto = lb.UDP
+			case "ICMP":
+				if !isMatch {
+					return p.errf(c, "protocol ICMP is for SNAT match services (virtual_server match NAME)")
+				}
+				proto = lb.ICMP
 			default:
-				return p.errf(c, "protocol %s is not supported (TCP, UDP)", strings.Join(c.args, " "))
+				return p.errf(c, "protocol %s is not supported (TCP, UDP; ICMP for SNAT)", strings.Join(c.args, " "))
 			}
+		case "src-range", "dst-range", "iif", "oif":
+			if !isMatch {
+				return p.errf(c, "%s belongs to an SNAT match service (virtual_server match NAME)", c.key)
+			}
+			if len(c.args) != 1 {
+				return p.errf(c, "%s needs one value", c.key)
+			}
+			matchParts = append(matchParts, c.key+"="+c.args[0])
+			matchNode = c
 		case "laddr_group_name":
 			g, ok := p.laddrs[strings.Join(c.args, "")]
 			if !ok {
@@ -298,8 +319,22 @@ func (p *parser) virtualServer(n *node) error {
 			return p.errf(c, "unknown virtual_server keyword %q", c.key)
 		}
 	}
+	if isMatch {
+		if kind != lb.SNAT {
+			return p.errf(n, "virtual_server match needs lb_kind SNAT")
+		}
+		m, err := lb.ParseMatch(strings.Join(append([]string{"proto=" + strings.ToLower(proto.String())}, matchParts...), ","))
+		if err != nil {
+			return p.errf(matchNode, "%v", err)
+		}
+		keys = []lb.ServiceKey{lb.MatchKey(m)}
+	} else if kind == lb.SNAT {
+		return p.errf(n, "lb_kind SNAT needs a match service (virtual_server match NAME)")
+	}
 	for _, k := range keys {
-		k.Proto = proto
+		if !k.IsMatch() {
+			k.Proto = proto
+		}
 		p.res.Ops = append(p.res.Ops, lb.Op{Kind: lb.OpAddService, Service: k, Scheduler: sched, Persistence: persist})
 		for _, r := range reals {
 			real, err := p.realServer(r, k.Port, interval)
@@ -318,7 +353,7 @@ func (p *parser) virtualServer(n *node) error {
 
 // lbKinds maps keepalived's lb_kind onto forwarding methods. Without
 // lb_kind mbx uses FNAT (DPVS's configurations always name it).
-var lbKinds = map[string]lb.Forward{"FNAT": lb.FullNAT, "DR": lb.DirectRoute, "TUN": lb.Tunnel, "NAT": lb.Masquerade}
+var lbKinds = map[string]lb.Forward{"FNAT": lb.FullNAT, "DR": lb.DirectRoute, "TUN": lb.Tunnel, "NAT": lb.Masquerade, "SNAT": lb.SNAT}
 
 func seconds(n *node) (time.Duration, error) {
 	if len(n.args) != 1 {

@@ -46,7 +46,7 @@ func TestErrorsNameTheLine(t *testing.T) {
 		{"stray brace", "}\n", "f.conf:1: unexpected }"},
 		{"unknown algo", "virtual_server 198.18.0.100 80 {\n  lb_algo fastest\n}\n", "f.conf:2: lb_algo fastest"},
 		{"lblc not supported", "virtual_server 198.18.0.100 80 {\n  lb_algo lblc\n}\n", "f.conf:2: lb_algo lblc is not supported"},
-		{"unknown lb_kind", "virtual_server 198.18.0.100 80 {\n  lb_kind SNAT\n}\n", "f.conf:2: lb_kind SNAT"},
+		{"unknown lb_kind", "virtual_server 198.18.0.100 80 {\n  lb_kind BOGUS\n}\n", "f.conf:2: lb_kind BOGUS"},
 		{"persistence granularity", "virtual_server 198.18.0.100 80 {\n  persistence_granularity 255.255.255.0\n}\n", "f.conf:2: persistence_granularity is not supported"},
 		{"bad vip", "virtual_server 198.18.0.999 80 {\n}\n", "f.conf:1: bad virtual server address"},
 		{"bad real", "virtual_server 198.18.0.100 80 {\n  real_server 198.18.1.x 80 {\n  }\n}\n", "f.conf:2: bad real server address"},
@@ -118,5 +118,60 @@ virtual_server 198.18.0.100 53 {
 	}
 	if misc.Command != "/usr/bin/check --host 198.18.1.3" || misc.Timeout != 4*time.Second || udp.Timeout != time.Second {
 		t.Fatalf("misc %+v udp %+v", misc, udp)
+	}
+}
+
+// The DPVS tutorial's SNAT blocks (lab addresses): match services.
+func TestSNATMatchServices(t *testing.T) {
+	res, err := Parse("snat.conf", `virtual_server match SNAT1 {
+    protocol UDP
+    lb_algo rr
+    lb_kind SNAT
+    src-range 198.18.1.0-198.18.1.254
+    oif wan0
+
+    real_server 198.18.0.1 0 {
+        weight 4
+    }
+}
+
+virtual_server match SNAT2 {
+    protocol ICMP
+    lb_algo wrr
+    lb_kind SNAT
+    src-range 198.18.1.1-198.18.1.254
+    dst-range 198.18.0.0-198.18.0.254
+    oif wan0
+    iif lan0
+
+    real_server 198.18.0.1 0 {
+        weight 4
+    }
+}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := (&lb.Config{}).Do(res.Ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range cfg.Services {
+		got = append(got, s.Key.String()+" "+string(s.Reals[0].Forward))
+	}
+	want := "MATCH proto=icmp,src-range=198.18.1.1-198.18.1.254,dst-range=198.18.0.0-198.18.0.254,iif=lan0,oif=wan0 snat|MATCH proto=udp,src-range=198.18.1.0-198.18.1.254,oif=wan0 snat"
+	if strings.Join(got, "|") != want {
+		t.Errorf("got %q\nwant %q", strings.Join(got, "|"), want)
+	}
+	for _, bad := range []struct{ text, want string }{
+		{"virtual_server match X {\n  protocol TCP\n  lb_kind SNAT\n}\n", "x.conf:1: match"},
+		{"virtual_server match X {\n  protocol TCP\n  lb_kind FNAT\n  oif wan0\n}\n", "needs lb_kind SNAT"},
+		{"virtual_server 198.18.0.100 80 {\n  lb_kind SNAT\n}\n", "needs a match service"},
+		{"virtual_server 198.18.0.100 80 {\n  oif wan0\n}\n", "x.conf:2: oif belongs"},
+	} {
+		if _, err := Parse("x.conf", bad.text); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%q: %v, want %q", bad.text, err, bad.want)
+		}
 	}
 }
