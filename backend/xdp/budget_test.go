@@ -1,0 +1,32 @@
+package xdp
+
+import (
+	"testing"
+
+	"github.com/mbx-net/mbx/backend"
+)
+
+// TestVerifierBudget keeps the datapath well inside the verifier's limit
+// of 1M processed instructions per program: at 847k (before the global
+// functions of docs/architecture.md) the next feature would not have
+// loaded. Raise the bound only with a reason.
+func TestVerifierBudget(t *testing.T) {
+	requireRoot(t)
+	b, err := Load(backend.Options{ConnMax: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	info, err := b.objs.MbxXdp.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, ok := info.VerifiedInstructions()
+	if !ok {
+		t.Skip("the kernel does not report verified instructions")
+	}
+	t.Logf("mbx_xdp: %d verified instructions", n)
+	if n > 500000 {
+		t.Errorf("mbx_xdp needs %d verified instructions; keep it under 500k (the limit is 1M): move rare paths into global functions", n)
+	}
+}
