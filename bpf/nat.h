@@ -314,21 +314,31 @@ static __always_inline int xmit_ipv4(struct xdp_md *ctx, struct pkt *p, struct c
 	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
 }
 
+/* direct_hop is the next hop toward the real server of a DR or tunnel
+ * connection, for a packet that grows by overhead: NH_OK, or the verdict
+ * (a packet that does not fit is answered or dropped: XDP cannot fragment,
+ * and handed to the kernel it would be delivered to the local VIP). */
+static __always_inline int direct_hop(struct xdp_md *ctx, struct pkt *p, struct conn *c,
+				      const struct config *cfg, __u64 now, __u32 src,
+				      __u32 overhead, int answer)
+{
+	__u32 mtu = 0;
+	int v = next_hop(ctx, p, c, cfg, now, src, c->daddr, p->ip_len + overhead, 1, &mtu);
+	if (v != NH_OK && v != NH_TOO_BIG)
+		return v;
+	v = fits(ctx, p, c, v, mtu, overhead, answer);
+	if (v == NH_TOO_BIG) {
+		count(CNT_DROP_TOO_BIG);
+		return XDP_DROP;
+	}
+	return v;
+}
+
 /* DR: the packet unchanged but for its MAC addresses, to the real server. */
 static __always_inline int xmit_dr(struct xdp_md *ctx, struct pkt *p, struct conn *c,
 				   const struct config *cfg, __u64 now, int answer)
 {
-	__u32 mtu = 0;
-	int v = next_hop(ctx, p, c, cfg, now, p->ip4->saddr, c->daddr, p->ip_len, 1, &mtu);
-	if (v == NH_OK || v == NH_TOO_BIG) {
-		v = fits(ctx, p, c, v, mtu, 0, answer);
-		if (v == NH_TOO_BIG) {
-			count(CNT_DROP_TOO_BIG); /* XDP cannot fragment, the kernel would keep it */
-			return XDP_DROP;
-		}
-		if (v != NH_OK)
-			return v;
-	}
+	int v = direct_hop(ctx, p, c, cfg, now, p->ip4->saddr, 0, answer);
 	if (v != NH_OK)
 		return v;
 	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
@@ -343,17 +353,7 @@ static __always_inline int xmit_tunnel(struct xdp_md *ctx, struct pkt *p, struct
 				       const struct config *cfg, __u64 now, int answer)
 {
 	__u32 inner_len = p->ip_len;
-	__u32 mtu = 0;
-	int v = next_hop(ctx, p, c, cfg, now, 0, c->daddr, inner_len + sizeof(struct iphdr), 1, &mtu);
-	if (v == NH_OK || v == NH_TOO_BIG) {
-		v = fits(ctx, p, c, v, mtu, sizeof(struct iphdr), answer);
-		if (v == NH_TOO_BIG) {
-			count(CNT_DROP_TOO_BIG);
-			return XDP_DROP;
-		}
-		if (v != NH_OK)
-			return v;
-	}
+	int v = direct_hop(ctx, p, c, cfg, now, 0, sizeof(struct iphdr), answer);
 	if (v != NH_OK)
 		return v;
 	__u32 saddr = c->tun_saddr;

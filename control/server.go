@@ -68,15 +68,9 @@ func Listen(d *Daemon, path string) (*Server, error) {
 	})
 	mux.HandleFunc("POST /v1/bricks", func(w http.ResponseWriter, r *http.Request) {
 		var req BricksRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
+		if decodeOps(w, r, &req, func() int { return len(req.Ops) }) {
+			reply(w, struct{}{}, s.d.BricksDo(r.Context(), req.Command, req.Ops))
 		}
-		if len(req.Ops) == 0 {
-			reply(w, nil, errors.New("no operations"))
-			return
-		}
-		reply(w, struct{}{}, s.d.BricksDo(r.Context(), req.Command, req.Ops))
 	})
 	mux.HandleFunc("GET /v1/bricks", func(w http.ResponseWriter, r *http.Request) {
 		st, err := s.d.Bricks()
@@ -117,17 +111,25 @@ func reply(w http.ResponseWriter, v any, err error) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// decodeOps reads a request of operations into req; on a bad or empty one
+// it replies with the error and returns false.
+func decodeOps(w http.ResponseWriter, r *http.Request, req any, n func() int) bool {
+	if err := json.NewDecoder(r.Body).Decode(req); err != nil {
+		reply(w, nil, fmt.Errorf("bad request: %w", err))
+		return false
+	}
+	if n() == 0 {
+		reply(w, nil, errors.New("no operations"))
+		return false
+	}
+	return true
+}
+
 func (s *Server) ops(w http.ResponseWriter, r *http.Request) {
 	var req OpsRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		reply(w, nil, fmt.Errorf("bad request: %w", err))
-		return
+	if decodeOps(w, r, &req, func() int { return len(req.Ops) }) {
+		reply(w, struct{}{}, s.d.DoCommand(r.Context(), req.Command, req.Ops))
 	}
-	if len(req.Ops) == 0 {
-		reply(w, nil, errors.New("no operations"))
-		return
-	}
-	reply(w, struct{}{}, s.d.DoCommand(r.Context(), req.Command, req.Ops))
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {

@@ -1,7 +1,6 @@
 package xdp
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -147,7 +145,7 @@ func (b *Backend) ApplyBricks(plan *bricks.Plan) error {
 		if err != nil {
 			return err
 		}
-		if variant, err = b.programVariant("mbx_bricks", BrickFilterFunc, body); err != nil {
+		if variant, err = programVariant("mbx_bricks", BrickFilterFunc, body, b.mapByName); err != nil {
 			return fmt.Errorf("loading the bricks with their filters: %w", err)
 		}
 	}
@@ -404,32 +402,6 @@ func pinNAPI(iface string, cpu int) error {
 		return fmt.Errorf("no NAPI thread for %s after enabling threaded NAPI", iface)
 	}
 	return nil
-}
-
-// programVariant loads another instance of the datapath program prog with
-// function fn replaced by body, sharing every map with the running
-// datapath.
-func (b *Backend) programVariant(prog, fn string, body asm.Instructions) (*ebpf.Program, error) {
-	spec, err := loadMbx()
-	if err != nil {
-		return nil, err
-	}
-	ps := spec.Programs[prog].Copy()
-	insns, err := replaceFunc(ps.Instructions, fn, body)
-	if err != nil {
-		return nil, err
-	}
-	for name := range spec.Maps {
-		m := b.mapByName(name)
-		if m == nil {
-			continue
-		}
-		if err := insns.AssociateMap(name, m); err != nil && !errors.Is(err, asm.ErrUnreferencedSymbol) {
-			return nil, fmt.Errorf("map %s: %w", name, err)
-		}
-	}
-	ps.Instructions = insns
-	return ebpf.NewProgram(ps)
 }
 
 // mapByName finds one of the loaded datapath's maps by its BPF name.

@@ -20,42 +20,61 @@ const CaptureFilterFunc = "mbx_capture_filter"
 // extension of the running program, but this kernel refuses loading those
 // with EPERM.)
 func ProgramWithCaptureFilter(running *ebpf.Program, body asm.Instructions) (*ebpf.Program, error) {
-	spec, err := loadMbx()
-	if err != nil {
-		return nil, err
-	}
-	ps := spec.Programs["mbx_xdp"].Copy()
-	insns, err := replaceFunc(ps.Instructions, CaptureFilterFunc, body)
-	if err != nil {
-		return nil, err
-	}
 	info, err := running.Info()
 	if err != nil {
 		return nil, err
 	}
 	ids, _ := info.MapIDs()
-	var maps []*ebpf.Map
+	maps := map[string]*ebpf.Map{}
 	defer func() {
 		for _, m := range maps {
 			m.Close()
 		}
 	}()
+	spec, err := loadMbx()
+	if err != nil {
+		return nil, err
+	}
 	for _, id := range ids {
 		m, err := ebpf.NewMapFromID(id)
 		if err != nil {
 			return nil, fmt.Errorf("map %d of the running program: %w", id, err)
 		}
-		maps = append(maps, m)
 		mi, err := m.Info()
 		if err != nil {
+			m.Close()
 			return nil, err
 		}
 		name := specMapName(spec, mi.Name)
 		if name == "" {
+			m.Close()
 			continue // e.g. .rodata of another build
 		}
+		maps[name] = m
+	}
+	return programVariant("mbx_xdp", CaptureFilterFunc, body, func(name string) *ebpf.Map { return maps[name] })
+}
+
+// programVariant loads another instance of the datapath program prog with
+// function fn replaced by body, its maps (by spec name) from mapFor: the
+// running datapath's, so the instance shares every map with it.
+func programVariant(prog, fn string, body asm.Instructions, mapFor func(string) *ebpf.Map) (*ebpf.Program, error) {
+	spec, err := loadMbx()
+	if err != nil {
+		return nil, err
+	}
+	ps := spec.Programs[prog].Copy()
+	insns, err := replaceFunc(ps.Instructions, fn, body)
+	if err != nil {
+		return nil, err
+	}
+	for name := range spec.Maps {
+		m := mapFor(name)
+		if m == nil {
+			continue
+		}
 		if err := insns.AssociateMap(name, m); err != nil && !errors.Is(err, asm.ErrUnreferencedSymbol) {
-			return nil, fmt.Errorf("map %s: %w", mi.Name, err)
+			return nil, fmt.Errorf("map %s: %w", name, err)
 		}
 	}
 	ps.Instructions = insns
