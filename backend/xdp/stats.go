@@ -144,6 +144,9 @@ func (b *Backend) startSweeper() {
 				return
 			case <-t.C:
 				b.sweepOnce()
+				// DR and tunnel packets are dropped while their next hop is
+				// unresolved: keep those neighbours resolved, not only at Apply.
+				b.resolveDirect()
 			}
 		}
 	}()
