@@ -473,10 +473,12 @@ int mbx_xdp(struct xdp_md *ctx)
 		verdict = process(ctx);
 	if (verdict == XDP_PASS && engine) {
 		/* What the load balancer leaves goes to the bricks (bricks.h). */
-		__u32 zero = 0;
-		struct brick_scratch *s = bpf_map_lookup_elem(&brick_handoff, &zero);
-		if (s)
-			s->capture_matched = matched;
+		if (cap) {
+			__u32 zero = 0;
+			struct brick_scratch *s = bpf_map_lookup_elem(&brick_handoff, &zero);
+			if (s)
+				s->capture_matched = matched;
+		}
 		bpf_tail_call(ctx, &brick_prog, 0);
 	}
 	count_verdict(ifindex, verdict);

@@ -2,8 +2,6 @@ package bricks
 
 import (
 	"encoding/binary"
-
-	"github.com/mbx-net/mbx/flow"
 )
 
 // flowEnds is a frame's two endpoints as bricks.h's brick_flow holds them.
@@ -12,6 +10,7 @@ type flowEnds struct {
 	aport, bport uint16
 	proto        uint8
 	ports        bool
+	v4           bool // only a[0] and b[0] hold an address
 }
 
 const (
@@ -63,6 +62,7 @@ func parseEnds(frame []byte) flowEnds {
 		ip := frame[off:]
 		f.a[0], f.b[0] = le32(ip[12:16]), le32(ip[16:20])
 		f.proto = ip[9]
+		f.v4 = true
 		if binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 {
 			return f
 		}
@@ -108,30 +108,45 @@ func parseEnds(frame []byte) flowEnds {
 	return f
 }
 
-func endpointHash(addr [4]uint32, port uint16, seed uint32) uint32 {
-	h := seed
-	for _, w := range addr {
-		h = flow.HashMix(h, w)
-	}
-	return flow.HashFinal(flow.HashMix(h, uint32(port)))
+// The LoadBalancer hash's multipliers (bricks.h BRICK_K*).
+var hashK = [...]uint64{
+	0xa0761d6478bd642f, 0xe7037ed1a0b428db, 0x8ebc6af09c88c6e3, 0x589965cc75374cc3,
+	0x1d8e4e27c47d124f, 0x9e3779b97f4a7c15, 0xbf58476d1ce4e5b9, 0x94d049bb133111eb,
+	0xff51afd7ed558ccd, 0xc4ceb9fe1a85ec53, 0x2545f4914f6cdd1d,
 }
 
 // FlowHash is the LoadBalancer's symmetric flow hash of a frame, bit for
-// bit the datapath's (bricks.h brick_hash).
+// bit the datapath's (bricks.h brick_hash): the two endpoints in order
+// (address words, then port), each word times its own constant, summed,
+// then folded by one multiply.
 func FlowHash(frame []byte, hash Hash, seed uint32) uint32 {
 	f := parseEnds(frame)
 	usePorts := hash == Hash4Tuple && f.ports
 	var ap, bp uint16
+	var proto uint64
 	if usePorts {
-		ap, bp = f.aport, f.bport
+		ap, bp, proto = f.aport, f.bport, uint64(f.proto)
 	}
-	ea, eb := endpointHash(f.a, ap, seed), endpointHash(f.b, bp, seed)
-	lo, hi := min(ea, eb), max(ea, eb)
-	h := flow.HashMix(flow.HashMix(seed, lo), hi)
-	if usePorts {
-		h = flow.HashMix(h, uint32(f.proto))
+	swap := ap > bp
+	for i := range 4 {
+		if f.a[i] != f.b[i] {
+			swap = f.a[i] > f.b[i]
+			break
+		}
 	}
-	return flow.HashFinal(h)
+	lo, hi, lp, hp := f.a, f.b, ap, bp
+	if swap {
+		lo, hi, lp, hp = f.b, f.a, bp, ap
+	}
+	k := hashK
+	h := uint64(lo[0]^seed)*k[0] + uint64(hi[0])*k[1] + uint64(uint32(lp)|uint32(hp)<<16)*k[2] + proto*k[3]
+	if !f.v4 {
+		h += uint64(lo[1])*k[5] + uint64(lo[2])*k[6] + uint64(lo[3])*k[7] +
+			uint64(hi[1])*k[8] + uint64(hi[2])*k[9] + uint64(hi[3])*k[10]
+	}
+	h ^= h >> 32
+	h *= k[4]
+	return uint32(h >> 32)
 }
 
 // Pick is the output a LoadBalancer with n outputs sends the frame to.
