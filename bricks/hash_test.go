@@ -47,8 +47,12 @@ func TestFlowHashSpread(t *testing.T) {
 			func(i int) []byte { return frame4("198.18.0.1", "198.18.1.2", uint16(32768+i), 80) },
 			func(i int) []byte { return frame4("198.18.1.2", "198.18.0.1", 80, uint16(32768+i)) }},
 		{"v4-client", Hash2Tuple,
-			func(i int) []byte { return frame4(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}).String(), "198.19.0.1", 1, 2) },
-			func(i int) []byte { return frame4("198.19.0.1", netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}).String(), 2, 1) }},
+			func(i int) []byte {
+				return frame4(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}).String(), "198.19.0.1", 1, 2)
+			},
+			func(i int) []byte {
+				return frame4("198.19.0.1", netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}).String(), 2, 1)
+			}},
 		{"v6-sport", Hash4Tuple,
 			func(i int) []byte { return frame6("fd00:198::1", "fd00:198::2", uint16(1024+i), 53) },
 			func(i int) []byte { return frame6("fd00:198::2", "fd00:198::1", 53, uint16(1024+i)) }},
