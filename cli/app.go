@@ -30,6 +30,8 @@ func App() *ucli.App {
 			captureCommand(),
 			bricksCommand(),
 			decapCommand(),
+			statCommand(),
+			monitorCommand(),
 		},
 		HideHelpCommand: true,
 	}

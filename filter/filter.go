@@ -30,8 +30,14 @@ type Filter struct {
 // Compile compiles expr for Ethernet frames, with tcpdump's semantics. An
 // empty expression matches every packet.
 func Compile(expr string) (*Filter, error) {
+	return CompileLink(layers.LinkTypeEthernet, expr)
+}
+
+// CompileLink compiles expr for frames of another link type (offline
+// captures: Linux SLL, raw IP).
+func CompileLink(lt layers.LinkType, expr string) (*Filter, error) {
 	expr = strings.TrimSpace(expr)
-	raw, err := pcap.CompileBPFFilter(layers.LinkTypeEthernet, Snaplen, expr)
+	raw, err := pcap.CompileBPFFilter(lt, Snaplen, expr)
 	if err != nil {
 		return nil, fmt.Errorf("filter %q: %w", expr, err)
 	}

@@ -37,6 +37,7 @@ const (
 // frame (no copies).
 type Packet struct {
 	Time     int64 // Unix nanoseconds
+	Link     LinkType
 	Frame    []byte
 	VLAN     [2]uint16 // tags, outer first
 	NVLAN    int
@@ -77,7 +78,7 @@ const maxIPv6Ext = 8
 // allocating, and mirrors the BPF parser field for field.
 func Decode(lt LinkType, frame []byte, p *Packet) error {
 	t := p.Time
-	*p = Packet{Time: t, Frame: frame}
+	*p = Packet{Time: t, Link: lt, Frame: frame}
 	var ethType uint16
 	off := 0
 	switch lt {

@@ -1,7 +1,9 @@
 package monitor
 
 import (
+	"cmp"
 	"crypto/sha256"
+	"slices"
 	"hash"
 	"net/netip"
 	"time"
@@ -254,10 +256,15 @@ func (m *Monitor) sweep(now int64) {
 // Close ends every open connection (reason "open": the input ended) and
 // raises their EvConnEnd.
 func (m *Monitor) Close() {
+	var open []*Conn
 	for _, c := range m.conns {
 		if c.EndReason == "" {
-			m.end(c, EndOpen, Client)
+			open = append(open, c)
 		}
+	}
+	slices.SortFunc(open, func(a, b *Conn) int { return cmp.Compare(a.ID, b.ID) })
+	for _, c := range open {
+		m.end(c, EndOpen, Client)
 	}
 }
 
