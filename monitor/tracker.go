@@ -3,9 +3,9 @@ package monitor
 import (
 	"cmp"
 	"crypto/sha256"
-	"slices"
 	"hash"
 	"net/netip"
+	"slices"
 	"time"
 )
 
