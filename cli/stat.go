@@ -26,7 +26,7 @@ func monitorFlags() []ucli.Flag {
 }
 
 // newMonitor builds a Monitor from monitorFlags.
-func newMonitor(c *ucli.Context, hash bool) (*monitor.Monitor, error) {
+func newMonitor(c *ucli.Context, hash, buffers bool) (*monitor.Monitor, error) {
 	if c.Int("buffer") <= 0 {
 		return nil, fmt.Errorf("--buffer %d: must be positive", c.Int("buffer"))
 	}
@@ -38,6 +38,7 @@ func newMonitor(c *ucli.Context, hash bool) (*monitor.Monitor, error) {
 		IdleTimeout: c.Duration("idle-timeout"),
 		BufferSize:  c.Int("buffer"),
 		StreamHash:  hash,
+		NoBuffer:    !buffers,
 	}
 	if expr := c.String("filter"); expr != "" {
 		f, err := pcapFilter(expr)
@@ -86,7 +87,9 @@ func statCommand() *ucli.Command {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q", c.Args().First())
 			}
-			m, err := newMonitor(c, c.Bool("stream-hash"))
+			// Like mOS's midstat, no receive buffers: bytes are counted
+			// (and hashed), never kept.
+			m, err := newMonitor(c, c.Bool("stream-hash"), false)
 			if err != nil {
 				return err
 			}
@@ -137,7 +140,7 @@ func monitorCommand() *ucli.Command {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q", c.Args().First())
 			}
-			m, err := newMonitor(c, false)
+			m, err := newMonitor(c, false, true)
 			if err != nil {
 				return err
 			}

@@ -18,7 +18,7 @@ type stream struct {
 	nxt       uint32 // next in-order sequence number
 	delivered uint64 // in-order bytes so far
 	bufOn     bool
-	buf       []byte // the last BufferSize delivered bytes
+	buf       []byte // the last delivered bytes: at least BufferSize (window), at most twice
 	ooo       []segment
 	oooBytes  int
 	hash      hash.Hash
@@ -147,10 +147,13 @@ func (s *stream) deliver(m *Monitor, c *Conn, from Side, data []byte) {
 		s.hash.Write(data)
 	}
 	if s.bufOn {
-		s.buf = append(s.buf, data...)
-		if over := len(s.buf) - m.opts.BufferSize; over > 0 {
-			s.buf = append(s.buf[:0], s.buf[over:]...)
+		// The buffer grows to twice its size before the oldest half is
+		// dropped: one copy per BufferSize bytes, not one per segment.
+		if len(s.buf)+len(data) > 2*m.opts.BufferSize {
+			keep := max(m.opts.BufferSize-len(data), 0)
+			s.buf = append(s.buf[:0], s.buf[len(s.buf)-min(keep, len(s.buf)):]...)
 		}
+		s.buf = append(s.buf, data...)
 	}
 	m.raise(EvNewData, HookRecv, c, from.Other())
 }

@@ -561,7 +561,11 @@ func (c *Conn) StreamSHA256(sender Side) []byte {
 // of that side) and the stream offset of the first of them.
 func (c *Conn) Peek(side Side) ([]byte, uint64) {
 	st := &c.Sides[side.Other()].send
-	return st.buf, st.delivered - uint64(len(st.buf))
+	b := st.buf
+	if n := c.m.opts.BufferSize; len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return b, st.delivered - uint64(len(b))
 }
 
 // Holes returns the gaps in the bytes side has received: out-of-order data
