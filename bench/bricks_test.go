@@ -7,7 +7,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/vishvananda/netlink"
 
 	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/backend/xdp"
@@ -43,26 +42,12 @@ func BenchmarkBricks(b *testing.B) {
 	}
 	defer w.Close()
 	var be *xdp.Backend
-	idx := map[string]int{}
+	idx, err := w.VethPairs(f.Ifaces)
+	if err != nil {
+		b.Fatal(err)
+	}
 	var redirect *ebpf.Program
 	err = w.Do(func() error {
-		for _, name := range f.Ifaces {
-			la := netlink.NewLinkAttrs()
-			la.Name = name
-			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: name + "p"}); err != nil {
-				return err
-			}
-			for _, n := range []string{name, name + "p"} {
-				l, err := netlink.LinkByName(n)
-				if err != nil {
-					return err
-				}
-				if err := netlink.LinkSetUp(l); err != nil {
-					return err
-				}
-				idx[n] = l.Attrs().Index
-			}
-		}
 		if be, err = xdp.Load(backend.Options{ConnMax: 1024, HashSeed: f.Seed}); err != nil {
 			return err
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -74,4 +75,32 @@ func (w *Worker) Do(fn func() error) error {
 func (w *Worker) Close() {
 	close(w.jobs)
 	<-w.done
+}
+
+// VethPairs creates, inside the worker's namespace, a veth pair NAME and
+// NAMEp for each name, both up, and returns every end's ifindex by name.
+// Datapath tests and benchmarks use the NAME ends as ports.
+func (w *Worker) VethPairs(names []string) (map[string]int, error) {
+	idx := map[string]int{}
+	err := w.Do(func() error {
+		for _, name := range names {
+			la := netlink.NewLinkAttrs()
+			la.Name = name
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: name + "p"}); err != nil {
+				return err
+			}
+			for _, n := range []string{name, name + "p"} {
+				l, err := netlink.LinkByName(n)
+				if err != nil {
+					return err
+				}
+				if err := netlink.LinkSetUp(l); err != nil {
+					return err
+				}
+				idx[n] = l.Attrs().Index
+			}
+		}
+		return nil
+	})
+	return idx, err
 }

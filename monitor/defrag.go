@@ -60,12 +60,12 @@ func (d *Defragmenter) Add(p *Packet) bool {
 		g = &fragDatagram{total: -1, first: p.Time}
 		d.pending[k] = g
 	}
-	max := d.MaxBytes
-	if max == 0 {
-		max = 65535 + 8
+	limit := d.MaxBytes
+	if limit == 0 {
+		limit = 65535 + 8
 	}
 	end := p.FragOffset + len(p.L4)
-	if end > max {
+	if end > limit {
 		delete(d.pending, k)
 		return false
 	}
@@ -83,7 +83,7 @@ func (d *Defragmenter) Add(p *Packet) bool {
 		if pc.off > have {
 			return false // a hole
 		}
-		have = max2(have, pc.off+len(pc.data))
+		have = max(have, pc.off+len(pc.data))
 	}
 	if have < g.total {
 		return false
@@ -103,11 +103,4 @@ func (d *Defragmenter) Add(p *Packet) bool {
 	p.L4 = buf
 	_ = decodeL4(p)
 	return true
-}
-
-func max2(a, b int) int {
-	if a > b {
-		return a
-	}
-	return b
 }

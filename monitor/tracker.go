@@ -3,7 +3,6 @@ package monitor
 import (
 	"cmp"
 	"crypto/sha256"
-	"hash"
 	"net/netip"
 	"slices"
 	"time"
@@ -588,5 +587,3 @@ func (c *Conn) SetBuffer(side Side, on bool) {
 		st.buf = nil
 	}
 }
-
-var _ hash.Hash = sha256.New()

@@ -5,8 +5,6 @@ import (
 	"sort"
 	"testing"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/bricks"
 	"github.com/mbx-net/mbx/lab"
@@ -29,26 +27,12 @@ func TestBrickVectors(t *testing.T) {
 			}
 			defer w.Close()
 			var b *Backend
-			idx := map[string]int{}
+			idx, err := w.VethPairs(f.Ifaces)
+			if err != nil {
+				t.Fatal(err)
+			}
 			var plan *bricks.Plan
 			err = w.Do(func() error {
-				for _, name := range f.Ifaces {
-					la := netlink.NewLinkAttrs()
-					la.Name = name
-					if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: name + "p"}); err != nil {
-						return err
-					}
-					for _, n := range []string{name, name + "p"} {
-						l, err := netlink.LinkByName(n)
-						if err != nil {
-							return err
-						}
-						if err := netlink.LinkSetUp(l); err != nil {
-							return err
-						}
-						idx[n] = l.Attrs().Index
-					}
-				}
 				if b, err = Load(backend.Options{ConnMax: 1024, HashSeed: f.Seed}); err != nil {
 					return err
 				}
