@@ -17,6 +17,7 @@
 #include "icmp.h"
 #include "frag.h"
 #include "snat.h"
+#include "monitor.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -467,6 +468,10 @@ int mbx_xdp(struct xdp_md *ctx)
 		if (matched && (cap->points & CAPTURE_ENTRY))
 			capture_emit(ctx, cap, CAPTURE_ENTRY, 0);
 	}
+	/* The stream monitor sees the packet as received (passive: it never
+	 * changes its fate). */
+	if (monitor_on(ifindex))
+		mbx_monitor(ctx);
 	struct brick_engine *engine = brick_engine_on(ifindex);
 	int verdict = XDP_PASS;
 	if (!engine || !(engine->flags & ENGINE_F_NO_LB))

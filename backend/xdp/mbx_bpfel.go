@@ -145,6 +145,143 @@ type mbxLocalKey struct {
 	Pad    [3]uint8
 }
 
+type mbxMonConn struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Pad0      uint32
+	Id        uint64
+	Start     uint64
+	Last      uint64
+	End       uint64
+	ClientIsB uint8
+	EndReason uint8
+	Midstream uint8
+	Pad       [5]uint8
+	Side      [2]struct {
+		_         structs.HostLayout
+		Packets   uint64
+		Bytes     uint64
+		Delivered uint64
+		Rexmits   uint64
+		Isn       uint32
+		FinSeq    uint32
+		Nxt       uint32
+		HeldBytes uint32
+		HoldLo    [4]uint32
+		HoldHi    [4]uint32
+		State     uint8
+		Flags     uint8
+		SynSeen   uint8
+		FinSeen   uint8
+		Started   uint8
+		Nhold     uint8
+		Pad       [2]uint8
+	}
+}
+
+type mbxMonConnBytes struct {
+	_ structs.HostLayout
+	B [224]uint8
+}
+
+type mbxMonIface struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Flags   uint32
+	Want    uint32
+	Bufsize uint32
+}
+
+type mbxMonKey struct {
+	_     structs.HostLayout
+	A     [4]uint32
+	B     [4]uint32
+	Aport uint16
+	Bport uint16
+	Vlan  [2]uint16
+	Nvlan uint8
+	Ipv6  uint8
+	Pad   [2]uint8
+}
+
+type mbxMonRec struct {
+	_          structs.HostLayout
+	ConnId     uint64
+	Ts         uint64
+	Start      uint64
+	Key        mbxMonKey
+	Seq        uint32
+	Ack        uint32
+	DataSeq    uint32
+	Ifindex    uint32
+	PktLen     uint16
+	CapLen     uint16
+	PayloadOff uint16
+	PayloadLen uint16
+	TcpFlags   uint8
+	FromB      uint8
+	ClientIsB  uint8
+	Kind       uint8
+	Nev        uint8
+	EndReason  uint8
+	Midstream  uint8
+	States     [2]uint8
+	Pad        [7]uint8
+	Ev         [16]uint16
+	_          [4]byte
+	Sides      [2]struct {
+		_         structs.HostLayout
+		Packets   uint64
+		Bytes     uint64
+		Delivered uint64
+		Rexmits   uint64
+	}
+}
+
+type mbxMonScratch struct {
+	_ structs.HostLayout
+	P struct {
+		_          structs.HostLayout
+		Key        mbxMonKey
+		Seq        uint32
+		Ack        uint32
+		PayloadOff uint16
+		PayloadLen uint16
+		Flags      uint8
+		FromB      uint8
+		Tcp        uint8
+		Frag       uint8
+		Bad        uint8
+		_          [3]byte
+	}
+	E struct {
+		_          structs.HostLayout
+		Ev         [16]uint16
+		N          uint32
+		Mask       uint32
+		Rexmit     uint32
+		Progressed uint32
+	}
+	Snap mbxMonRec
+}
+
+type mbxMonStats struct {
+	_         structs.HostLayout
+	Packets   uint64
+	Tcp       uint64
+	Orphans   uint64
+	Filtered  uint64
+	Fragments uint64
+	Malformed uint64
+	Conns     uint64
+	Records   uint64
+	Lost      uint64
+	Full      uint64
+}
+
 type mbxPersistKey struct {
 	_      structs.HostLayout
 	SvcId  uint32
@@ -248,6 +385,14 @@ const (
 	mbxMapLoads          = "loads"
 	mbxMapLocalAddrs     = "local_addrs"
 	mbxMapLocalBits      = "local_bits"
+	mbxMapMonConns       = "mon_conns"
+	mbxMapMonEvents      = "mon_events"
+	mbxMapMonIds         = "mon_ids"
+	mbxMapMonIfaces      = "mon_ifaces"
+	mbxMapMonQuiet       = "mon_quiet"
+	mbxMapMonScratch     = "mon_scratch"
+	mbxMapMonStat        = "mon_stat"
+	mbxMapMonZero        = "mon_zero"
 	mbxMapNatSrcBits     = "nat_src_bits"
 	mbxMapPersist        = "persist"
 	mbxMapReals          = "reals"
@@ -259,6 +404,7 @@ const (
 	mbxMapTxPorts        = "tx_ports"
 	mbxProgMbxBricks     = "mbx_bricks"
 	mbxProgMbxXdp        = "mbx_xdp"
+	mbxVarMonRecType     = "mon_rec_type"
 )
 
 // loadMbx returns the embedded CollectionSpec for mbx.
@@ -333,6 +479,14 @@ type mbxMapSpecs struct {
 	Loads          *ebpf.MapSpec `ebpf:"loads"`
 	LocalAddrs     *ebpf.MapSpec `ebpf:"local_addrs"`
 	LocalBits      *ebpf.MapSpec `ebpf:"local_bits"`
+	MonConns       *ebpf.MapSpec `ebpf:"mon_conns"`
+	MonEvents      *ebpf.MapSpec `ebpf:"mon_events"`
+	MonIds         *ebpf.MapSpec `ebpf:"mon_ids"`
+	MonIfaces      *ebpf.MapSpec `ebpf:"mon_ifaces"`
+	MonQuiet       *ebpf.MapSpec `ebpf:"mon_quiet"`
+	MonScratch     *ebpf.MapSpec `ebpf:"mon_scratch"`
+	MonStat        *ebpf.MapSpec `ebpf:"mon_stat"`
+	MonZero        *ebpf.MapSpec `ebpf:"mon_zero"`
 	NatSrcBits     *ebpf.MapSpec `ebpf:"nat_src_bits"`
 	Persist        *ebpf.MapSpec `ebpf:"persist"`
 	Reals          *ebpf.MapSpec `ebpf:"reals"`
@@ -348,6 +502,7 @@ type mbxMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type mbxVariableSpecs struct {
+	MonRecType *ebpf.VariableSpec `ebpf:"mon_rec_type"`
 }
 
 // mbxObjects contains all objects after they have been loaded into the kernel.
@@ -392,6 +547,14 @@ type mbxMaps struct {
 	Loads          *ebpf.Map `ebpf:"loads"`
 	LocalAddrs     *ebpf.Map `ebpf:"local_addrs"`
 	LocalBits      *ebpf.Map `ebpf:"local_bits"`
+	MonConns       *ebpf.Map `ebpf:"mon_conns"`
+	MonEvents      *ebpf.Map `ebpf:"mon_events"`
+	MonIds         *ebpf.Map `ebpf:"mon_ids"`
+	MonIfaces      *ebpf.Map `ebpf:"mon_ifaces"`
+	MonQuiet       *ebpf.Map `ebpf:"mon_quiet"`
+	MonScratch     *ebpf.Map `ebpf:"mon_scratch"`
+	MonStat        *ebpf.Map `ebpf:"mon_stat"`
+	MonZero        *ebpf.Map `ebpf:"mon_zero"`
 	NatSrcBits     *ebpf.Map `ebpf:"nat_src_bits"`
 	Persist        *ebpf.Map `ebpf:"persist"`
 	Reals          *ebpf.Map `ebpf:"reals"`
@@ -427,6 +590,14 @@ func (m *mbxMaps) Close() error {
 		m.Loads,
 		m.LocalAddrs,
 		m.LocalBits,
+		m.MonConns,
+		m.MonEvents,
+		m.MonIds,
+		m.MonIfaces,
+		m.MonQuiet,
+		m.MonScratch,
+		m.MonStat,
+		m.MonZero,
 		m.NatSrcBits,
 		m.Persist,
 		m.Reals,
@@ -443,6 +614,7 @@ func (m *mbxMaps) Close() error {
 //
 // It can be passed to loadMbxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type mbxVariables struct {
+	MonRecType *ebpf.Variable `ebpf:"mon_rec_type"`
 }
 
 // mbxPrograms contains all programs after they have been loaded into the kernel.
