@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/pcapgo"
@@ -30,6 +31,16 @@ func ReadFile(path string, m *Monitor) error {
 
 // Read is ReadFile on a stream.
 func Read(r io.Reader, m *Monitor) error {
+	err := ReadFrames(r, func(lt LinkType, frame []byte, t time.Time, _ int) { m.Process(lt, frame, t) })
+	m.Close()
+	return err
+}
+
+// ReadFrames calls fn for every packet of a pcap or pcapng stream; frame is
+// valid only during the call, wire is the packet's length on the wire
+// (more than len(frame) when the capture cut it). A capture cut short mid-packet is an error
+// naming the packet.
+func ReadFrames(r io.Reader, fn func(lt LinkType, frame []byte, t time.Time, wire int)) error {
 	br := bufio.NewReaderSize(r, 1<<20)
 	magic, err := br.Peek(4)
 	if err != nil {
@@ -56,16 +67,13 @@ func Read(r io.Reader, m *Monitor) error {
 	for n := 1; ; n++ {
 		data, ci, err := src.ZeroCopyReadPacketData()
 		if err == io.EOF {
-			break
+			return nil
 		}
 		if err != nil {
-			m.Close()
 			return fmt.Errorf("packet %d: %w", n, noEOF(err))
 		}
-		m.Process(lt, data, ci.Timestamp)
+		fn(lt, data, ci.Timestamp, ci.Length)
 	}
-	m.Close()
-	return nil
 }
 
 func noEOF(err error) error {

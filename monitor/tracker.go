@@ -104,6 +104,7 @@ type Stats struct {
 type Monitor struct {
 	opts     Options
 	conns    map[connKey]*Conn
+	live     map[uint64]*Conn // mirrored from records (Apply), by id
 	handlers map[handlerKey][]Handler
 	children map[Event][]Event
 	udes     []udeDef
@@ -157,15 +158,30 @@ func (m *Monitor) Every(interval time.Duration, fn func(now time.Time)) {
 	m.timers = append(m.timers, timer{every: int64(interval), fn: fn})
 }
 
+// Wants reports whether a handler (or a trace) listens to ev, directly or
+// through a user-defined event built on it.
+func (m *Monitor) Wants(ev Event) bool { return int(ev) < len(m.interest) && m.interest[ev] }
+
+// NeedsFrames reports whether handlers need the packets themselves, not
+// only the events: new data, packets in, orphans, or stream hashes. A
+// data-plane tracker then sends each recorded packet along.
+func (m *Monitor) NeedsFrames() bool {
+	return m.Wants(EvPktIn) || m.Wants(EvNewData) || m.Wants(EvOrphan) || m.opts.StreamHash
+}
+
 // Packet is the packet being processed (valid during a handler).
 func (m *Monitor) Packet() *Packet { return &m.pkt }
 
 // Stats returns the monitor's counters.
 func (m *Monitor) Stats() Stats { return m.stats }
 
-// Conns calls fn for every connection in the table (open or lingering).
+// Conns calls fn for every connection in the table (open or lingering),
+// and every mirrored one (Apply).
 func (m *Monitor) Conns(fn func(c *Conn)) {
 	for _, c := range m.conns {
+		fn(c)
+	}
+	for _, c := range m.live {
 		fn(c)
 	}
 }
@@ -260,6 +276,10 @@ func (m *Monitor) Close() {
 		if c.EndReason == "" {
 			open = append(open, c)
 		}
+	}
+	for id, c := range m.live {
+		open = append(open, c)
+		delete(m.live, id)
 	}
 	slices.SortFunc(open, func(a, b *Conn) int { return cmp.Compare(a.ID, b.ID) })
 	for _, c := range open {
@@ -546,6 +566,11 @@ func (c *Conn) isSynRexmit(p *Packet) bool {
 // StreamBytes is how many in-order bytes side has sent (retransmitted
 // bytes counted once).
 func (c *Conn) StreamBytes(sender Side) uint64 { return c.Sides[sender].send.delivered }
+
+// SetStreamBytes sets how many in-order bytes sender has sent: for
+// connections a data-plane tracker reports (it counts, Go does not see the
+// bytes).
+func (c *Conn) SetStreamBytes(sender Side, n uint64) { c.Sides[sender].send.delivered = n }
 
 // StreamSHA256 is the SHA-256 of the bytes side sent so far (Options.
 // StreamHash), nil without it.

@@ -63,9 +63,10 @@ type Backend struct {
 	done      chan struct{}
 	sweep     sweepResult
 	evict     evictEstimate
-	brick     *brickState  // bricks.go; nil until ApplyBricks
-	direct    []netip.Addr // DR and tunnel real servers, whose next hops Go keeps resolved
-	snatCount int          // SNAT rules written (config.snat_rules)
+	brick     *brickState   // bricks.go; nil until ApplyBricks
+	direct    []netip.Addr  // DR and tunnel real servers, whose next hops Go keeps resolved
+	snatCount int           // SNAT rules written (config.snat_rules)
+	filtered  *ebpf.Program // mbx_xdp with the monitor's stream filter, while it runs (monitor.go)
 }
 
 // LoadSpec returns the datapath's collection spec with mbx's settings.

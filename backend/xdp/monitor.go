@@ -1,0 +1,402 @@
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/mbx-net/mbx/monitor"
+)
+
+// MonitorFilterFunc is the datapath's stream-filter function (monitor.h).
+const MonitorFilterFunc = "mbx_monitor_filter"
+
+// Flags of struct mon_iface.
+const (
+	monOn   = 0x1
+	monCopy = 0x2
+)
+
+// MonitorOptions configure the XDP stream monitor.
+type MonitorOptions struct {
+	Ifindexes []int
+	// Filter, when set, is the stream filter's eBPF body
+	// (filter.XDPFunction): connections and orphans it does not match are
+	// not tracked.
+	Filter asm.Instructions
+	// BufferSize is how many out-of-order bytes each side holds at most
+	// (the Go tracker's Options.BufferSize).
+	BufferSize int
+	// IdleTimeout ends connections with no packet for this long; Linger
+	// keeps ended ones for their late packets. 0: the Go tracker's defaults.
+	IdleTimeout, Linger time.Duration
+}
+
+// LiveMonitor runs the BPF tracker on interfaces and feeds its records to a
+// monitor.Monitor, whose handlers run on the goroutine calling Run.
+type LiveMonitor struct {
+	b       *Backend
+	m       *monitor.Monitor
+	opts    MonitorOptions
+	rd      *ringbuf.Reader
+	want    uint32
+	copy    bool
+	monoOff int64
+	swapped bool
+
+	mu     sync.Mutex // guards the mirror against Refresh from other goroutines
+	stopCh chan struct{}
+}
+
+// monRecSize is sizeof(struct mon_rec): the frame follows it.
+const monRecSize = int(unsafe.Sizeof(mbxMonRec{}))
+
+// StartMonitor turns the tracker on for opts.Ifindexes (attached
+// interfaces) and prepares the records' reader. What is sent to Go follows
+// m's handlers: records only for events someone handles, frames only when
+// a handler needs them.
+func (b *Backend) StartMonitor(m *monitor.Monitor, opts MonitorOptions) (*LiveMonitor, error) {
+	if opts.BufferSize <= 0 {
+		opts.BufferSize = 256 << 10
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = 5 * time.Minute
+	}
+	if opts.Linger == 0 {
+		opts.Linger = time.Minute
+	}
+	lm := &LiveMonitor{b: b, m: m, opts: opts, stopCh: make(chan struct{})}
+	for ev := monitor.EvPktIn; ev <= monitor.EvError; ev++ {
+		if m.Wants(ev) {
+			lm.want |= 1 << ev
+		}
+	}
+	lm.copy = m.NeedsFrames()
+	if lm.copy {
+		lm.want |= 1 << monitor.EvNewData
+	}
+	var err error
+	if lm.rd, err = ringbuf.NewReader(b.objs.MonEvents); err != nil {
+		return nil, fmt.Errorf("monitor ring buffer: %w", err)
+	}
+	if opts.Filter != nil {
+		if err := lm.swapFilter(opts.Filter); err != nil {
+			lm.rd.Close()
+			return nil, err
+		}
+	}
+	lm.monoOff = time.Now().UnixNano() - monotonicNow()
+	flags := uint32(monOn)
+	if lm.copy {
+		flags |= monCopy
+	}
+	for _, ifx := range opts.Ifindexes {
+		v := mbxMonIface{Ifindex: uint32(ifx), Flags: flags, Want: lm.want, Bufsize: uint32(opts.BufferSize)}
+		if err := b.objs.MonIfaces.Put(uint32(ifx%ifSlots), &v); err != nil {
+			lm.Stop()
+			return nil, fmt.Errorf("monitor on ifindex %d: %w", ifx, err)
+		}
+	}
+	return lm, nil
+}
+
+// swapFilter loads the datapath with the stream filter and swaps it into
+// every link mbx attached.
+func (lm *LiveMonitor) swapFilter(body asm.Instructions) error {
+	prog, err := programVariant("mbx_xdp", MonitorFilterFunc, body, lm.b.mapByName)
+	if err != nil {
+		return fmt.Errorf("loading the datapath with the stream filter: %w", err)
+	}
+	for _, lk := range lm.b.links {
+		if err := lk.Update(prog); err != nil {
+			prog.Close()
+			return fmt.Errorf("swapping in the filtering datapath: %w", err)
+		}
+	}
+	lm.b.filtered = prog
+	lm.swapped = true
+	return nil
+}
+
+// Stop turns the tracker off and restores the unfiltered datapath.
+func (lm *LiveMonitor) Stop() {
+	select {
+	case <-lm.stopCh:
+		return
+	default:
+		close(lm.stopCh)
+	}
+	for _, ifx := range lm.opts.Ifindexes {
+		_ = lm.b.objs.MonIfaces.Delete(uint32(ifx % ifSlots))
+	}
+	if lm.swapped {
+		for _, lk := range lm.b.links {
+			_ = lk.Update(lm.b.objs.MbxXdp)
+		}
+		lm.b.filtered.Close()
+		lm.b.filtered = nil
+	}
+	lm.rd.Close()
+}
+
+// Run reads records until Stop, applying each to the monitor; every
+// sweep interval it ends idle connections and forgets lingering ones.
+func (lm *LiveMonitor) Run() error {
+	var raw ringbuf.Record
+	var rec monitor.Record
+	next := time.Now().Add(time.Second)
+	for {
+		lm.rd.SetDeadline(next)
+		err := lm.rd.ReadInto(&raw)
+		switch {
+		case err == nil:
+			lm.mu.Lock()
+			if lm.decode(raw.RawSample, &rec) {
+				lm.m.Apply(&rec)
+			}
+			lm.mu.Unlock()
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			lm.Sweep()
+			next = time.Now().Add(time.Second)
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		default:
+			return err
+		}
+	}
+}
+
+// Locked runs fn while no record is being applied: for reading the
+// mirrored connections (or a table kept by handlers) from another goroutine.
+func (lm *LiveMonitor) Locked(fn func()) {
+	lm.mu.Lock()
+	defer lm.mu.Unlock()
+	fn()
+}
+
+// Drain applies every record waiting now (tests: after BPF_PROG_TEST_RUN).
+func (lm *LiveMonitor) Drain() error {
+	var raw ringbuf.Record
+	var rec monitor.Record
+	for lm.rd.AvailableBytes() > 0 {
+		lm.rd.SetDeadline(time.Now())
+		if err := lm.rd.ReadInto(&raw); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil
+			}
+			return err
+		}
+		if lm.decode(raw.RawSample, &rec) {
+			lm.m.Apply(&rec)
+		}
+	}
+	return nil
+}
+
+var endReasons = [...]string{"", monitor.EndFIN, monitor.EndRST, monitor.EndTimeout}
+
+// decode turns a ring-buffer sample into rec (reusing its slices).
+func (lm *LiveMonitor) decode(raw []byte, rec *monitor.Record) bool {
+	if len(raw) < monRecSize {
+		return false
+	}
+	r := (*mbxMonRec)(unsafe.Pointer(&raw[0]))
+	events := rec.Events[:0]
+	*rec = monitor.Record{
+		ConnID: r.ConnId, Time: lm.monoOff + int64(r.Ts), Start: lm.monoOff + int64(r.Start),
+		Flags: r.TcpFlags, Seq: r.Seq, Ack: r.Ack, DataSeq: r.DataSeq, FrameLen: int(r.PktLen),
+		FromB: r.FromB != 0, ClientIsB: r.ClientIsB != 0, Midstream: r.Midstream != 0,
+		NVLAN: int(r.Key.Nvlan), VLAN: r.Key.Vlan, IPv6: r.Key.Ipv6 != 0,
+		A: netip.AddrPortFrom(keyAddr(r.Key.A, r.Key.Ipv6 != 0), r.Key.Aport),
+		B: netip.AddrPortFrom(keyAddr(r.Key.B, r.Key.Ipv6 != 0), r.Key.Bport),
+	}
+	if r.EndReason < uint8(len(endReasons)) {
+		rec.EndReason = endReasons[r.EndReason]
+	}
+	rec.States = [2]monitor.TCPState{monitor.TCPState(r.States[0]), monitor.TCPState(r.States[1])}
+	for s := range 2 {
+		rec.Sides[s] = monitor.RecordSide{Packets: r.Sides[s].Packets, Bytes: r.Sides[s].Bytes,
+			Delivered: r.Sides[s].Delivered, Retransmissions: r.Sides[s].Rexmits}
+	}
+	if r.CapLen > 0 && len(raw) >= monRecSize+int(r.CapLen) {
+		rec.Frame = raw[monRecSize : monRecSize+int(r.CapLen)]
+		if end := int(r.PayloadOff) + int(r.PayloadLen); r.PayloadLen > 0 && end <= len(rec.Frame) {
+			rec.Payload = rec.Frame[r.PayloadOff:end]
+		}
+	}
+	for i := 0; i < int(r.Nev) && i < len(r.Ev); i++ {
+		e := r.Ev[i]
+		ev := monitor.RecordEvent{Event: monitor.Event(e & 0xf), Side: monitor.Side((e >> 5) & 1),
+			State: monitor.TCPState(e >> 8)}
+		if e&0x10 != 0 {
+			ev.Hook = monitor.HookRecv
+		}
+		events = append(events, ev)
+	}
+	rec.Events = events
+	return true
+}
+
+func keyAddr(w [4]uint32, v6 bool) netip.Addr {
+	b := (*[16]byte)(unsafe.Pointer(&w))
+	if v6 {
+		return netip.AddrFrom16(*b)
+	}
+	return netip.AddrFrom4([4]byte(b[12:16]))
+}
+
+// Sweep ends connections idle for IdleTimeout (raising CONN_END with reason
+// "timeout") and deletes ended ones after Linger.
+func (lm *LiveMonitor) Sweep() {
+	now := uint64(monotonicNow())
+	idle, linger := uint64(lm.opts.IdleTimeout), uint64(lm.opts.Linger)
+	var (
+		k     mbxMonKey
+		c     mbxMonConn
+		drop  []mbxMonKey
+		ended []mbxMonKey
+	)
+	it := lm.b.objs.MonConns.Iterate()
+	for it.Next(&k, &c) {
+		// Coarse clock: a tick behind the fine one at most.
+		age := uint64(0)
+		if now > c.Last {
+			age = now - c.Last
+		}
+		switch {
+		case c.EndReason != 0 && now > c.End && now-c.End > linger:
+			drop = append(drop, k)
+		case c.EndReason == 0 && c.Id != 0 && age > idle:
+			ended = append(ended, k)
+		}
+	}
+	for i := range drop {
+		_ = lm.b.objs.MonConns.Delete(&drop[i])
+	}
+	for i := range ended {
+		lm.timeout(&ended[i], now)
+	}
+}
+
+// timeout ends one idle connection: marked in the map (under its lock),
+// then CONN_END for the handlers.
+func (lm *LiveMonitor) timeout(k *mbxMonKey, now uint64) {
+	var c mbxMonConn
+	if err := lm.b.objs.MonConns.LookupWithFlags(k, &c, ebpf.LookupLock); err != nil || c.EndReason != 0 {
+		return
+	}
+	c.EndReason, c.End = 3, c.Last
+	for s := range c.Side {
+		c.Side[s].Delivered += uint64(c.Side[s].HeldBytes)
+		c.Side[s].HeldBytes, c.Side[s].Nhold = 0, 0
+	}
+	if err := lm.b.objs.MonConns.Update(k, &c, ebpf.UpdateExist|ebpf.UpdateLock); err != nil {
+		return
+	}
+	if lm.want&(1<<monitor.EvConnEnd) == 0 {
+		return
+	}
+	rec := monitor.Record{ConnID: c.Id, Time: lm.monoOff + int64(now), Start: lm.monoOff + int64(c.Start),
+		A: netip.AddrPortFrom(keyAddr(k.A, k.Ipv6 != 0), k.Aport), B: netip.AddrPortFrom(keyAddr(k.B, k.Ipv6 != 0), k.Bport),
+		VLAN: k.Vlan, NVLAN: int(k.Nvlan), IPv6: k.Ipv6 != 0, ClientIsB: c.ClientIsB != 0, Midstream: c.Midstream != 0,
+		EndReason: monitor.EndTimeout,
+		States:    [2]monitor.TCPState{monitor.TCPState(c.Side[0].State), monitor.TCPState(c.Side[1].State)},
+		Events: []monitor.RecordEvent{{Event: monitor.EvConnEnd, Hook: monitor.HookSend, Side: monitor.Client},
+			{Event: monitor.EvConnEnd, Hook: monitor.HookRecv, Side: monitor.Server}}}
+	for s := range 2 {
+		rec.Sides[s] = monitor.RecordSide{Packets: c.Side[s].Packets, Bytes: c.Side[s].Bytes,
+			Delivered: c.Side[s].Delivered, Retransmissions: c.Side[s].Rexmits}
+	}
+	lm.mu.Lock()
+	lm.m.Apply(&rec)
+	lm.mu.Unlock()
+}
+
+// MonitorStats are the BPF tracker's counters, summed over CPUs.
+type MonitorStats struct {
+	Packets, TCP, Orphans, Filtered, Fragments, Malformed, Conns, Records, Lost, Full uint64
+}
+
+// Stats reads the tracker's counters.
+func (lm *LiveMonitor) Stats() (MonitorStats, error) {
+	var per []mbxMonStats
+	if err := lm.b.objs.MonStat.Lookup(uint32(0), &per); err != nil {
+		return MonitorStats{}, err
+	}
+	var s MonitorStats
+	for _, p := range per {
+		s.Packets += p.Packets
+		s.TCP += p.Tcp
+		s.Orphans += p.Orphans
+		s.Filtered += p.Filtered
+		s.Fragments += p.Fragments
+		s.Malformed += p.Malformed
+		s.Conns += p.Conns
+		s.Records += p.Records
+		s.Lost += p.Lost
+		s.Full += p.Full
+	}
+	return s, nil
+}
+
+// Snapshot lists every connection in the tracker's table (open and
+// lingering) as connections built from the map: what live midstat
+// prints, counters current to the last packet.
+func (lm *LiveMonitor) Snapshot(fn func(c *monitor.Conn)) {
+	var (
+		k mbxMonKey
+		c mbxMonConn
+	)
+	it := lm.b.objs.MonConns.Iterate()
+	for it.Next(&k, &c) {
+		if c.Id == 0 {
+			continue
+		}
+		mc := &monitor.Conn{ID: c.Id, IPv6: k.Ipv6 != 0, Midstream: c.Midstream != 0,
+			Start: lm.monoOff + int64(c.Start), Last: lm.monoOff + int64(c.Last)}
+		a := netip.AddrPortFrom(keyAddr(k.A, k.Ipv6 != 0), k.Aport)
+		b := netip.AddrPortFrom(keyAddr(k.B, k.Ipv6 != 0), k.Bport)
+		mc.Client, mc.Server = a, b
+		if c.ClientIsB != 0 {
+			mc.Client, mc.Server = b, a
+		}
+		if k.Nvlan > 0 {
+			mc.VLAN = append([]uint16(nil), k.Vlan[:min(int(k.Nvlan), 2)]...)
+		}
+		if c.EndReason != 0 && int(c.EndReason) < len(endReasons) {
+			mc.EndReason, mc.End = endReasons[c.EndReason], lm.monoOff+int64(c.End)
+		}
+		for s := range 2 {
+			mc.Sides[s].State = monitor.TCPState(c.Side[s].State)
+			mc.Sides[s].Packets = c.Side[s].Packets
+			mc.Sides[s].Bytes = c.Side[s].Bytes
+			mc.Sides[s].Retransmissions = c.Side[s].Rexmits
+			mc.Sides[s].Flags = c.Side[s].Flags
+			mc.SetStreamBytes(monitor.Side(s), c.Side[s].Delivered)
+		}
+		fn(mc)
+	}
+}
+
+// Refresh brings the mirrored connections' states and counters up to
+// date from the tracker's table (they move without records).
+func (lm *LiveMonitor) Refresh() {
+	lm.mu.Lock()
+	defer lm.mu.Unlock()
+	lm.Snapshot(lm.m.Refresh)
+}
+
+func monotonicNow() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}

@@ -1,0 +1,279 @@
+package xdp
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/monitor"
+)
+
+const corpus = "../../../shared/corpus"
+
+// traceLines records every event a monitor raises as one line per event,
+// with connection ids renumbered by first appearance (the two trackers
+// number them alike, but a line should not depend on it).
+type traceLines struct {
+	lines []string
+	ids   map[uint64]int
+	pkt   *int
+}
+
+// attach traces every event of m, or with events only those (through
+// handlers, so a data-plane tracker sends only what they need).
+func (tl *traceLines) attach(m *monitor.Monitor, events []monitor.Event) {
+	tl.ids = map[uint64]int{}
+	if events != nil {
+		for _, ev := range events {
+			for _, hook := range []monitor.Hook{monitor.HookSend, monitor.HookRecv} {
+				m.On(ev, hook, func(c *monitor.Conn, side monitor.Side, ev monitor.Event) {
+					tl.line(ev, hook, c, side)
+					if ev == monitor.EvConnEnd && hook == monitor.HookSend {
+						// Not bytes: frames of other link types get an
+						// Ethernet header for XDP.
+						tl.lines = append(tl.lines, fmt.Sprintf("  packets %d/%d stream %d/%d rexmit %d/%d",
+							c.Sides[0].Packets, c.Sides[1].Packets,
+							c.StreamBytes(0), c.StreamBytes(1), c.Sides[0].Retransmissions, c.Sides[1].Retransmissions))
+					}
+				})
+			}
+		}
+		return
+	}
+	m.Trace(tl.line)
+}
+
+func (tl *traceLines) line(ev monitor.Event, hook monitor.Hook, c *monitor.Conn, side monitor.Side) {
+	{
+		if c == nil {
+			tl.lines = append(tl.lines, fmt.Sprintf("pkt %d: %s %s", *tl.pkt, ev, hook))
+			return
+		}
+		id, ok := tl.ids[c.ID]
+		if !ok {
+			id = len(tl.ids) + 1
+			tl.ids[c.ID] = id
+		}
+		tl.lines = append(tl.lines, fmt.Sprintf("pkt %d: %s %s %s conn %d %s>%s %s/%s %s", *tl.pkt, ev, hook, side, id,
+			c.Client, c.Server, c.Sides[monitor.Client].State, c.Sides[monitor.Server].State, c.EndReason))
+	}
+}
+
+// toEthernet gives a frame of another link type an Ethernet header, since
+// XDP sees Ethernet.
+func toEthernet(lt monitor.LinkType, f []byte) []byte {
+	eth := func(typ uint16, l3 []byte) []byte {
+		out := make([]byte, 14+len(l3))
+		binary.BigEndian.PutUint16(out[12:], typ)
+		copy(out[14:], l3)
+		return out
+	}
+	byVersion := func(l3 []byte) []byte {
+		if len(l3) > 0 && l3[0]>>4 == 6 {
+			return eth(0x86dd, l3)
+		}
+		return eth(0x0800, l3)
+	}
+	switch lt {
+	case monitor.LinkEthernet:
+		return f
+	case monitor.LinkLinuxSLL:
+		if len(f) >= 16 {
+			return eth(binary.BigEndian.Uint16(f[14:]), f[16:])
+		}
+	case monitor.LinkSLL2:
+		if len(f) >= 20 {
+			return eth(binary.BigEndian.Uint16(f[0:]), f[20:])
+		}
+	case monitor.LinkLoop:
+		if len(f) >= 4 {
+			return byVersion(f[4:])
+		}
+	default:
+		return byVersion(f)
+	}
+	return eth(0, nil)
+}
+
+// TestMonitorConformance drives the BPF tracker with BPF_PROG_TEST_RUN,
+// packet by packet, over every corpus capture and checks that its records,
+// applied to a monitor, raise the same events in the same order with the
+// same states as the Go tracker on the same capture.
+func TestMonitorConformance(t *testing.T) {
+	requireRoot(t)
+	dirs, _ := filepath.Glob(filepath.Join(corpus, "cases", "*"))
+	if len(dirs) == 0 {
+		t.Skipf("no corpus at %s", corpus)
+	}
+	sort.Strings(dirs)
+	b, err := Load(backend.Options{ConnMax: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	// Long enough that neither tracker times a connection out: BPF_PROG_TEST_RUN
+	// runs on wall time, the Go tracker on capture time.
+	opts := monitor.Options{IdleTimeout: 1e6 * time.Hour, Linger: 1e6 * time.Hour}
+	compared := 0
+	for _, dir := range dirs {
+		caps, _ := filepath.Glob(filepath.Join(dir, "*.pcap*"))
+		for _, path := range caps {
+			name := filepath.Base(dir) + "/" + filepath.Base(path)
+			t.Run(name, func(t *testing.T) {
+				if skip := conformanceSkip(t, path, opts); skip != "" {
+					t.Skip(skip)
+				}
+				compared++
+				// Every event, with frames: the BPF tracker's events and
+				// Go's reassembly of the copied payload.
+				want, got := conformanceRun(t, b, path, opts, nil)
+				if d := firstDiff(want, got); d != "" {
+					t.Errorf("all events: %d from Go, %d from BPF records; first difference:\n%s", len(want), len(got), d)
+				}
+				// Only connection events: records without frames, the
+				// counters (stream bytes too) from the BPF tracker alone.
+				want, got = conformanceRun(t, b, path, opts, []monitor.Event{monitor.EvConnStart,
+					monitor.EvStateChange, monitor.EvRexmit, monitor.EvConnEnd})
+				if d := firstDiff(want, got); d != "" {
+					t.Errorf("connection events: %d from Go, %d from BPF records; first difference:\n%s", len(want), len(got), d)
+				}
+			})
+		}
+	}
+	if compared < 10 {
+		t.Errorf("only %d captures compared", compared)
+	}
+}
+
+// conformanceSkip names what the BPF tracker does not do that a capture
+// needs: IP defragmentation (counted and skipped in XDP), PPPoE and MPLS
+// (not parsed in XDP).
+func conformanceSkip(t *testing.T, path string, opts monitor.Options) string {
+	m := monitor.New(opts)
+	encap, cut, big := false, false, false
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	err = monitor.ReadFrames(f, func(lt monitor.LinkType, frame []byte, ts time.Time, wire int) {
+		m.Process(lt, frame, ts)
+		cut = cut || wire > len(frame)
+		big = big || len(frame) > 3000
+		if lt != monitor.LinkEthernet {
+			return
+		}
+		for off := 12; off+2 <= len(frame); off += 4 {
+			typ := binary.BigEndian.Uint16(frame[off:])
+			if typ == 0x8864 || typ == 0x8847 || typ == 0x8848 {
+				encap = true
+			}
+			if typ != 0x8100 && typ != 0x88a8 {
+				break
+			}
+		}
+	})
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	switch {
+	case m.Stats().Fragments > 0:
+		return "IP fragments: the BPF tracker does not reassemble them"
+	case encap:
+		return "PPPoE or MPLS: not parsed in XDP"
+	case cut:
+		return "packets cut by the capture's snap length: XDP sees whole packets"
+	case big:
+		return "frames over 3000 bytes (loopback or GRO captures): XDP without multi-buffer sees a page at most"
+	}
+	return ""
+}
+
+func conformanceRun(t *testing.T, b *Backend, path string, opts monitor.Options, events []monitor.Event) (want, got []string) {
+	pkt := 0
+	ref := monitor.New(opts)
+	refLines := &traceLines{pkt: &pkt}
+	refLines.attach(ref, events)
+
+	mirror := monitor.New(opts)
+	mirLines := &traceLines{pkt: &pkt}
+	mirLines.attach(mirror, events)
+	resetMonitorMaps(t, b)
+	lm, err := b.StartMonitor(mirror, MonitorOptions{Ifindexes: []int{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Stop()
+
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	err = monitor.ReadFrames(f, func(lt monitor.LinkType, frame []byte, ts time.Time, _ int) {
+		pkt++
+		ref.Process(lt, frame, ts)
+		if _, _, err := TestRun(b.objs.MbxXdp, 1, toEthernet(lt, frame)); err != nil {
+			t.Fatalf("packet %d: %v", pkt, err)
+		}
+		if err := lm.Drain(); err != nil {
+			t.Fatalf("packet %d: %v", pkt, err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkt++
+	ref.Close()
+	lm.Refresh()
+	mirror.Close()
+	st, _ := lm.Stats()
+	if st.Lost > 0 {
+		t.Errorf("%d records lost", st.Lost)
+	}
+	return refLines.lines, mirLines.lines
+}
+
+func resetMonitorMaps(t *testing.T, b *Backend) {
+	var (
+		k    mbxMonKey
+		c    mbxMonConn
+		keys []mbxMonKey
+	)
+	it := b.objs.MonConns.Iterate()
+	for it.Next(&k, &c) {
+		keys = append(keys, k)
+	}
+	for i := range keys {
+		if err := b.objs.MonConns.Delete(&keys[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.objs.MonIds.Put(uint32(0), uint64(0)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func firstDiff(want, got []string) string {
+	for i := range max(len(want), len(got)) {
+		var w, g string
+		if i < len(want) {
+			w = want[i]
+		}
+		if i < len(got) {
+			g = got[i]
+		}
+		if w != g {
+			lo := max(i-3, 0)
+			ctx := strings.Join(want[lo:i], "\n   ")
+			return fmt.Sprintf("   %s\nGo:  %s\nBPF: %s", ctx, w, g)
+		}
+	}
+	return ""
+}
