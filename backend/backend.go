@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/mbx-net/mbx/bricks"
+	"github.com/mbx-net/mbx/filter"
 	"github.com/mbx-net/mbx/flow"
 	"github.com/mbx-net/mbx/lb"
+	"github.com/mbx-net/mbx/monitor"
 )
 
 // Options configure a backend when it starts.
@@ -211,4 +213,51 @@ func Names() []string {
 
 func init() {
 	RegisterMissing("dpdk", "build one with `make build-dpdk` (go build -tags dpdk; needs libdpdk-dev)")
+}
+
+// MonitorOptions configure a data plane's stream-monitor tracker.
+type MonitorOptions struct {
+	Ifaces []string // interfaces the backend is attached to
+	// Filter selects the connections (and orphans) to track; nil: all.
+	Filter *filter.Filter
+	// BufferSize: out-of-order bytes held per side at most.
+	BufferSize int
+	// IdleTimeout ends idle connections; Linger keeps ended ones for
+	// their late packets. 0: the monitor's defaults.
+	IdleTimeout, Linger time.Duration
+}
+
+// MonitorPlane is a backend that tracks TCP connections for the stream
+// monitor in its data plane and feeds a monitor.Monitor.
+type MonitorPlane interface {
+	StartMonitor(m *monitor.Monitor, opts MonitorOptions) (MonitorRun, error)
+}
+
+// MonitorRun is a running data-plane tracker.
+type MonitorRun interface {
+	// Run applies the tracker's reports to the monitor (its handlers run on
+	// this goroutine) until Stop.
+	Run() error
+	Stop()
+	// Refresh brings the mirrored connections' counters up to date (before
+	// the monitor is closed, after Stop).
+	Refresh()
+	// Snapshot calls fn for every connection in the tracker's table.
+	Snapshot(fn func(c *monitor.Conn))
+	// Stats are the tracker's counters.
+	Stats() (MonitorStats, error)
+}
+
+// MonitorStats are a data-plane tracker's counters.
+type MonitorStats struct {
+	Packets   uint64 `json:"packets"`
+	TCP       uint64 `json:"tcp"`
+	Orphans   uint64 `json:"orphans"`
+	Filtered  uint64 `json:"filtered"`
+	Fragments uint64 `json:"fragments"`
+	Malformed uint64 `json:"malformed"`
+	Conns     uint64 `json:"conns"`
+	Records   uint64 `json:"records"`
+	Lost      uint64 `json:"lost"` // reports the ring buffer had no room for
+	Full      uint64 `json:"full"` // connections the table had no room for
 }

@@ -41,6 +41,9 @@ func runCommand() *ucli.Command {
 			&ucli.BoolFlag{Name: "fresh", Usage: "discard state a previous run left (drops its connections)"},
 			&ucli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error (changeable at run time: mbx log-level)"},
 			&ucli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
+			&ucli.StringSliceFlag{Name: "monitor", Usage: "run the TCP stream monitor on this interface (repeat; attached like --iface); see mbx stat"},
+			&ucli.StringFlag{Name: "monitor-filter", Usage: "tcpdump expression: which connections the stream monitor tracks (run in XDP on a connection's first packet and on orphans)"},
+			&ucli.StringFlag{Name: "monitor-log", Usage: "write the monitor's connection events (start, state change, retransmission, end) to this file as JSON Lines"},
 			&ucli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on HOST:PORT/metrics (OTLP export: set OTEL_EXPORTER_OTLP_ENDPOINT)"},
 		},
 		Action: func(c *ucli.Context) error {
@@ -78,6 +81,11 @@ func runCommand() *ucli.Command {
 					return err
 				}
 			}
+			mon, err := parseLiveMonitor(c)
+			if err != nil {
+				return err
+			}
+			defer mon.close()
 			if c.Int("conn-max") < 1 {
 				return fmt.Errorf("--conn-max must be positive")
 			}
@@ -104,7 +112,7 @@ func runCommand() *ucli.Command {
 				TunnelSrc: tunSrc,
 				PinDir:    pinDir,
 				Fresh:     c.Bool("fresh"),
-				Ifaces:    c.StringSlice("iface"),
+				Ifaces:    mon.withIfaces(c.StringSlice("iface")),
 				XDPMode:   c.String("xdp-mode"),
 				ConnMax:   c.Int("conn-max"),
 				HashSeed:  uint32(c.Uint("hash-seed")),
@@ -165,6 +173,12 @@ func runCommand() *ucli.Command {
 					}
 				}
 				d.SetBricksLoader(func() (*bricks.Model, error) { return control.LoadBricksFile(configPath) })
+			}
+			if mon != nil {
+				if err := mon.start(d); err != nil {
+					cleanup()
+					return fmt.Errorf("--monitor: %w", err)
+				}
 			}
 			srv, err := control.Listen(d, c.String("socket"))
 			if err != nil {

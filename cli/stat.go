@@ -9,6 +9,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/mbx-net/mbx/control"
 	"github.com/mbx-net/mbx/filter"
 	"github.com/mbx-net/mbx/monitor"
 	"github.com/mbx-net/mbx/monitor/midstat"
@@ -17,7 +18,7 @@ import (
 // monitorFlags are the tracking options `mbx stat` and `mbx monitor` share.
 func monitorFlags() []ucli.Flag {
 	return []ucli.Flag{
-		&ucli.StringFlag{Name: "pcap", Usage: "process this capture file (pcap or pcapng) offline", Required: true},
+		&ucli.StringFlag{Name: "pcap", Usage: "process this capture file (pcap or pcapng) offline"},
 		&ucli.StringFlag{Name: "filter", Usage: "tcpdump expression: which connections to monitor (tested on a connection's first packet and on orphans)"},
 		&ucli.BoolFlag{Name: "ignore-vlan", Usage: "key connections on the 5-tuple only (tshark's view); by default VLAN tags are part of the key"},
 		&ucli.DurationFlag{Name: "idle-timeout", Value: 5 * time.Minute, Usage: "end connections idle this long (capture time)"},
@@ -77,15 +78,26 @@ func statCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "stat",
 		Usage: "midstat: TCP connections with both sides' states, packets, bytes and age",
-		Description: "With --pcap, processes a capture and prints the final table (every connection, how it ended)\n" +
-			"and a summary; --json prints JSON Lines, one object per connection.",
+		Description: "Live (without --pcap): the table of the stream monitor the daemon runs (mbx run --monitor IF),\n" +
+			"once, or with --watch every --interval. With --pcap, processes a capture and prints the final table\n" +
+			"(every connection, how it ended) and a summary; --json prints JSON Lines, one object per connection.",
 		Flags: append(monitorFlags(),
 			&ucli.BoolFlag{Name: "json", Usage: "JSON Lines, one object per connection"},
+			&ucli.BoolFlag{Name: "watch", Usage: "live: print the table again every --interval until interrupted"},
+			&ucli.BoolFlag{Name: "once", Usage: "live: print the table once (the default)"},
+			&ucli.DurationFlag{Name: "interval", Value: time.Second, Usage: "live: how often --watch prints"},
+			&ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Value: control.DefaultSocket, Usage: "control socket (live)"},
 			&ucli.BoolFlag{Name: "stream-hash", Usage: "with --json: add stream_sha256 [c2s, s2c] of the reassembled streams"},
 		),
 		Action: func(c *ucli.Context) error {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q", c.Args().First())
+			}
+			if c.String("pcap") == "" {
+				return liveStat(c)
+			}
+			if c.Bool("watch") {
+				return fmt.Errorf("--watch is for the live table (without --pcap)")
 			}
 			// Like mOS's midstat, no receive buffers: bytes are counted
 			// (and hashed), never kept.
@@ -128,6 +140,18 @@ type eventRecord struct {
 	EndReason   string  `json:"end_reason,omitempty"`
 }
 
+func eventRecordOf(m *monitor.Monitor, ev monitor.Event, hook monitor.Hook, conn *monitor.Conn, side monitor.Side) eventRecord {
+	r := eventRecord{Time: float64(m.Packet().Time) / 1e9, Packet: m.Stats().Packets, Event: ev.String(), Hook: hook.String()}
+	if conn != nil {
+		r.Side, r.Conn = side.String(), conn.ID
+		r.Client, r.Server = conn.Client.String(), conn.Server.String()
+		r.ClientState = conn.Sides[monitor.Client].State.String()
+		r.ServerState = conn.Sides[monitor.Server].State.String()
+		r.EndReason = conn.EndReason
+	}
+	return r
+}
+
 // monitorCommand runs the stream monitor and prints its events.
 func monitorCommand() *ucli.Command {
 	return &ucli.Command{
@@ -139,6 +163,9 @@ func monitorCommand() *ucli.Command {
 		Action: func(c *ucli.Context) error {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q", c.Args().First())
+			}
+			if c.String("pcap") == "" {
+				return fmt.Errorf("--pcap FILE is required (live events: mbx run --monitor IF --monitor-log FILE)")
 			}
 			m, err := newMonitor(c, false, true)
 			if err != nil {
@@ -152,14 +179,7 @@ func monitorCommand() *ucli.Command {
 				if !c.Bool("events") || encErr != nil {
 					return
 				}
-				r := eventRecord{Time: float64(m.Packet().Time) / 1e9, Packet: m.Stats().Packets, Event: ev.String(), Hook: hook.String()}
-				if conn != nil {
-					r.Side, r.Conn = side.String(), conn.ID
-					r.Client, r.Server = conn.Client.String(), conn.Server.String()
-					r.ClientState = conn.Sides[monitor.Client].State.String()
-					r.ServerState = conn.Sides[monitor.Server].State.String()
-					r.EndReason = conn.EndReason
-				}
+				r := eventRecordOf(m, ev, hook, conn, side)
 				encErr = enc.Encode(&r)
 			})
 			if err := monitor.ReadFile(c.String("pcap"), m); err != nil {
@@ -175,5 +195,48 @@ func monitorCommand() *ucli.Command {
 			}
 			return nil
 		},
+	}
+}
+
+// liveStat prints the daemon's live monitor table.
+func liveStat(c *ucli.Context) error {
+	if c.Bool("watch") && c.Bool("once") {
+		return fmt.Errorf("give --watch or --once, not both")
+	}
+	if c.Duration("interval") <= 0 {
+		return fmt.Errorf("--interval %s: must be positive", c.Duration("interval"))
+	}
+	if c.String("filter") != "" || c.Bool("stream-hash") {
+		return fmt.Errorf("--filter and --stream-hash are for --pcap; the live monitor's filter is mbx run --monitor-filter")
+	}
+	cl := control.NewClient(control.SocketPath(c.String("socket")))
+	for {
+		st, err := cl.MonitorStatus()
+		if err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			if err := midstat.WriteJSON(os.Stdout, st.Conns); err != nil {
+				return err
+			}
+		} else {
+			if c.Bool("watch") {
+				fmt.Print("\033[H\033[2J") // clear the terminal, as watch(1)
+			}
+			if err := midstat.WriteTable(os.Stdout, st.Conns, time.Now()); err != nil {
+				return err
+			}
+			s := st.Stats
+			fmt.Printf("\n%d packets (%d TCP, %d orphans, %d filtered, %d fragments), %d connections tracked, %d in the table; %d reports lost\n",
+				s.Packets, s.TCP, s.Orphans, s.Filtered, s.Fragments, s.Conns, len(st.Conns), s.Lost)
+		}
+		if !c.Bool("watch") {
+			return nil
+		}
+		select {
+		case <-c.Context.Done():
+			return nil
+		case <-time.After(c.Duration("interval")):
+		}
 	}
 }

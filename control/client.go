@@ -141,3 +141,9 @@ func (c *Client) BricksStatus() (*BricksStatus, error) {
 	var st BricksStatus
 	return &st, c.call("GET", "/v1/bricks", nil, &st)
 }
+
+// MonitorStatus reads the live stream monitor's table.
+func (c *Client) MonitorStatus() (*MonitorStatus, error) {
+	var st MonitorStatus
+	return &st, c.call("GET", "/v1/monitor", nil, &st)
+}

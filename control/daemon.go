@@ -36,6 +36,7 @@ type Daemon struct {
 	loadConfig func() ([]lb.Op, error)
 	stateFile  string // desired state saved for a restart ("" = none)
 	bricks     brickState
+	monitor    *monitorState // monitor.go; nil without --monitor
 	log        *slog.Logger
 }
 
@@ -399,6 +400,7 @@ func (d *Daemon) Conns(limit int) ([]backend.Conn, error) { return d.be.Conns(li
 // Shutdown removes the addresses mbx added. The backend is closed by its owner.
 func (d *Daemon) Shutdown() error {
 	d.health.Stop()
+	monErr := d.stopMonitor()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
@@ -407,7 +409,7 @@ func (d *Daemon) Shutdown() error {
 	}
 	d.owned = map[ifAddr]bool{}
 	d.present = map[ifAddr]bool{}
-	errs = append(errs, d.shutdownBricks())
+	errs = append(errs, d.shutdownBricks(), monErr)
 	if d.stateFile != "" {
 		_ = os.Remove(d.stateFile)
 	}

@@ -76,6 +76,10 @@ func Listen(d *Daemon, path string) (*Server, error) {
 		st, err := s.d.Bricks()
 		reply(w, st, err)
 	})
+	mux.HandleFunc("GET /v1/monitor", func(w http.ResponseWriter, r *http.Request) {
+		st, err := s.d.MonitorStatus()
+		reply(w, st, err)
+	})
 	mux.HandleFunc("GET /v1/log-level", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, LogLevel{Level: s.d.LogLevel()}, nil)
 	})

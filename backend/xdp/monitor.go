@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
+	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/monitor"
 )
 
@@ -41,6 +42,29 @@ type MonitorOptions struct {
 	IdleTimeout, Linger time.Duration
 }
 
+// StartMonitor is backend.MonitorPlane's: the tracker on opts.Ifaces.
+func (b *Backend) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) (backend.MonitorRun, error) {
+	xo := MonitorOptions{BufferSize: opts.BufferSize, IdleTimeout: opts.IdleTimeout, Linger: opts.Linger}
+	for _, name := range opts.Ifaces {
+		ifx, err := ifindexOf(name)
+		if err != nil {
+			return nil, err
+		}
+		if !b.isOurIface(name) {
+			return nil, fmt.Errorf("monitor on %s: mbx is not attached there (add --iface %s)", name, name)
+		}
+		xo.Ifindexes = append(xo.Ifindexes, ifx)
+	}
+	if opts.Filter != nil {
+		body, err := opts.Filter.XDPFunction()
+		if err != nil {
+			return nil, err
+		}
+		xo.Filter = body
+	}
+	return b.StartTracker(m, xo)
+}
+
 // LiveMonitor runs the BPF tracker on interfaces and feeds its records to a
 // monitor.Monitor, whose handlers run on the goroutine calling Run.
 type LiveMonitor struct {
@@ -60,11 +84,11 @@ type LiveMonitor struct {
 // monRecSize is sizeof(struct mon_rec): the frame follows it.
 const monRecSize = int(unsafe.Sizeof(mbxMonRec{}))
 
-// StartMonitor turns the tracker on for opts.Ifindexes (attached
+// StartTracker turns the tracker on for opts.Ifindexes (attached
 // interfaces) and prepares the records' reader. What is sent to Go follows
 // m's handlers: records only for events someone handles, frames only when
 // a handler needs them.
-func (b *Backend) StartMonitor(m *monitor.Monitor, opts MonitorOptions) (*LiveMonitor, error) {
+func (b *Backend) StartTracker(m *monitor.Monitor, opts MonitorOptions) (*LiveMonitor, error) {
 	if opts.BufferSize <= 0 {
 		opts.BufferSize = 256 << 10
 	}
@@ -321,18 +345,13 @@ func (lm *LiveMonitor) timeout(k *mbxMonKey, now uint64) {
 	lm.mu.Unlock()
 }
 
-// MonitorStats are the BPF tracker's counters, summed over CPUs.
-type MonitorStats struct {
-	Packets, TCP, Orphans, Filtered, Fragments, Malformed, Conns, Records, Lost, Full uint64
-}
-
 // Stats reads the tracker's counters.
-func (lm *LiveMonitor) Stats() (MonitorStats, error) {
+func (lm *LiveMonitor) Stats() (backend.MonitorStats, error) {
 	var per []mbxMonStats
 	if err := lm.b.objs.MonStat.Lookup(uint32(0), &per); err != nil {
-		return MonitorStats{}, err
+		return backend.MonitorStats{}, err
 	}
-	var s MonitorStats
+	var s backend.MonitorStats
 	for _, p := range per {
 		s.Packets += p.Packets
 		s.TCP += p.Tcp

@@ -205,7 +205,7 @@ func conformanceRun(t *testing.T, b *Backend, path string, opts monitor.Options,
 	mirLines := &traceLines{pkt: &pkt}
 	mirLines.attach(mirror, events)
 	resetMonitorMaps(t, b)
-	lm, err := b.StartMonitor(mirror, MonitorOptions{Ifindexes: []int{1}})
+	lm, err := b.StartTracker(mirror, MonitorOptions{Ifindexes: []int{1}})
 	if err != nil {
 		t.Fatal(err)
 	}

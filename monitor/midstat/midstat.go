@@ -111,6 +111,14 @@ func (t *Table) fill(r *Row, c *monitor.Conn) {
 	}
 }
 
+// RowOf is c's row (without stream hashes).
+func RowOf(c *monitor.Conn) Row {
+	var t Table
+	r := Row{id: c.ID}
+	t.fill(&r, c)
+	return r
+}
+
 // Refresh updates every open row from m (counters move without events).
 func (t *Table) Refresh(m *monitor.Monitor) {
 	m.Conns(func(c *monitor.Conn) {

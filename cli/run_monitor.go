@@ -1,0 +1,107 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	ucli "github.com/urfave/cli/v2"
+
+	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/control"
+	"github.com/mbx-net/mbx/filter"
+	"github.com/mbx-net/mbx/monitor"
+)
+
+// liveMonitor is what `mbx run --monitor` will start, validated before
+// anything is attached.
+type liveMonitor struct {
+	opts backend.MonitorOptions
+	log  *os.File
+}
+
+func parseLiveMonitor(c *ucli.Context) (*liveMonitor, error) {
+	ifaces := c.StringSlice("monitor")
+	if len(ifaces) == 0 {
+		if c.String("monitor-filter") != "" || c.String("monitor-log") != "" {
+			return nil, fmt.Errorf("--monitor-filter and --monitor-log need --monitor IF")
+		}
+		return nil, nil
+	}
+	lm := &liveMonitor{opts: backend.MonitorOptions{Ifaces: ifaces}}
+	if expr := c.String("monitor-filter"); expr != "" {
+		f, err := filter.Compile(expr)
+		if err != nil {
+			return nil, fmt.Errorf("--monitor-filter: %w", err)
+		}
+		if _, err := f.XDPFunction(); err != nil {
+			return nil, fmt.Errorf("--monitor-filter: %w", err)
+		}
+		lm.opts.Filter = f
+	}
+	if path := c.String("monitor-log"); path != "" {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("--monitor-log: %w", err)
+		}
+		lm.log = f
+	}
+	return lm, nil
+}
+
+// withIfaces adds the monitor's interfaces to those mbx attaches to.
+func (lm *liveMonitor) withIfaces(ifaces []string) []string {
+	if lm == nil {
+		return ifaces
+	}
+	out := append([]string(nil), ifaces...)
+	for _, m := range lm.opts.Ifaces {
+		found := false
+		for _, i := range ifaces {
+			found = found || i == m
+		}
+		if !found {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// start runs the monitor in the daemon: with --monitor-log, its connection
+// events are written as JSON Lines (mbx monitor --events' format).
+func (lm *liveMonitor) start(d *control.Daemon) error {
+	m := monitor.New(monitor.Options{NoBuffer: true})
+	if lm.log != nil {
+		logConnEvents(m, lm.log)
+	}
+	return d.StartMonitor(m, lm.opts)
+}
+
+func (lm *liveMonitor) close() {
+	if lm != nil && lm.log != nil {
+		lm.log.Close()
+	}
+}
+
+// logConnEvents writes m's connection events to w.
+func logConnEvents(m *monitor.Monitor, w io.Writer) {
+	var mu sync.Mutex
+	enc := json.NewEncoder(w)
+	var n uint64
+	h := func(conn *monitor.Conn, side monitor.Side, ev monitor.Event, hook monitor.Hook) {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		r := eventRecordOf(m, ev, hook, conn, side)
+		r.Packet = n
+		_ = enc.Encode(&r)
+	}
+	for _, ev := range []monitor.Event{monitor.EvConnStart, monitor.EvStateChange, monitor.EvRexmit, monitor.EvConnEnd} {
+		m.On(ev, monitor.HookSend, func(c *monitor.Conn, s monitor.Side, ev monitor.Event) { h(c, s, ev, monitor.HookSend) })
+		if ev == monitor.EvStateChange {
+			m.On(ev, monitor.HookRecv, func(c *monitor.Conn, s monitor.Side, ev monitor.Event) { h(c, s, ev, monitor.HookRecv) })
+		}
+	}
+}

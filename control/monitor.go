@@ -1,0 +1,84 @@
+package control
+
+import (
+	"errors"
+	"sort"
+
+	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/monitor"
+	"github.com/mbx-net/mbx/monitor/midstat"
+)
+
+// MonitorStatus is the live stream monitor's table (`mbx stat`): every
+// connection in the data plane's tracker, open and recently ended.
+type MonitorStatus struct {
+	Ifaces []string             `json:"ifaces"`
+	Stats  backend.MonitorStats `json:"stats"`
+	Conns  []midstat.Row        `json:"conns"`
+}
+
+type monitorState struct {
+	m      *monitor.Monitor
+	run    backend.MonitorRun
+	ifaces []string
+	done   chan error
+}
+
+// StartMonitor runs the data plane's tracker for m (whose handlers run on
+// the daemon's monitor goroutine) until Shutdown.
+func (d *Daemon) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) error {
+	mp, ok := d.be.(backend.MonitorPlane)
+	if !ok {
+		return errors.New("the " + d.beName + " backend has no stream monitor")
+	}
+	run, err := mp.StartMonitor(m, opts)
+	if err != nil {
+		return err
+	}
+	st := &monitorState{m: m, run: run, ifaces: opts.Ifaces, done: make(chan error, 1)}
+	go func() { st.done <- run.Run() }()
+	d.mu.Lock()
+	d.monitor = st
+	d.mu.Unlock()
+	d.log.Info("stream monitor running", "ifaces", opts.Ifaces)
+	return nil
+}
+
+// MonitorStatus reads the live monitor's table.
+func (d *Daemon) MonitorStatus() (*MonitorStatus, error) {
+	d.mu.Lock()
+	st := d.monitor
+	d.mu.Unlock()
+	if st == nil {
+		return nil, errors.New("no stream monitor is running (mbx run --monitor IF)")
+	}
+	stats, err := st.run.Stats()
+	if err != nil {
+		return nil, err
+	}
+	out := &MonitorStatus{Ifaces: st.ifaces, Stats: stats, Conns: []midstat.Row{}}
+	var conns []*monitor.Conn
+	st.run.Snapshot(func(c *monitor.Conn) { conns = append(conns, c) })
+	sort.Slice(conns, func(i, j int) bool { return conns[i].ID < conns[j].ID })
+	for _, c := range conns {
+		out.Conns = append(out.Conns, midstat.RowOf(c))
+	}
+	return out, nil
+}
+
+// stopMonitor ends the monitor goroutine, then the connections still open
+// (CONN_END, reason "open").
+func (d *Daemon) stopMonitor() error {
+	d.mu.Lock()
+	st := d.monitor
+	d.monitor = nil
+	d.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	st.run.Stop()
+	err := <-st.done
+	st.run.Refresh()
+	st.m.Close()
+	return err
+}
