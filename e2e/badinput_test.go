@@ -109,6 +109,10 @@ func TestRunFailures(t *testing.T) {
 		{"unknown backend", []string{"--backend", "nope", "--iface", "wan0"}, "unknown backend"},
 		{"dpdk in a binary without it", []string{"--backend", "dpdk", "--iface", "wan0"}, "make build-dpdk"},
 		{"bad xdp mode", []string{"--iface", "wan0", "--xdp-mode", "turbo"}, "xdp-mode"},
+		{"monitor on an interface that does not exist", []string{"--iface", "wan0", "--monitor", "nosuch0"}, "nosuch0"},
+		{"bad monitor filter", []string{"--iface", "wan0", "--monitor", "lan0", "--monitor-filter", "tcp port"}, "--monitor-filter"},
+		{"monitor filter without a monitor", []string{"--iface", "wan0", "--monitor-filter", "tcp"}, "need --monitor"},
+		{"unwritable monitor log", []string{"--iface", "wan0", "--monitor", "lan0", "--monitor-log", "/proc/nope/log"}, "--monitor-log"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out, err := run(c.args...)
