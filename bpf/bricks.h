@@ -24,6 +24,7 @@
 #include "consts.h"
 #include "maps.h"
 #include "hash.h"
+#include "parse.h"
 
 #define BRICK_NODES 1024
 #define BRICK_CHILDREN 64
@@ -161,7 +162,6 @@ struct brick_flow {
 	__u8 v4;    /* 1: only a[0] and b[0] hold an address */
 };
 
-#define VLAN_HDR_LEN 4
 #define IPV6_EXT_MAX 4
 
 static __always_inline int l4_has_ports(__u8 proto)
@@ -177,17 +177,10 @@ static __always_inline void brick_parse(void *data, void *data_end, struct brick
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return;
-	__u16 proto = eth->h_proto;
-	void *l3 = eth + 1;
-#pragma unroll
-	for (int i = 0; i < 2; i++) {
-		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
-			break;
-		if (l3 + VLAN_HDR_LEN > data_end)
-			return;
-		proto = *(__u16 *)(l3 + 2);
-		l3 += VLAN_HDR_LEN;
-	}
+	__u16 proto;
+	void *l3 = vlan_walk(eth, data_end, &proto, 0, 0);
+	if (!l3)
+		return;
 	void *l4;
 	__u8 l4proto;
 	if (proto == bpf_htons(ETH_P_IP)) {

@@ -282,21 +282,11 @@ static __always_inline void mon_parse(void *data, void *data_end, struct mon_pkt
 		p->bad = 1;
 		return;
 	}
-	__u16 proto = eth->h_proto;
-	void *l3 = eth + 1;
-#pragma unroll
-	for (int i = 0; i < 2; i++) {
-		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
-			break;
-		__u16 *tag = l3;
-		if ((void *)(tag + 2) > data_end) {
-			p->bad = 1;
-			return;
-		}
-		p->key.vlan[i] = bpf_ntohs(tag[0]) & 0x0fff;
-		p->key.nvlan = i + 1;
-		proto = tag[1];
-		l3 = tag + 2;
+	__u16 proto;
+	void *l3 = vlan_walk(eth, data_end, &proto, p->key.vlan, &p->key.nvlan);
+	if (!l3) {
+		p->bad = 1;
+		return;
 	}
 	__u8 l4proto;
 	void *l4;

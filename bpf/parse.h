@@ -68,6 +68,31 @@ static __always_inline int parse_icmp_echo(void *data_end, struct pkt *p)
 #define TH_RST 0x04
 #define TH_ACK 0x10
 
+/* vlan_walk steps over up to two 802.1Q/802.1ad tags after eth: *proto
+ * becomes the inner EtherType and the result is where L3 starts; NULL when
+ * a tag is cut short. With ids, the VLAN IDs (outer first) and their count
+ * *n are recorded. */
+static __always_inline void *vlan_walk(struct ethhdr *eth, void *data_end, __u16 *proto, __u16 *ids, __u8 *n)
+{
+	void *l3 = eth + 1;
+	*proto = eth->h_proto;
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (*proto != bpf_htons(ETH_P_8021Q) && *proto != bpf_htons(ETH_P_8021AD))
+			break;
+		__u16 *tag = l3;
+		if ((void *)(tag + 2) > data_end)
+			return 0;
+		if (ids) {
+			ids[i] = bpf_ntohs(tag[0]) & 0x0fff;
+			*n = i + 1;
+		}
+		*proto = tag[1];
+		l3 = tag + 2;
+	}
+	return l3;
+}
+
 static __always_inline int parse_ipv4(void *data, void *data_end, struct pkt *p)
 {
 	struct ethhdr *eth = data;
