@@ -59,8 +59,6 @@
 #define MON_F_ON 0x1
 #define MON_F_COPY 0x2 /* records carry the frame */
 
-#define MON_KIND_CONN 0
-#define MON_KIND_ORPHAN 1
 
 /* Connection key: the endpoints in a fixed order (a <= b), VLAN IDs. */
 struct mon_key {
@@ -140,7 +138,7 @@ struct mon_rec {
 	__u8 tcp_flags;
 	__u8 from_b;   /* the sender is key.b */
 	__u8 client_is_b;
-	__u8 kind;     /* MON_KIND_* */
+	__u8 pad0;
 	__u8 nev;
 	__u8 end_reason;
 	__u8 midstream;
@@ -752,8 +750,9 @@ __attribute__((noinline)) int mbx_monitor(struct xdp_md *ctx)
 		return 0;
 	struct mon_pkt *p = &sc->p;
 	__builtin_memset(p, 0, sizeof(*p));
-	__builtin_memset(&sc->e, 0, sizeof(sc->e));
-	__builtin_memset(&sc->snap, 0, sizeof(sc->snap));
+	/* The record's snapshot is zeroed only when a record is sent. */
+	sc->e.n = 0;
+	sc->e.mask = 0;
 	mon_parse(data, data_end, p);
 	struct mon_evs *e = &sc->e;
 	struct mon_rec *snap = &sc->snap;
@@ -771,7 +770,7 @@ __attribute__((noinline)) int mbx_monitor(struct xdp_md *ctx)
 		st->orphans++;
 		if (mi->want & (1u << MON_EV_ORPHAN)) {
 			mon_raise(e, MON_EV_ORPHAN, MON_HOOK_RECV, 0, 0);
-			snap->kind = MON_KIND_ORPHAN;
+			__builtin_memset(snap, 0, sizeof(*snap));
 			mon_emit(ctx, mi, st, snap, p, e);
 		}
 		return 0;
@@ -835,6 +834,7 @@ track:;
 	}
 	__u32 want = mi->want;
 	if (e->mask & want) {
+		__builtin_memset(snap, 0, sizeof(*snap));
 		snap->conn_id = c->id;
 		snap->start = c->start;
 		snap->client_is_b = c->client_is_b;

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
+	"slices"
 
 	ucli "github.com/urfave/cli/v2"
 
@@ -58,11 +58,7 @@ func (lm *liveMonitor) withIfaces(ifaces []string) []string {
 	}
 	out := append([]string(nil), ifaces...)
 	for _, m := range lm.opts.Ifaces {
-		found := false
-		for _, i := range ifaces {
-			found = found || i == m
-		}
-		if !found {
+		if !slices.Contains(out, m) {
 			out = append(out, m)
 		}
 	}
@@ -85,14 +81,12 @@ func (lm *liveMonitor) close() {
 	}
 }
 
-// logConnEvents writes m's connection events to w.
+// logConnEvents writes m's connection events to w. Handlers run on the
+// monitor's one goroutine: no locking.
 func logConnEvents(m *monitor.Monitor, w io.Writer) {
-	var mu sync.Mutex
 	enc := json.NewEncoder(w)
 	var n uint64
 	h := func(conn *monitor.Conn, side monitor.Side, ev monitor.Event, hook monitor.Hook) {
-		mu.Lock()
-		defer mu.Unlock()
 		n++
 		r := eventRecordOf(m, ev, hook, conn, side)
 		r.Packet = n

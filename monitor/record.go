@@ -135,9 +135,7 @@ func (m *Monitor) fillPacket(r *Record) {
 // liveConn mirrors a connection: at its start from the packet (the same
 // role rules as the tracker's), or picked up later from the record.
 func (m *Monitor) liveConn(r *Record, start bool) *Conn {
-	c := m.newConn(&m.pkt)
-	m.nextID--
-	c.ID = r.ConnID
+	c := m.newConn(&m.pkt, r.ConnID)
 	c.Start = r.Start
 	if !start {
 		c.Client, c.Server = r.A, r.B

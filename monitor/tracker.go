@@ -314,7 +314,8 @@ func (m *Monitor) tcp(p *Packet) {
 			m.stats.Filtered++
 			return
 		}
-		c = m.newConn(p)
+		m.nextID++
+		c = m.newConn(p, m.nextID)
 		m.conns[k] = c
 		m.stats.Conns++
 		c.LastPacket = p
@@ -334,9 +335,8 @@ func (m *Monitor) tcp(p *Packet) {
 	m.segment(c, p)
 }
 
-func (m *Monitor) newConn(p *Packet) *Conn {
-	m.nextID++
-	c := &Conn{ID: m.nextID, Start: p.Time, Last: p.Time, m: m}
+func (m *Monitor) newConn(p *Packet, id uint64) *Conn {
+	c := &Conn{ID: id, Start: p.Time, Last: p.Time, m: m}
 	src, dst := netip.AddrPortFrom(p.Src, p.SrcPort), netip.AddrPortFrom(p.Dst, p.DstPort)
 	switch p.Flags & (FlagSYN | FlagACK | FlagRST) {
 	case FlagSYN:

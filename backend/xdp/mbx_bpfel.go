@@ -224,7 +224,7 @@ type mbxMonRec struct {
 	TcpFlags   uint8
 	FromB      uint8
 	ClientIsB  uint8
-	Kind       uint8
+	Pad0       uint8
 	Nev        uint8
 	EndReason  uint8
 	Midstream  uint8

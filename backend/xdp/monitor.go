@@ -240,9 +240,8 @@ func (lm *LiveMonitor) decode(raw []byte, rec *monitor.Record) bool {
 		Flags: r.TcpFlags, Seq: r.Seq, Ack: r.Ack, DataSeq: r.DataSeq, FrameLen: int(r.PktLen),
 		FromB: r.FromB != 0, ClientIsB: r.ClientIsB != 0, Midstream: r.Midstream != 0,
 		NVLAN: int(r.Key.Nvlan), VLAN: r.Key.Vlan, IPv6: r.Key.Ipv6 != 0,
-		A: netip.AddrPortFrom(keyAddr(r.Key.A, r.Key.Ipv6 != 0), r.Key.Aport),
-		B: netip.AddrPortFrom(keyAddr(r.Key.B, r.Key.Ipv6 != 0), r.Key.Bport),
 	}
+	rec.A, rec.B = r.Key.ends()
 	if r.EndReason < uint8(len(endReasons)) {
 		rec.EndReason = endReasons[r.EndReason]
 	}
@@ -268,6 +267,12 @@ func (lm *LiveMonitor) decode(raw []byte, rec *monitor.Record) bool {
 	}
 	rec.Events = events
 	return true
+}
+
+// ends are the key's two endpoints.
+func (k *mbxMonKey) ends() (a, b netip.AddrPort) {
+	v6 := k.Ipv6 != 0
+	return netip.AddrPortFrom(keyAddr(k.A, v6), k.Aport), netip.AddrPortFrom(keyAddr(k.B, v6), k.Bport)
 }
 
 func keyAddr(w [4]uint32, v6 bool) netip.Addr {
@@ -330,12 +335,12 @@ func (lm *LiveMonitor) timeout(k *mbxMonKey, now uint64) {
 		return
 	}
 	rec := monitor.Record{ConnID: c.Id, Time: lm.monoOff + int64(now), Start: lm.monoOff + int64(c.Start),
-		A: netip.AddrPortFrom(keyAddr(k.A, k.Ipv6 != 0), k.Aport), B: netip.AddrPortFrom(keyAddr(k.B, k.Ipv6 != 0), k.Bport),
 		VLAN: k.Vlan, NVLAN: int(k.Nvlan), IPv6: k.Ipv6 != 0, ClientIsB: c.ClientIsB != 0, Midstream: c.Midstream != 0,
 		EndReason: monitor.EndTimeout,
 		States:    [2]monitor.TCPState{monitor.TCPState(c.Side[0].State), monitor.TCPState(c.Side[1].State)},
 		Events: []monitor.RecordEvent{{Event: monitor.EvConnEnd, Hook: monitor.HookSend, Side: monitor.Client},
 			{Event: monitor.EvConnEnd, Hook: monitor.HookRecv, Side: monitor.Server}}}
+	rec.A, rec.B = k.ends()
 	for s := range 2 {
 		rec.Sides[s] = monitor.RecordSide{Packets: c.Side[s].Packets, Bytes: c.Side[s].Bytes,
 			Delivered: c.Side[s].Delivered, Retransmissions: c.Side[s].Rexmits}
@@ -382,8 +387,7 @@ func (lm *LiveMonitor) Snapshot(fn func(c *monitor.Conn)) {
 		}
 		mc := &monitor.Conn{ID: c.Id, IPv6: k.Ipv6 != 0, Midstream: c.Midstream != 0,
 			Start: lm.monoOff + int64(c.Start), Last: lm.monoOff + int64(c.Last)}
-		a := netip.AddrPortFrom(keyAddr(k.A, k.Ipv6 != 0), k.Aport)
-		b := netip.AddrPortFrom(keyAddr(k.B, k.Ipv6 != 0), k.Bport)
+		a, b := k.ends()
 		mc.Client, mc.Server = a, b
 		if c.ClientIsB != 0 {
 			mc.Client, mc.Server = b, a
