@@ -217,7 +217,10 @@ func init() {
 
 // MonitorOptions configure a data plane's stream-monitor tracker.
 type MonitorOptions struct {
-	Ifaces []string // interfaces the backend is attached to
+	Ifaces []string // passive: interfaces the backend is attached to
+	// Inline: interface pairs (attached) the monitor sits between, each
+	// forwarding both ways; handlers may drop or modify packets.
+	Inline [][2]string
 	// Filter selects the connections (and orphans) to track; nil: all.
 	Filter *filter.Filter
 	// BufferSize: out-of-order bytes held per side at most.
@@ -260,4 +263,16 @@ type MonitorStats struct {
 	Records   uint64 `json:"records"`
 	Lost      uint64 `json:"lost"` // reports the ring buffer had no room for
 	Full      uint64 `json:"full"` // connections the table had no room for
+	// Inline mode: packets the data plane sent to Go, forwarded itself
+	// (filtered out, or let go by a handler), dropped itself (connections a
+	// handler dropped), or could not hand to Go (no socket: dropped).
+	ToGo      uint64 `json:"to_go,omitempty"`
+	Forwarded uint64 `json:"forwarded,omitempty"`
+	Dropped   uint64 `json:"dropped,omitempty"`
+	NoSocket  uint64 `json:"no_socket,omitempty"`
+	// Inline mode, Go's side: packets forwarded after the handlers, dropped
+	// by them, and lost because every send buffer was in flight.
+	GoForwarded uint64 `json:"go_forwarded,omitempty"`
+	GoDropped   uint64 `json:"go_dropped,omitempty"`
+	TxFull      uint64 `json:"tx_full,omitempty"`
 }

@@ -18,6 +18,7 @@
 #include "frag.h"
 #include "snat.h"
 #include "monitor.h"
+#include "inline.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -468,9 +469,17 @@ int mbx_xdp(struct xdp_md *ctx)
 		if (matched && (cap->points & CAPTURE_ENTRY))
 			capture_emit(ctx, cap, CAPTURE_ENTRY, 0);
 	}
-	/* The stream monitor sees the packet as received (passive: it never
-	 * changes its fate). */
-	if (monitor_on(ifindex))
+	/* The stream monitor sees the packet as received. Passive, it never
+	 * changes its fate; inline, it decides it (inline.h). */
+	struct mon_iface *mi = monitor_on(ifindex);
+	if (mi && (mi->flags & MON_F_INLINE)) {
+		int v = mbx_inline(ctx);
+		count_verdict(ifindex, v);
+		if (cap && (cap->points & CAPTURE_EXIT) && matched)
+			capture_emit(ctx, cap, CAPTURE_EXIT, v);
+		return v;
+	}
+	if (mi)
 		mbx_monitor(ctx);
 	struct brick_engine *engine = brick_engine_on(ifindex);
 	int verdict = XDP_PASS;

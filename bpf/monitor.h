@@ -58,6 +58,7 @@
 
 #define MON_F_ON 0x1
 #define MON_F_COPY 0x2 /* records carry the frame */
+#define MON_F_INLINE 0x4 /* inline to mon_iface.peer (inline.h), no tracking here */
 
 
 /* Connection key: the endpoints in a fixed order (a <= b), VLAN IDs. */
@@ -111,6 +112,8 @@ struct mon_iface {
 	__u32 flags;    /* MON_F_* */
 	__u32 want;     /* 1 << event: what Go has handlers for */
 	__u32 bufsize;  /* out-of-order bytes held per side at most */
+	__u32 peer;     /* MON_F_INLINE: where packets leave */
+	__u32 pad;
 };
 
 struct mon_side_snap {
@@ -167,6 +170,11 @@ struct mon_stats {
 	__u64 records;
 	__u64 lost; /* records the ring buffer had no room for */
 	__u64 full; /* new connections the table had no room for */
+	/* Inline interfaces (inline.h). */
+	__u64 inl_to_go;
+	__u64 inl_forwarded;
+	__u64 inl_dropped;
+	__u64 inl_no_socket; /* for Go, but no socket was there */
 };
 
 /* A plain hash: spin locks are not allowed in LRU maps. Go's sweeper

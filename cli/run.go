@@ -42,7 +42,8 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error (changeable at run time: mbx log-level)"},
 			&ucli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
 			&ucli.StringSliceFlag{Name: "monitor", Usage: "run the TCP stream monitor on this interface (repeat; attached like --iface); see mbx stat"},
-			&ucli.StringFlag{Name: "monitor-filter", Usage: "tcpdump expression: which connections the stream monitor tracks (run in XDP on a connection's first packet and on orphans)"},
+			&ucli.StringSliceFlag{Name: "inline", Usage: "run the stream monitor inline between two interfaces, IF1:IF2, forwarding both ways like mOS's nic_forward_table (repeat for more pairs; attached like --iface)"},
+			&ucli.StringFlag{Name: "monitor-filter", Usage: "tcpdump expression: which connections the stream monitor tracks (run in XDP on a connection's first packet and on orphans); inline, the rest is forwarded in XDP"},
 			&ucli.StringFlag{Name: "monitor-log", Usage: "write the monitor's connection events (start, state change, retransmission, end) to this file as JSON Lines"},
 			&ucli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on HOST:PORT/metrics (OTLP export: set OTEL_EXPORTER_OTLP_ENDPOINT)"},
 		},
@@ -177,7 +178,11 @@ func runCommand() *ucli.Command {
 			if mon != nil {
 				if err := mon.start(d); err != nil {
 					cleanup()
-					return fmt.Errorf("--monitor: %w", err)
+					flag := "--monitor"
+					if len(mon.opts.Inline) > 0 {
+						flag = "--inline"
+					}
+					return fmt.Errorf("%s: %w", flag, err)
 				}
 			}
 			srv, err := control.Listen(d, c.String("socket"))

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 
 	ucli "github.com/urfave/cli/v2"
 
@@ -24,13 +25,20 @@ type liveMonitor struct {
 
 func parseLiveMonitor(c *ucli.Context) (*liveMonitor, error) {
 	ifaces := c.StringSlice("monitor")
-	if len(ifaces) == 0 {
+	pairs, err := parseInlinePairs(c.StringSlice("inline"))
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(ifaces) == 0 && len(pairs) == 0:
 		if c.String("monitor-filter") != "" || c.String("monitor-log") != "" {
-			return nil, fmt.Errorf("--monitor-filter and --monitor-log need --monitor IF")
+			return nil, fmt.Errorf("--monitor-filter and --monitor-log need --monitor IF or --inline IF1:IF2")
 		}
 		return nil, nil
+	case len(ifaces) > 0 && len(pairs) > 0:
+		return nil, fmt.Errorf("--monitor and --inline: the stream monitor is either passive or inline, not both")
 	}
-	lm := &liveMonitor{opts: backend.MonitorOptions{Ifaces: ifaces}}
+	lm := &liveMonitor{opts: backend.MonitorOptions{Ifaces: ifaces, Inline: pairs}}
 	if expr := c.String("monitor-filter"); expr != "" {
 		f, err := filter.Compile(expr)
 		if err != nil {
@@ -51,13 +59,40 @@ func parseLiveMonitor(c *ucli.Context) (*liveMonitor, error) {
 	return lm, nil
 }
 
+// parseInlinePairs reads --inline IF1:IF2 values (mOS's nic_forward_table).
+func parseInlinePairs(vals []string) ([][2]string, error) {
+	var pairs [][2]string
+	seen := map[string]bool{}
+	for _, v := range vals {
+		a, b, ok := strings.Cut(v, ":")
+		if !ok || a == "" || b == "" || strings.Contains(b, ":") {
+			return nil, fmt.Errorf("--inline %q: want IF1:IF2", v)
+		}
+		if a == b {
+			return nil, fmt.Errorf("--inline %q: an interface cannot be its own peer", v)
+		}
+		for _, i := range []string{a, b} {
+			if seen[i] {
+				return nil, fmt.Errorf("--inline %q: %s is already in a pair", v, i)
+			}
+			seen[i] = true
+		}
+		pairs = append(pairs, [2]string{a, b})
+	}
+	return pairs, nil
+}
+
 // withIfaces adds the monitor's interfaces to those mbx attaches to.
 func (lm *liveMonitor) withIfaces(ifaces []string) []string {
 	if lm == nil {
 		return ifaces
 	}
 	out := append([]string(nil), ifaces...)
-	for _, m := range lm.opts.Ifaces {
+	mine := slices.Clone(lm.opts.Ifaces)
+	for _, p := range lm.opts.Inline {
+		mine = append(mine, p[0], p[1])
+	}
+	for _, m := range mine {
 		if !slices.Contains(out, m) {
 			out = append(out, m)
 		}
@@ -68,7 +103,13 @@ func (lm *liveMonitor) withIfaces(ifaces []string) []string {
 // start runs the monitor in the daemon: with --monitor-log, its connection
 // events are written as JSON Lines (mbx monitor --events' format).
 func (lm *liveMonitor) start(d *control.Daemon) error {
-	m := monitor.New(monitor.Options{NoBuffer: true})
+	opts := monitor.Options{NoBuffer: true}
+	if f := lm.opts.Filter; f != nil && len(lm.opts.Inline) > 0 {
+		// Inline, the Go tracker sees the filtered connections' packets
+		// themselves; the filter also judges a SYN that reuses ports.
+		opts.Filter = func(p *monitor.Packet) bool { ok, _ := f.Match(p.Frame); return ok }
+	}
+	m := monitor.New(opts)
 	if lm.log != nil {
 		logConnEvents(m, lm.log)
 	}

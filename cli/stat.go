@@ -229,6 +229,10 @@ func liveStat(c *ucli.Context) error {
 			s := st.Stats
 			fmt.Printf("\n%d packets (%d TCP, %d orphans, %d filtered, %d fragments), %d connections tracked, %d in the table; %d reports lost\n",
 				s.Packets, s.TCP, s.Orphans, s.Filtered, s.Fragments, s.Conns, len(st.Conns), s.Lost)
+			if st.Inline {
+				fmt.Printf("inline: XDP forwarded %d, dropped %d, sent %d to Go (%d without a socket); Go forwarded %d, dropped %d (%d lost: send ring full)\n",
+					s.Forwarded, s.Dropped, s.ToGo, s.NoSocket, s.GoForwarded, s.GoDropped, s.TxFull)
+			}
 		}
 		if !c.Bool("watch") {
 			return nil

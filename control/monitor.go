@@ -12,7 +12,8 @@ import (
 // MonitorStatus is the live stream monitor's table (`mbx stat`): every
 // connection in the data plane's tracker, open and recently ended.
 type MonitorStatus struct {
-	Ifaces []string             `json:"ifaces"`
+	Ifaces []string             `json:"ifaces"` // passive: IF; inline: IF1:IF2
+	Inline bool                 `json:"inline"`
 	Stats  backend.MonitorStats `json:"stats"`
 	Conns  []midstat.Row        `json:"conns"`
 }
@@ -21,6 +22,7 @@ type monitorState struct {
 	m      *monitor.Monitor
 	run    backend.MonitorRun
 	ifaces []string
+	inline bool
 	done   chan error
 }
 
@@ -35,12 +37,15 @@ func (d *Daemon) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) e
 	if err != nil {
 		return err
 	}
-	st := &monitorState{m: m, run: run, ifaces: opts.Ifaces, done: make(chan error, 1)}
+	st := &monitorState{m: m, run: run, ifaces: opts.Ifaces, inline: len(opts.Inline) > 0, done: make(chan error, 1)}
+	for _, p := range opts.Inline {
+		st.ifaces = append(st.ifaces, p[0]+":"+p[1])
+	}
 	go func() { st.done <- run.Run() }()
 	d.mu.Lock()
 	d.monitor = st
 	d.mu.Unlock()
-	d.log.Info("stream monitor running", "ifaces", opts.Ifaces)
+	d.log.Info("stream monitor running", "ifaces", st.ifaces, "inline", st.inline)
 	return nil
 }
 
@@ -50,13 +55,13 @@ func (d *Daemon) MonitorStatus() (*MonitorStatus, error) {
 	st := d.monitor
 	d.mu.Unlock()
 	if st == nil {
-		return nil, errors.New("no stream monitor is running (mbx run --monitor IF)")
+		return nil, errors.New("no stream monitor is running (mbx run --monitor IF, or --inline IF1:IF2)")
 	}
 	stats, err := st.run.Stats()
 	if err != nil {
 		return nil, err
 	}
-	out := &MonitorStatus{Ifaces: st.ifaces, Stats: stats, Conns: []midstat.Row{}}
+	out := &MonitorStatus{Ifaces: st.ifaces, Inline: st.inline, Stats: stats, Conns: []midstat.Row{}}
 	var conns []*monitor.Conn
 	st.run.Snapshot(func(c *monitor.Conn) { conns = append(conns, c) })
 	sort.Slice(conns, func(i, j int) bool { return conns[i].ID < conns[j].ID })

@@ -369,6 +369,16 @@ var Topologies = map[string]*Topology{
 			{End{Host: "client1", Iface: "eth1", Addrs: []string{"198.18.3.2/24"}}, End{Host: "lb", Iface: "wan0", Addrs: []string{"198.18.3.1/24"}}},
 		},
 	},
+	"inline": {
+		Name: "inline",
+		Doc: "A bump in the wire (mOS inline mode): client 198.18.6.2 -- in0 [mon] in1 -- srv 198.18.6.10, one subnet; " +
+			"mon forwards between in0 and in1 (mbx run --inline in0:in1) and has no addresses there.",
+		Hosts: []string{"client", "mon", "srv"},
+		Links: []Link{
+			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.6.2/24"}}, End{Host: "mon", Iface: "in0"}},
+			{End{Host: "mon", Iface: "in1"}, End{Host: "srv", Iface: "eth0", Addrs: []string{"198.18.6.10/24"}}},
+		},
+	},
 	"fnat-one-arm": {
 		Name: "fnat-one-arm",
 		Doc: "One-arm Full-NAT: client 198.18.0.2, lb eth0 198.18.0.1, rs1 198.18.0.3, rs2 198.18.0.4 on one switch. " +

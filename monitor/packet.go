@@ -44,6 +44,7 @@ type Packet struct {
 	Src, Dst netip.Addr
 	Proto    uint8 // IP protocol; 0 when not IP
 	IPv6     bool
+	L3       int // offset of the IP header in Frame
 
 	// Fragment state (IPv4 and IPv6): a fragment is reassembled by the
 	// Defragmenter before the tracker sees TCP in it.
@@ -176,6 +177,7 @@ func Decode(lt LinkType, frame []byte, p *Packet) error {
 			return nil
 		}
 	}
+	p.L3 = off
 	switch ethType {
 	case 0x0800:
 		return decodeIPv4(frame[off:], p)

@@ -117,6 +117,9 @@ type Monitor struct {
 	nextID   uint64
 	stats    Stats
 	timers   []timer
+
+	verdict    verdict // the packet being processed (inline.go)
+	flowAction func(c *Conn, a FlowAction)
 }
 
 type timer struct {
@@ -202,6 +205,7 @@ func (m *Monitor) ProcessDecoded(p *Packet, err error) {
 		p = &m.pkt
 	}
 	m.stats.Packets++
+	m.verdict = verdict{}
 	m.advance(p.Time)
 	if err != nil {
 		m.stats.Malformed++
@@ -322,6 +326,9 @@ func (m *Monitor) tcp(p *Packet) {
 		m.raiseBoth(EvConnStart, c, c.sideOf(p))
 	}
 	c.LastPacket = p
+	if c.dropped {
+		m.verdict.drop = true
+	}
 	if c.EndReason != "" {
 		// Late packets of an ended connection are counted with it, and are
 		// out of flow for handlers.
@@ -538,6 +545,7 @@ type Conn struct {
 	UserData       any
 
 	stopped [2]bool
+	dropped bool
 	m       *Monitor
 }
 
@@ -601,8 +609,17 @@ func (c *Conn) Holes(side Side) []Hole { return c.Sides[side.Other()].send.holes
 func (c *Conn) Inconsistencies(side Side) uint64 { return c.Sides[side.Other()].send.inconsistent }
 
 // StopMonitoring stops events for side; with both sides stopped the
-// connection raises nothing more.
-func (c *Conn) StopMonitoring(side Side) { c.stopped[side] = true }
+// connection raises nothing more, and an inline data plane forwards the
+// rest of it without Go (FlowBypass).
+func (c *Conn) StopMonitoring(side Side) {
+	if c.stopped[side] {
+		return
+	}
+	c.stopped[side] = true
+	if c.stopped[side.Other()] && c.EndReason == "" {
+		c.m.flow(c, FlowBypass)
+	}
+}
 
 // SetBuffer turns side's receive buffer on or off; off drops what it holds.
 func (c *Conn) SetBuffer(side Side, on bool) {

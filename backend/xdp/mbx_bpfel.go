@@ -193,6 +193,8 @@ type mbxMonIface struct {
 	Flags   uint32
 	Want    uint32
 	Bufsize uint32
+	Peer    uint32
+	Pad     uint32
 }
 
 type mbxMonKey struct {
@@ -269,17 +271,21 @@ type mbxMonScratch struct {
 }
 
 type mbxMonStats struct {
-	_         structs.HostLayout
-	Packets   uint64
-	Tcp       uint64
-	Orphans   uint64
-	Filtered  uint64
-	Fragments uint64
-	Malformed uint64
-	Conns     uint64
-	Records   uint64
-	Lost      uint64
-	Full      uint64
+	_            structs.HostLayout
+	Packets      uint64
+	Tcp          uint64
+	Orphans      uint64
+	Filtered     uint64
+	Fragments    uint64
+	Malformed    uint64
+	Conns        uint64
+	Records      uint64
+	Lost         uint64
+	Full         uint64
+	InlToGo      uint64
+	InlForwarded uint64
+	InlDropped   uint64
+	InlNoSocket  uint64
 }
 
 type mbxPersistKey struct {
@@ -380,6 +386,8 @@ const (
 	mbxMapCounters       = "counters"
 	mbxMapFrags          = "frags"
 	mbxMapIfStats        = "if_stats"
+	mbxMapInlFlows       = "inl_flows"
+	mbxMapInlXsks        = "inl_xsks"
 	mbxMapLaddrConflicts = "laddr_conflicts"
 	mbxMapLaddrs         = "laddrs"
 	mbxMapLoads          = "loads"
@@ -474,6 +482,8 @@ type mbxMapSpecs struct {
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
 	Frags          *ebpf.MapSpec `ebpf:"frags"`
 	IfStats        *ebpf.MapSpec `ebpf:"if_stats"`
+	InlFlows       *ebpf.MapSpec `ebpf:"inl_flows"`
+	InlXsks        *ebpf.MapSpec `ebpf:"inl_xsks"`
 	LaddrConflicts *ebpf.MapSpec `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.MapSpec `ebpf:"laddrs"`
 	Loads          *ebpf.MapSpec `ebpf:"loads"`
@@ -542,6 +552,8 @@ type mbxMaps struct {
 	Counters       *ebpf.Map `ebpf:"counters"`
 	Frags          *ebpf.Map `ebpf:"frags"`
 	IfStats        *ebpf.Map `ebpf:"if_stats"`
+	InlFlows       *ebpf.Map `ebpf:"inl_flows"`
+	InlXsks        *ebpf.Map `ebpf:"inl_xsks"`
 	LaddrConflicts *ebpf.Map `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.Map `ebpf:"laddrs"`
 	Loads          *ebpf.Map `ebpf:"loads"`
@@ -585,6 +597,8 @@ func (m *mbxMaps) Close() error {
 		m.Counters,
 		m.Frags,
 		m.IfStats,
+		m.InlFlows,
+		m.InlXsks,
 		m.LaddrConflicts,
 		m.Laddrs,
 		m.Loads,

@@ -45,13 +45,20 @@ type MonitorOptions struct {
 // StartMonitor is backend.MonitorPlane's: the tracker on opts.Ifaces.
 func (b *Backend) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) (backend.MonitorRun, error) {
 	xo := MonitorOptions{BufferSize: opts.BufferSize, IdleTimeout: opts.IdleTimeout, Linger: opts.Linger}
-	for _, name := range opts.Ifaces {
+	ours := func(name string) (int, error) {
 		ifx, err := ifindexOf(name)
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
 		if !b.isOurIface(name) {
-			return nil, fmt.Errorf("monitor on %s: mbx is not attached there (add --iface %s)", name, name)
+			return 0, fmt.Errorf("monitor on %s: mbx is not attached there (add --iface %s)", name, name)
+		}
+		return ifx, nil
+	}
+	for _, name := range opts.Ifaces {
+		ifx, err := ours(name)
+		if err != nil {
+			return nil, err
 		}
 		xo.Ifindexes = append(xo.Ifindexes, ifx)
 	}
@@ -62,7 +69,25 @@ func (b *Backend) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) 
 		}
 		xo.Filter = body
 	}
-	return b.StartTracker(m, xo)
+	if len(opts.Inline) == 0 {
+		return b.StartTracker(m, xo)
+	}
+	if len(opts.Ifaces) > 0 {
+		return nil, errors.New("the stream monitor is either passive or inline, not both")
+	}
+	io := InlineOptions{Filter: xo.Filter}
+	for _, p := range opts.Inline {
+		var pair [2]int
+		for i, name := range p {
+			ifx, err := ours(name)
+			if err != nil {
+				return nil, err
+			}
+			pair[i] = ifx
+		}
+		io.Pairs = append(io.Pairs, pair)
+	}
+	return b.StartInline(m, io)
 }
 
 // LiveMonitor runs the BPF tracker on interfaces and feeds its records to a
@@ -113,10 +138,11 @@ func (b *Backend) StartTracker(m *monitor.Monitor, opts MonitorOptions) (*LiveMo
 		return nil, fmt.Errorf("monitor ring buffer: %w", err)
 	}
 	if opts.Filter != nil {
-		if err := lm.swapFilter(opts.Filter); err != nil {
+		if err := b.swapMonitorFilter(opts.Filter); err != nil {
 			lm.rd.Close()
 			return nil, err
 		}
+		lm.swapped = true
 	}
 	lm.monoOff = time.Now().UnixNano() - monotonicNow()
 	flags := uint32(monOn)
@@ -133,22 +159,39 @@ func (b *Backend) StartTracker(m *monitor.Monitor, opts MonitorOptions) (*LiveMo
 	return lm, nil
 }
 
-// swapFilter loads the datapath with the stream filter and swaps it into
-// every link mbx attached.
-func (lm *LiveMonitor) swapFilter(body asm.Instructions) error {
-	prog, err := programVariant("mbx_xdp", MonitorFilterFunc, body, lm.b.mapByName)
+// swapMonitorFilter loads the datapath with the stream filter and swaps it
+// into every link mbx attached (one stream filter at a time: a passive or
+// an inline monitor).
+func (b *Backend) swapMonitorFilter(body asm.Instructions) error {
+	if b.filtered != nil {
+		return errors.New("a stream monitor with a filter is already running")
+	}
+	prog, err := programVariant("mbx_xdp", MonitorFilterFunc, body, b.mapByName)
 	if err != nil {
 		return fmt.Errorf("loading the datapath with the stream filter: %w", err)
 	}
-	for _, lk := range lm.b.links {
+	for _, lk := range b.links {
 		if err := lk.Update(prog); err != nil {
+			for _, lk := range b.links {
+				_ = lk.Update(b.objs.MbxXdp)
+			}
 			prog.Close()
 			return fmt.Errorf("swapping in the filtering datapath: %w", err)
 		}
 	}
-	lm.b.filtered = prog
-	lm.swapped = true
+	b.filtered = prog
 	return nil
+}
+
+// restoreMonitorFilter swaps the unfiltered datapath back in.
+func (b *Backend) restoreMonitorFilter() {
+	for _, lk := range b.links {
+		_ = lk.Update(b.objs.MbxXdp)
+	}
+	if b.filtered != nil {
+		b.filtered.Close()
+		b.filtered = nil
+	}
 }
 
 // Stop turns the tracker off and restores the unfiltered datapath.
@@ -163,11 +206,7 @@ func (lm *LiveMonitor) Stop() {
 		_ = lm.b.objs.MonIfaces.Delete(uint32(ifx % ifSlots))
 	}
 	if lm.swapped {
-		for _, lk := range lm.b.links {
-			_ = lk.Update(lm.b.objs.MbxXdp)
-		}
-		lm.b.filtered.Close()
-		lm.b.filtered = nil
+		lm.b.restoreMonitorFilter()
 	}
 	lm.rd.Close()
 }
@@ -351,9 +390,12 @@ func (lm *LiveMonitor) timeout(k *mbxMonKey, now uint64) {
 }
 
 // Stats reads the tracker's counters.
-func (lm *LiveMonitor) Stats() (backend.MonitorStats, error) {
+func (lm *LiveMonitor) Stats() (backend.MonitorStats, error) { return lm.b.monitorStats() }
+
+// monitorStats sums the per-CPU monitor counters.
+func (b *Backend) monitorStats() (backend.MonitorStats, error) {
 	var per []mbxMonStats
-	if err := lm.b.objs.MonStat.Lookup(uint32(0), &per); err != nil {
+	if err := b.objs.MonStat.Lookup(uint32(0), &per); err != nil {
 		return backend.MonitorStats{}, err
 	}
 	var s backend.MonitorStats
@@ -368,6 +410,10 @@ func (lm *LiveMonitor) Stats() (backend.MonitorStats, error) {
 		s.Records += p.Records
 		s.Lost += p.Lost
 		s.Full += p.Full
+		s.ToGo += p.InlToGo
+		s.Forwarded += p.InlForwarded
+		s.Dropped += p.InlDropped
+		s.NoSocket += p.InlNoSocket
 	}
 	return s, nil
 }

@@ -1,11 +1,12 @@
-// Package xsk is a small AF_XDP receive socket, for Go programs that
-// consume a brick output (an `xsk:NAME` output) without a kernel interface
-// in between.
+// Package xsk is a small AF_XDP socket: Go programs consume a brick output
+// (an `xsk:NAME` output) without a kernel interface in between, and the
+// inline stream monitor receives the packets its handlers judge and sends
+// on the ones they let through.
 //
 // Written here rather than taken from asavie/xdp or slavc/xdp: the platform
 // notes rate both prototype quality (ring indices read and written without
-// atomics), and a receive-only copy-mode socket over golang.org/x/sys/unix
-// is small. Copy mode works on every driver (veth has no zero-copy).
+// atomics), and a copy-mode socket over golang.org/x/sys/unix is small.
+// Copy mode works on every driver (veth has no zero-copy).
 package xsk
 
 import (
@@ -21,7 +22,10 @@ import (
 const (
 	frameSize = 4096
 	numFrames = 4096
-	ringSize  = 2048 // rx and fill rings; a power of two
+	ringSize  = 2048 // every ring; a power of two
+	// The first ringSize frames of the UMEM are the kernel's to fill
+	// (receive); the rest are for sending.
+	txBase = ringSize * frameSize
 )
 
 // ring is one of the shared producer/consumer rings.
@@ -55,7 +59,11 @@ type Socket struct {
 	umem []byte
 	rx   ring
 	fill ring
+	tx   ring
 	comp ring
+	free []uint64 // send frames not in the kernel's hands
+	// TxFull counts packets Send refused: every send frame was in flight.
+	TxFull uint64
 }
 
 // Open creates a socket bound to queue of ifindex (copy mode). Packets
@@ -80,7 +88,7 @@ func Open(ifindex, queue int) (*Socket, error) {
 	if err := setsockopt(fd, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg)); err != nil {
 		return nil, fmt.Errorf("AF_XDP umem registration: %w", err)
 	}
-	for _, o := range []int{unix.XDP_UMEM_FILL_RING, unix.XDP_UMEM_COMPLETION_RING, unix.XDP_RX_RING} {
+	for _, o := range []int{unix.XDP_UMEM_FILL_RING, unix.XDP_UMEM_COMPLETION_RING, unix.XDP_RX_RING, unix.XDP_TX_RING} {
 		if err := unix.SetsockoptInt(fd, unix.SOL_XDP, o, ringSize); err != nil {
 			return nil, fmt.Errorf("AF_XDP ring size: %w", err)
 		}
@@ -94,6 +102,9 @@ func Open(ifindex, queue int) (*Socket, error) {
 	if s.rx, err = mapRing(fd, off.Rx, unix.XDP_PGOFF_RX_RING, ringSize, unsafe.Sizeof(unix.XDPDesc{})); err != nil {
 		return nil, fmt.Errorf("AF_XDP rx ring: %w", err)
 	}
+	if s.tx, err = mapRing(fd, off.Tx, unix.XDP_PGOFF_TX_RING, ringSize, unsafe.Sizeof(unix.XDPDesc{})); err != nil {
+		return nil, fmt.Errorf("AF_XDP tx ring: %w", err)
+	}
 	if s.fill, err = mapRing(fd, off.Fr, unix.XDP_UMEM_PGOFF_FILL_RING, ringSize, 8); err != nil {
 		return nil, fmt.Errorf("AF_XDP fill ring: %w", err)
 	}
@@ -105,6 +116,9 @@ func Open(ifindex, queue int) (*Socket, error) {
 		*(*uint64)(unsafe.Add(s.fill.desc, uintptr(i)*8)) = uint64(i) * frameSize
 	}
 	atomic.StoreUint32(s.fill.producer, ringSize)
+	for i := uint64(0); i < numFrames-ringSize; i++ {
+		s.free = append(s.free, txBase+i*frameSize)
+	}
 	if err := unix.Bind(fd, &unix.SockaddrXDP{Flags: unix.XDP_COPY, Ifindex: uint32(ifindex), QueueID: uint32(queue)}); err != nil {
 		return nil, fmt.Errorf("binding AF_XDP to ifindex %d queue %d: %w", ifindex, queue, err)
 	}
@@ -150,6 +164,57 @@ func (s *Socket) Receive(timeout time.Duration, fn func(frame []byte)) (int, err
 	return n, nil
 }
 
+// Send queues a copy of frame for transmission on the socket's interface
+// (Flush hands the queue to the kernel). With every send frame in flight
+// the packet is dropped and counted in TxFull.
+func (s *Socket) Send(frame []byte) {
+	if len(frame) > frameSize {
+		s.TxFull++
+		return
+	}
+	if len(s.free) == 0 {
+		s.reclaim()
+		if len(s.free) == 0 {
+			s.Flush()
+			s.reclaim()
+		}
+		if len(s.free) == 0 {
+			s.TxFull++
+			return
+		}
+	}
+	addr := s.free[len(s.free)-1]
+	s.free = s.free[:len(s.free)-1]
+	copy(s.umem[addr:], frame)
+	prod := *s.tx.producer
+	d := (*unix.XDPDesc)(unsafe.Add(s.tx.desc, uintptr(prod&s.tx.mask)*unsafe.Sizeof(unix.XDPDesc{})))
+	d.Addr, d.Len, d.Options = addr, uint32(len(frame)), 0
+	atomic.StoreUint32(s.tx.producer, prod+1)
+}
+
+// Flush asks the kernel to send what Send queued (copy mode sends only
+// when asked) and takes back the frames it has sent.
+func (s *Socket) Flush() error {
+	if atomic.LoadUint32(s.tx.consumer) != atomic.LoadUint32(s.tx.producer) {
+		_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+		if e != 0 && e != unix.EAGAIN && e != unix.EBUSY && e != unix.ENOBUFS {
+			return fmt.Errorf("AF_XDP send: %w", e)
+		}
+	}
+	s.reclaim()
+	return nil
+}
+
+// reclaim takes sent frames back from the completion ring.
+func (s *Socket) reclaim() {
+	cons := *s.comp.consumer
+	prod := atomic.LoadUint32(s.comp.producer)
+	for ; cons != prod; cons++ {
+		s.free = append(s.free, *(*uint64)(unsafe.Add(s.comp.desc, uintptr(cons&s.comp.mask)*8)))
+	}
+	atomic.StoreUint32(s.comp.consumer, cons)
+}
+
 // Dropped is how many packets the kernel could not place in the ring.
 func (s *Socket) Dropped() (uint64, error) {
 	var st unix.XDPStatistics
@@ -163,7 +228,7 @@ func (s *Socket) Dropped() (uint64, error) {
 
 // Close releases the socket; the kernel removes it from any XSKMAP.
 func (s *Socket) Close() error {
-	for _, r := range []ring{s.rx, s.fill, s.comp} {
+	for _, r := range []ring{s.rx, s.fill, s.tx, s.comp} {
 		if r.mem != nil {
 			unix.Munmap(r.mem)
 		}
