@@ -371,12 +371,12 @@ var Topologies = map[string]*Topology{
 	},
 	"inline": {
 		Name: "inline",
-		Doc: "A bump in the wire (mOS inline mode): client 198.18.6.2 -- in0 [mon] in1 -- srv 198.18.6.10, one subnet; " +
-			"mon forwards between in0 and in1 (mbx run --inline in0:in1) and has no addresses there.",
-		Hosts: []string{"client", "mon", "srv"},
+		Doc: "A bump in the wire (mOS inline mode): client 198.18.6.2 -- in0 [lb] in1 -- srv 198.18.6.10, one subnet; " +
+			"lb forwards between in0 and in1 (mbx run --inline in0:in1) and has no addresses there.",
+		Hosts: []string{"client", "lb", "srv"},
 		Links: []Link{
-			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.6.2/24"}}, End{Host: "mon", Iface: "in0"}},
-			{End{Host: "mon", Iface: "in1"}, End{Host: "srv", Iface: "eth0", Addrs: []string{"198.18.6.10/24"}}},
+			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.6.2/24"}}, End{Host: "lb", Iface: "in0"}},
+			{End{Host: "lb", Iface: "in1"}, End{Host: "srv", Iface: "eth0", Addrs: []string{"198.18.6.10/24"}}},
 		},
 	},
 	"fnat-one-arm": {

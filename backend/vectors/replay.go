@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/mbx-net/mbx/cli/ipvsadm"
@@ -18,6 +19,12 @@ type Datapath interface {
 	Run(iface string, frame []byte) (verdict string, out []byte, err error)
 	// Counters returns the datapath counters (names as in mbx ipvsadm --stats -d).
 	Counters() (map[string]uint64, error)
+}
+
+// InlineDatapath is a datapath that runs the stream monitor inline.
+type InlineDatapath interface {
+	// Flow applies a handler's decision for the connection client-server.
+	Flow(client, server netip.AddrPort, action string) error
 }
 
 // Setup builds a backend's datapath for a vector file and its configuration.
@@ -51,12 +58,34 @@ func Replay(t *testing.T, setup Setup) {
 			dp := setup(t, f, cfg)
 			v := vars{}
 			for i, st := range f.Steps {
+				if st.Flow != nil {
+					if err := runFlow(dp, st.Flow); err != nil {
+						t.Fatalf("%s step %d (%s): %v", f.Path, i+1, st.Name, err)
+					}
+					continue
+				}
 				if err := runStep(dp, f, st, v); err != nil {
 					t.Fatalf("%s step %d (%s): %v", f.Path, i+1, st.Name, err)
 				}
 			}
 		})
 	}
+}
+
+func runFlow(dp Datapath, fl *Flow) error {
+	idp, ok := dp.(InlineDatapath)
+	if !ok {
+		return fmt.Errorf("the datapath does not run inline")
+	}
+	c, err := netip.ParseAddrPort(fl.Client)
+	if err != nil {
+		return err
+	}
+	s, err := netip.ParseAddrPort(fl.Server)
+	if err != nil {
+		return err
+	}
+	return idp.Flow(c, s, fl.Action)
 }
 
 func runStep(dp Datapath, f *File, st Step, v vars) error {

@@ -27,6 +27,7 @@ type File struct {
 	Ifaces   []Iface `yaml:"ifaces"`
 	Routes   []Route `yaml:"routes"`
 	Config   string  `yaml:"config"` // ipvsadm command lines
+	Inline   *Inline `yaml:"inline"` // the stream monitor inline between pairs
 	Steps    []Step  `yaml:"steps"`
 	Path     string  `yaml:"-"`
 	Families []int   `yaml:"-"`
@@ -55,9 +56,29 @@ type Neighbor struct {
 	MAC  string `yaml:"mac"`
 }
 
-// Step is one packet in and what must come out.
+// Inline puts the stream monitor inline between interface pairs (mbx run
+// --inline): the datapath forwards between them, and sends what Filter
+// selects to Go. With Sockets, Go's AF_XDP sockets are open (a packet for
+// Go is redirected to them); without, such a packet is dropped.
+type Inline struct {
+	Pairs   [][2]string `yaml:"pairs"`
+	Filter  string      `yaml:"filter"`
+	Sockets bool        `yaml:"sockets"`
+}
+
+// Flow is a decision Go's handlers made for a connection, written back to
+// an inline datapath: drop the rest of it, or forward it without Go.
+type Flow struct {
+	Client string `yaml:"client"` // ip:port
+	Server string `yaml:"server"`
+	Action string `yaml:"action"` // drop, bypass
+}
+
+// Step is one packet in and what must come out, or (Flow) a decision of
+// Go's for an inline datapath.
 type Step struct {
 	Name     string            `yaml:"name"`
+	Flow     *Flow             `yaml:"flow"`
 	In       Packet            `yaml:"in"`
 	Verdict  string            `yaml:"verdict"` // pass, drop, tx, redirect
 	Out      *Packet           `yaml:"out"`     // overrides of In; nil: unchanged (pass) or irrelevant (drop)
