@@ -145,6 +145,7 @@ func (b *Backend) StartTracker(m *monitor.Monitor, opts MonitorOptions) (*LiveMo
 		lm.swapped = true
 	}
 	lm.monoOff = time.Now().UnixNano() - monotonicNow()
+	m.OnFlowAction(lm.flowAction)
 	flags := uint32(monOn)
 	if lm.copy {
 		flags |= monCopy
@@ -191,6 +192,17 @@ func (b *Backend) restoreMonitorFilter() {
 	if b.filtered != nil {
 		b.filtered.Close()
 		b.filtered = nil
+	}
+}
+
+// flowAction: a connection both sides stopped monitoring sends no more
+// records (mon_quiet). A passive tracker cannot drop: Conn.Drop only ends
+// the connection for the handlers.
+func (lm *LiveMonitor) flowAction(c *monitor.Conn, a monitor.FlowAction) {
+	if a == monitor.FlowBypass {
+		if err := lm.b.objs.MonQuiet.Put(c.ID, uint8(1)); err != nil {
+			lm.b.log.Warn("monitor: quieting a connection", "conn", c.ID, "err", err)
+		}
 	}
 }
 
@@ -331,6 +343,7 @@ func (lm *LiveMonitor) Sweep() {
 		k     mbxMonKey
 		c     mbxMonConn
 		drop  []mbxMonKey
+		quiet []uint64
 		ended []mbxMonKey
 	)
 	it := lm.b.objs.MonConns.Iterate()
@@ -343,12 +356,14 @@ func (lm *LiveMonitor) Sweep() {
 		switch {
 		case c.EndReason != 0 && now > c.End && now-c.End > linger:
 			drop = append(drop, k)
+			quiet = append(quiet, c.Id)
 		case c.EndReason == 0 && c.Id != 0 && age > idle:
 			ended = append(ended, k)
 		}
 	}
 	for i := range drop {
 		_ = lm.b.objs.MonConns.Delete(&drop[i])
+		_ = lm.b.objs.MonQuiet.Delete(&quiet[i])
 	}
 	for i := range ended {
 		lm.timeout(&ended[i], now)

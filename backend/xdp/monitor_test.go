@@ -3,12 +3,16 @@ package xdp
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
 
 	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/monitor"
@@ -276,4 +280,58 @@ func firstDiff(want, got []string) string {
 		}
 	}
 	return ""
+}
+
+// A connection both sides stopped monitoring sends no more records: the
+// tracker goes on counting it in the map, Go hears nothing.
+func TestMonitorStopMonitoring(t *testing.T) {
+	requireRoot(t)
+	b, err := Load(backend.Options{ConnMax: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	m := monitor.New(monitor.Options{})
+	seen := 0
+	m.On(monitor.EvPktIn, monitor.HookRecv, func(c *monitor.Conn, _ monitor.Side, _ monitor.Event) {
+		if seen++; seen == 3 {
+			c.StopMonitoring(monitor.Client)
+			c.StopMonitoring(monitor.Server)
+		}
+	})
+	lm, err := b.StartTracker(m, MonitorOptions{Ifindexes: []int{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Stop()
+	cli, srv := netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("198.18.1.1:80")
+	seg := func(from, to netip.AddrPort, flags string, seq, ack uint32) []byte {
+		tcp := &layers.TCP{SrcPort: layers.TCPPort(from.Port()), DstPort: layers.TCPPort(to.Port()), Seq: seq, Ack: ack,
+			SYN: strings.Contains(flags, "S"), ACK: strings.Contains(flags, "A"), Window: 100}
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: from.Addr().AsSlice(), DstIP: to.Addr().AsSlice()}
+		tcp.SetNetworkLayerForChecksum(ip)
+		buf := gopacket.NewSerializeBuffer()
+		gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+			&layers.Ethernet{SrcMAC: make([]byte, 6), DstMAC: make([]byte, 6), EthernetType: layers.EthernetTypeIPv4}, ip, tcp)
+		return buf.Bytes()
+	}
+	frames := [][]byte{seg(cli, srv, "S", 100, 0), seg(srv, cli, "SA", 500, 101), seg(cli, srv, "A", 101, 501)}
+	for i := range 5 {
+		frames = append(frames, seg(cli, srv, "A", 101, 501+uint32(i)))
+	}
+	for i, f := range frames {
+		if _, _, err := TestRun(b.objs.MbxXdp, 1, f); err != nil {
+			t.Fatal(err)
+		}
+		if err := lm.Drain(); err != nil {
+			t.Fatalf("packet %d: %v", i+1, err)
+		}
+	}
+	st, err := lm.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen != 3 || st.Records != 3 || st.TCP != uint64(len(frames)) {
+		t.Errorf("handlers saw %d packets, %d records for %d TCP packets; want 3 and 3 of %d", seen, st.Records, st.TCP, len(frames))
+	}
 }
