@@ -14,13 +14,15 @@ import (
 	"github.com/mbx-net/mbx/control"
 	"github.com/mbx-net/mbx/filter"
 	"github.com/mbx-net/mbx/monitor"
+	"github.com/mbx-net/mbx/telemetry/connspan"
 )
 
 // liveMonitor is what `mbx run --monitor` will start, validated before
 // anything is attached.
 type liveMonitor struct {
-	opts backend.MonitorOptions
-	log  *os.File
+	opts       backend.MonitorOptions
+	log        *os.File
+	traceConns float64
 }
 
 func parseLiveMonitor(c *ucli.Context) (*liveMonitor, error) {
@@ -31,14 +33,20 @@ func parseLiveMonitor(c *ucli.Context) (*liveMonitor, error) {
 	}
 	switch {
 	case len(ifaces) == 0 && len(pairs) == 0:
-		if c.String("monitor-filter") != "" || c.String("monitor-log") != "" {
-			return nil, fmt.Errorf("--monitor-filter and --monitor-log need --monitor IF or --inline IF1:IF2")
+		if c.String("monitor-filter") != "" || c.String("monitor-log") != "" || c.IsSet("trace-conns") {
+			return nil, fmt.Errorf("--monitor-filter, --monitor-log and --trace-conns need --monitor IF or --inline IF1:IF2")
 		}
 		return nil, nil
 	case len(ifaces) > 0 && len(pairs) > 0:
 		return nil, fmt.Errorf("--monitor and --inline: the stream monitor is either passive or inline, not both")
 	}
 	lm := &liveMonitor{opts: backend.MonitorOptions{Ifaces: ifaces, Inline: pairs}}
+	if c.IsSet("trace-conns") {
+		lm.traceConns = c.Float64("trace-conns")
+		if !(lm.traceConns > 0 && lm.traceConns <= 1) {
+			return nil, fmt.Errorf("--trace-conns %v: want a fraction, 0 < RATE <= 1", lm.traceConns)
+		}
+	}
 	if expr := c.String("monitor-filter"); expr != "" {
 		f, err := filter.Compile(expr)
 		if err != nil {
@@ -112,6 +120,11 @@ func (lm *liveMonitor) start(d *control.Daemon) error {
 	m := monitor.New(opts)
 	if lm.log != nil {
 		logConnEvents(m, lm.log)
+	}
+	if lm.traceConns > 0 {
+		if _, err := connspan.Attach(m, lm.traceConns); err != nil {
+			return err
+		}
 	}
 	return d.StartMonitor(m, lm.opts)
 }

@@ -57,6 +57,9 @@ func (d *Daemon) RegisterMetrics(m metric.Meter) error {
 	if err := d.registerBrickMetrics(m); err != nil {
 		return err
 	}
+	if err := d.registerMonitorMetrics(m); err != nil {
+		return err
+	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		st, err := d.Status()
 		if err != nil {
@@ -190,4 +193,51 @@ func serviceLabel(k lb.ServiceKey) string {
 		return "match:" + k.Match
 	}
 	return netip.AddrPortFrom(k.Addr, k.Port).String()
+}
+
+// registerMonitorMetrics exports the stream monitor's counters (mbx stat's
+// summary) and the events it raised to handlers, by type.
+func (d *Daemon) registerMonitorMetrics(m metric.Meter) error {
+	var err error
+	counter := func(name, help string) metric.Int64ObservableCounter {
+		c, e := m.Int64ObservableCounter(name, metric.WithDescription(help))
+		err = firstErr(err, e)
+		return c
+	}
+	pkts := counter("mbx_monitor_packets", "Packets the stream monitor saw, by kind (tcp, orphan, filtered, fragment, malformed).")
+	conns := counter("mbx_monitor_connections", "Connections the stream monitor started tracking.")
+	lost := counter("mbx_monitor_reports_lost", "Reports the data plane could not send to Go (ring buffer full).")
+	events := counter("mbx_monitor_events", "Events the stream monitor raised to handlers, by type.")
+	inline := counter("mbx_monitor_inline_packets", "Inline mode: packets by path (xdp_forwarded, xdp_dropped, to_go, no_socket, go_forwarded, go_dropped, tx_full).")
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		d.mu.Lock()
+		st := d.monitor
+		d.mu.Unlock()
+		if st == nil {
+			return nil
+		}
+		s, err := st.run.Stats()
+		if err != nil {
+			return err
+		}
+		for kind, v := range map[string]uint64{"tcp": s.TCP, "orphan": s.Orphans, "filtered": s.Filtered, "fragment": s.Fragments, "malformed": s.Malformed} {
+			o.ObserveInt64(pkts, int64(v), metric.WithAttributes(attribute.String("kind", kind)))
+		}
+		o.ObserveInt64(conns, int64(s.Conns))
+		o.ObserveInt64(lost, int64(s.Lost))
+		for ev, v := range st.m.EventCounts() {
+			o.ObserveInt64(events, int64(v), metric.WithAttributes(attribute.String("event", ev.String())))
+		}
+		if st.inline {
+			for path, v := range map[string]uint64{"xdp_forwarded": s.Forwarded, "xdp_dropped": s.Dropped, "to_go": s.ToGo,
+				"no_socket": s.NoSocket, "go_forwarded": s.GoForwarded, "go_dropped": s.GoDropped, "tx_full": s.TxFull} {
+				o.ObserveInt64(inline, int64(v), metric.WithAttributes(attribute.String("path", path)))
+			}
+		}
+		return nil
+	}, pkts, conns, lost, events, inline)
+	return err
 }

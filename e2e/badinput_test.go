@@ -113,6 +113,8 @@ func TestRunFailures(t *testing.T) {
 		{"bad monitor filter", []string{"--iface", "wan0", "--monitor", "lan0", "--monitor-filter", "tcp port"}, "--monitor-filter"},
 		{"monitor filter without a monitor", []string{"--iface", "wan0", "--monitor-filter", "tcp"}, "need --monitor"},
 		{"unwritable monitor log", []string{"--iface", "wan0", "--monitor", "lan0", "--monitor-log", "/proc/nope/log"}, "--monitor-log"},
+		{"connection traces without a monitor", []string{"--iface", "wan0", "--trace-conns", "0.5"}, "need --monitor"},
+		{"connection trace rate out of range", []string{"--iface", "wan0", "--monitor", "lan0", "--trace-conns", "2"}, "--trace-conns"},
 		{"inline pair without its peer", []string{"--inline", "wan0"}, "want IF1:IF2"},
 		{"inline interface paired with itself", []string{"--inline", "wan0:wan0"}, "its own peer"},
 		{"inline interface in two pairs", []string{"--inline", "wan0:lan0", "--inline", "lan0:wan0"}, "already in a pair"},

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/mbx-net/mbx/control"
 	"github.com/mbx-net/mbx/monitor"
+	"github.com/mbx-net/mbx/telemetry/otlptest"
 )
 
 func (e *env) monitorStatus(t *testing.T) *control.MonitorStatus {
@@ -179,5 +181,57 @@ func TestInlineFirewall(t *testing.T) {
 	}
 	if n := strings.Count(received.String(), "GET / HTTP"); n != 3 {
 		t.Errorf("the server received %d requests for /, want curl's 3", n)
+	}
+}
+
+// TestMonitorTelemetry: connection-lifecycle spans from the monitor's
+// events reach an OTLP receiver (every connection at rate 1: start, state
+// changes, end with its reason and counters), and the metrics page has the
+// monitor's counters and events by type.
+func TestMonitorTelemetry(t *testing.T) {
+	e, _ := inlineEnv(t)
+	var httpLn net.Listener
+	if err := e.lab.Do("lb", func() (err error) {
+		httpLn, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rcv := otlptest.Start(httpLn, nil)
+	defer rcv.Close()
+	e.daemonEnv = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + httpLn.Addr().String(), "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"}
+	e.startDaemon("--inline", "in0:in1", "--pin-dir", "none", "--monitor-filter", "tcp port 80",
+		"--trace-conns", "1", "--metrics-addr", "127.0.0.1:9464")
+	for range 3 {
+		e.curl("http://198.18.6.10/")
+	}
+	var got []otlptest.Span
+	waitFor(t, 10*time.Second, func() bool {
+		got = got[:0]
+		for _, s := range rcv.Spans() {
+			if s.Name == "mbx.conn" {
+				got = append(got, s)
+			}
+		}
+		return len(got) == 3
+	}, "3 connection spans")
+	for _, s := range got {
+		states := 0
+		for _, ev := range s.Events {
+			if ev == "state_change" {
+				states++
+			}
+		}
+		if s.Attrs["mbx.server"] != "198.18.6.10:80" || !strings.HasPrefix(s.Attrs["mbx.client"], "198.18.6.2:") ||
+			s.Attrs["mbx.end_reason"] != "fin" || states < 8 {
+			t.Errorf("span %v, %d state changes", s.Attrs, states)
+		}
+	}
+	page := e.host("lb", "curl", "-sS", "--max-time", "5", "http://127.0.0.1:9464/metrics")
+	for _, want := range []string{`mbx_monitor_connections_total 3`, `mbx_monitor_events_total{event="CONN_END"} 3`,
+		`mbx_monitor_inline_packets_total{path="go_dropped"} 0`, `mbx_monitor_packets_total{kind="tcp"}`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("metrics page lacks %s", want)
+		}
 	}
 }

@@ -44,6 +44,16 @@ func (h Hook) String() string {
 	return "recv"
 }
 
+// EventCounts returns how many times each built-in event was raised to
+// handlers (index: Event). Safe from any goroutine (metrics).
+func (m *Monitor) EventCounts() map[Event]uint64 {
+	out := map[Event]uint64{}
+	for ev := EvPktIn; ev < numBuiltin; ev++ {
+		out[ev] = m.raised[ev].Load()
+	}
+	return out
+}
+
 // Handler is a callback for an event. c is nil for EvOrphan (the packet is
 // Monitor.Packet()).
 type Handler func(c *Conn, side Side, ev Event)
@@ -106,6 +116,14 @@ func (m *Monitor) recomputeInterest() {
 // raise runs ev's handlers at hook, then the user-defined events built on
 // it whose filter passes.
 func (m *Monitor) raise(ev Event, hook Hook, c *Conn, side Side) {
+	if m.interest[ev] && ev < numBuiltin && (c == nil || !c.stopped[side]) {
+		m.raised[ev].Add(1)
+	}
+	m.dispatch(ev, hook, c, side)
+}
+
+// dispatch runs ev's handlers at hook (raise without counting).
+func (m *Monitor) dispatch(ev Event, hook Hook, c *Conn, side Side) {
 	if !m.interest[ev] {
 		return
 	}
@@ -120,14 +138,24 @@ func (m *Monitor) raise(ev Event, hook Hook, c *Conn, side Side) {
 	}
 	for _, child := range m.children[ev] {
 		if m.interest[child] && m.udes[child-numBuiltin].filter(c, side) {
-			m.raise(child, hook, c, side)
+			m.dispatch(child, hook, c, side)
 		}
 	}
 }
 
-// raiseBoth raises ev at the sender's send hook and the receiver's receive
-// hook.
+// raisedAtBoth: events raised at the sender's and the receiver's hooks.
+func raisedAtBoth(ev Event) bool {
+	return ev == EvPktIn || ev == EvConnStart || ev == EvRexmit || ev == EvConnEnd
+}
+
+// raiseBoth raises ev (counted once) at the sender's send hook and the
+// receiver's receive hook.
 func (m *Monitor) raiseBoth(ev Event, c *Conn, sender Side) {
-	m.raise(ev, HookSend, c, sender)
-	m.raise(ev, HookRecv, c, sender.Other())
+	if !c.stopped[sender] {
+		m.raise(ev, HookSend, c, sender)
+	} else {
+		m.raise(ev, HookRecv, c, sender.Other())
+		return
+	}
+	m.dispatch(ev, HookRecv, c, sender.Other())
 }

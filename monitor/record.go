@@ -106,7 +106,11 @@ func (m *Monitor) Apply(r *Record) {
 				}
 			}
 		}
-		m.raise(e.Event, e.Hook, c, e.Side)
+		if e.Hook == HookRecv && raisedAtBoth(e.Event) {
+			m.dispatch(e.Event, e.Hook, c, e.Side) // counted at the send hook
+		} else {
+			m.raise(e.Event, e.Hook, c, e.Side)
+		}
 	}
 	if ended {
 		delete(m.live, r.ConnID)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
 )
 
@@ -118,7 +119,8 @@ type Monitor struct {
 	stats    Stats
 	timers   []timer
 
-	verdict    verdict // the packet being processed (inline.go)
+	raised     [numBuiltin]atomic.Uint64 // events raised to handlers
+	verdict    verdict                   // the packet being processed (inline.go)
 	flowAction func(c *Conn, a FlowAction)
 }
 

@@ -240,3 +240,16 @@ func TestOrphans(t *testing.T) {
 		t.Errorf("%d orphan events, stats %+v", n, st)
 	}
 }
+
+// EventCounts counts each event once, though raised at two hooks.
+func TestEventCounts(t *testing.T) {
+	m := New(Options{})
+	m.On(EvConnEnd, HookRecv, func(*Conn, Side, Event) {})
+	m.On(EvConnStart, HookSend, func(*Conn, Side, Event) {})
+	replay(t, m, c2s(100, 0, syn, ""), s2c(500, 101, synack, ""), c2s(101, 501, ack, ""),
+		c2s(101, 501, rst, ""))
+	got := m.EventCounts()
+	if got[EvConnStart] != 1 || got[EvConnEnd] != 1 || got[EvStateChange] == 0 {
+		t.Errorf("event counts %v", got)
+	}
+}
