@@ -28,6 +28,7 @@ func App() *ucli.App {
 			labCommand(),
 			logLevelCommand(),
 			captureCommand(),
+			traceCommand(),
 			bricksCommand(),
 			decapCommand(),
 			statCommand(),

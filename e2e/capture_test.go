@@ -134,6 +134,10 @@ func TestCapture(t *testing.T) {
 		{"capture", "-i", "wan0", "tcp port eighty"},
 		{"capture", "-i", "rs-none", "tcp"},
 		{"capture", "-i", "wan0", "--point", "middle", "tcp"},
+		{"trace", "-i", "wan0"},
+		{"trace", "-i", "wan0", "tcp port eighty"},
+		{"trace", "-i", "rs-none", "tcp"},
+		{"trace", "-i", "wan0", "--count", "0", "tcp"},
 	} {
 		out, err := e.mbx(args...)
 		if err == nil || strings.Count(strings.TrimSpace(out), "\n") != 0 {

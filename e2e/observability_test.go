@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -156,6 +158,44 @@ func TestObservability(t *testing.T) {
 		return s.Name == "ipvsadm" && s.Status == "error" && s.Attrs["mbx.real"] == "198.18.1.2:80"
 	}); !ok {
 		t.Errorf("no error span for the refused ipvsadm -a")
+	}
+
+	// mbx trace: one curl's flow, every packet in and out, and the
+	// decisions behind it, printed and as a span.
+	tr := e.lab.Command("lb", mbxBin, "trace", "-i", "wan0", "--duration", "4s", "tcp and host 198.18.0.2 and port 80")
+	tr.Env = append(os.Environ(), "MBX_SOCKET="+e.socket)
+	tr.Env = append(tr.Env, e.daemonEnv...)
+	trOut := filepath.Join(e.dir, "trace.out")
+	f, err := os.Create(trOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Stdout, tr.Stderr = f, f
+	if err := tr.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool { b, _ := os.ReadFile(trOut); return strings.Contains(string(b), "tracing") }, "mbx trace running")
+	e.curl("http://" + vip + "/")
+	if err := tr.Wait(); err != nil {
+		b, _ := os.ReadFile(trOut)
+		t.Fatalf("mbx trace: %v\n%s", err, b)
+	}
+	f.Close()
+	b, _ := os.ReadFile(trOut)
+	out := string(b)
+	for _, want := range []string{"flow 198.18.0.2:", " > " + vip + ":80 tcp", "-> real server 198.18.1.", "via local address 198.18.1.200:",
+		"scheduler rr", "entry 198.18.0.2:", "exit XDP_REDIRECT 198.18.1.200:"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("mbx trace output lacks %q:\n%s", want, out)
+		}
+	}
+	span, ok = rcv.Wait(10*time.Second, func(s otlptest.Span) bool { return s.Name == "mbx.trace" })
+	if !ok {
+		t.Fatalf("no mbx.trace span")
+	}
+	if !strings.HasPrefix(span.Attrs["mbx.real"], "198.18.1.") || span.Attrs["mbx.scheduler"] != "rr" ||
+		span.Attrs["mbx.real.forward"] != "fnat" || len(span.Events) < 6 {
+		t.Errorf("mbx.trace span: %v, events %v", span.Attrs, span.Events)
 	}
 
 	// Log level at run time.

@@ -45,6 +45,8 @@ type Options struct {
 	// Version is reported as service.version.
 	Version string
 	Logger  *slog.Logger
+	// TracesOnly exports no metrics (a short-lived command's spans).
+	TracesOnly bool
 }
 
 // Telemetry holds the providers and the metrics endpoint.
@@ -82,7 +84,7 @@ func Start(ctx context.Context, o Options) (*Telemetry, error) {
 	}
 	if me, err := metricExporter(ctx); err != nil {
 		return nil, err
-	} else if me != nil {
+	} else if me != nil && !o.TracesOnly {
 		readers = append(readers, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(me)))
 	}
 	t.mp = sdkmetric.NewMeterProvider(append(readers, sdkmetric.WithResource(res))...)
