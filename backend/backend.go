@@ -228,6 +228,9 @@ type MonitorOptions struct {
 	// IdleTimeout ends idle connections; Linger keeps ended ones for
 	// their late packets. 0: the monitor's defaults.
 	IdleTimeout, Linger time.Duration
+	// Sample, in (0, 1): a passive monitor tracks only that fraction of the
+	// connections, chosen in the data plane. 0: all.
+	Sample float64
 }
 
 // MonitorPlane is a backend that tracks TCP connections for the stream

@@ -60,10 +60,24 @@ func laddrs(port string) string {
 	return b.String()
 }
 
-// BenchmarkXDP times the XDP program per packet (ns/pkt, kernel-measured,
-// restore harness included) on the paths that matter. The "harness" case is
-// the harness around a program that only returns XDP_PASS.
-func BenchmarkXDP(b *testing.B) {
+// fnatBench is the datapath loaded (not attached) in a private namespace
+// holding the fnat-tcp vector's interfaces, with benchConfig applied and one
+// Full-NAT connection established from 198.18.0.2:40000.
+type fnatBench struct {
+	w     *lab.Worker
+	be    *xdp.Backend
+	idx   map[string]int
+	lport uint16 // the connection's local port
+	pkt   func(iface string, eth, ip, tcp map[string]any) []byte
+	file  *vectors.File
+}
+
+var (
+	fromClient = map[string]any{"src": "client", "dst": "wan0"}
+	toVIP      = map[string]any{"src": "198.18.0.2", "dst": "198.18.0.100"}
+)
+
+func newFNATBench(b *testing.B) *fnatBench {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
 	}
@@ -76,52 +90,66 @@ func BenchmarkXDP(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	w, err := lab.NewWorker()
-	if err != nil {
+	fb := &fnatBench{file: f}
+	if fb.w, err = lab.NewWorker(); err != nil {
 		b.Fatal(err)
 	}
-	defer w.Close()
-	var be *xdp.Backend
-	var idx map[string]int
-	if err := w.Do(func() error {
-		if idx, err = xdp.BuildTopology(f); err != nil {
+	b.Cleanup(fb.w.Close)
+	if err := fb.w.Do(func() error {
+		if fb.idx, err = xdp.BuildTopology(f); err != nil {
 			return err
 		}
-		if be, err = xdp.Load(backend.Options{ConnMax: 1 << 16}); err != nil {
+		if fb.be, err = xdp.Load(backend.Options{ConnMax: 1 << 16}); err != nil {
 			return err
 		}
-		for _, i := range idx {
-			if err := be.AddTxPort(i); err != nil {
+		for _, i := range fb.idx {
+			if err := fb.be.AddTxPort(i); err != nil {
 				return err
 			}
 		}
-		return be.Apply(cfg)
+		return fb.be.Apply(cfg)
 	}); err != nil {
 		b.Fatal(err)
 	}
-	defer be.Close()
-
-	pkt := func(iface string, eth map[string]any, ip map[string]any, tcp map[string]any) []byte {
+	b.Cleanup(func() { fb.be.Close() })
+	fb.pkt = func(iface string, eth, ip, tcp map[string]any) []byte {
 		fr, err := f.Build(vectors.Packet{Iface: iface, Eth: eth, IP: ip, TCP: tcp, Payload: "0123456789"})
 		if err != nil {
 			b.Fatal(err)
 		}
 		return fr
 	}
-	fromClient := map[string]any{"src": "client", "dst": "wan0"}
-	toVIP := map[string]any{"src": "198.18.0.2", "dst": "198.18.0.100"}
 	// Establish one connection; learn its local port from the SYN's output.
-	var lport uint16
-	if err := w.Do(func() error {
-		_, out, err := xdp.TestRun(be.Program(), idx["wan0"], pkt("wan0", fromClient, toVIP, map[string]any{"sport": 40000, "dport": 80, "flags": "S"}))
+	if err := fb.w.Do(func() error {
+		_, out, err := xdp.TestRun(fb.be.Program(), fb.idx["wan0"], fb.pkt("wan0", fromClient, toVIP, map[string]any{"sport": 40000, "dport": 80, "flags": "S"}))
 		if err != nil {
 			return err
 		}
-		lport = uint16(out[34])<<8 | uint16(out[35])
+		fb.lport = uint16(out[34])<<8 | uint16(out[35])
 		return nil
 	}); err != nil {
 		b.Fatal(err)
 	}
+	return fb
+}
+
+// pureACK is a payload-free ACK of the established connection (the same
+// packet over and over is then no retransmission for a tracker).
+func (fb *fnatBench) pureACK(b *testing.B) []byte {
+	fr, err := fb.file.Build(vectors.Packet{Iface: "wan0", Eth: fromClient, IP: toVIP, TCP: map[string]any{"sport": 40000, "dport": 80, "flags": "A"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return fr
+}
+
+// BenchmarkXDP times the XDP program per packet (ns/pkt, kernel-measured,
+// restore harness included) on the paths that matter. The "harness" case is
+// the harness around a program that only returns XDP_PASS.
+func BenchmarkXDP(b *testing.B) {
+	fb := newFNATBench(b)
+	w, be, idx, pkt, lport := fb.w, fb.be, fb.idx, fb.pkt, fb.lport
+	var err error
 
 	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, AttachType: ebpf.AttachXDP, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})

@@ -113,7 +113,7 @@ struct mon_iface {
 	__u32 want;     /* 1 << event: what Go has handlers for */
 	__u32 bufsize;  /* out-of-order bytes held per side at most */
 	__u32 peer;     /* MON_F_INLINE: where packets leave */
-	__u32 pad;
+	__u32 sample;   /* nonzero: track the connections whose key hashes below it */
 };
 
 struct mon_side_snap {
@@ -242,6 +242,19 @@ __attribute__((noinline)) int mbx_monitor_filter(struct xdp_md *ctx)
 {
 	volatile int match = 1;
 	return ctx ? match : 0;
+}
+
+/* mon_sample_hash spreads connection keys (already in a fixed order, so
+ * both directions agree) over 32 bits: independent multiplies, one fold. */
+static __always_inline __u32 mon_sample_hash(const struct mon_key *k)
+{
+	__u64 h = (__u64)k->a[3] * 0xa0761d6478bd642fULL + (__u64)k->b[3] * 0xe7037ed1a0b428dbULL +
+		  ((__u64)k->aport | (__u64)k->bport << 16) * 0x8ebc6af09c88c6e3ULL +
+		  (__u64)(k->a[0] ^ k->a[1] ^ k->a[2]) * 0x589965cc75374cc3ULL +
+		  (__u64)(k->b[0] ^ k->b[1] ^ k->b[2]) * 0x1d8e4e27c47d124fULL;
+	h ^= h >> 32;
+	h *= 0x9e3779b97f4a7c15ULL;
+	return h >> 32;
 }
 
 static __always_inline struct mon_iface *monitor_on(__u32 ifindex)
@@ -784,6 +797,12 @@ __attribute__((noinline)) int mbx_monitor(struct xdp_md *ctx)
 		return 0;
 	}
 	st->tcp++;
+	/* Sampled monitoring: the other connections cost a parse and a hash,
+	 * no table lookup. */
+	if (mi->sample && mon_sample_hash(&p->key) >= mi->sample) {
+		st->filtered++;
+		return 0;
+	}
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct mon_conn *c = bpf_map_lookup_elem(&mon_conns, &p->key);
 	int syn = (p->flags & (TH_SYN | TH_ACK)) == TH_SYN;

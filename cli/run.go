@@ -44,6 +44,7 @@ func runCommand() *ucli.Command {
 			&ucli.StringSliceFlag{Name: "monitor", Usage: "run the TCP stream monitor on this interface (repeat; attached like --iface); see mbx stat"},
 			&ucli.StringSliceFlag{Name: "inline", Usage: "run the stream monitor inline between two interfaces, IF1:IF2, forwarding both ways like mOS's nic_forward_table (repeat for more pairs; attached like --iface)"},
 			&ucli.StringFlag{Name: "monitor-filter", Usage: "tcpdump expression: which connections the stream monitor tracks (run in XDP on a connection's first packet and on orphans); inline, the rest is forwarded in XDP"},
+			&ucli.Float64Flag{Name: "monitor-sample", Usage: "passive monitor: track only this fraction of TCP connections, 0 < RATE < 1, chosen in XDP by a hash of the connection (the rest cost a parse); e.g. with --trace-conns 1 for cheap connection traces"},
 			&ucli.Float64Flag{Name: "trace-conns", Usage: "export a span per monitored TCP connection (start, state changes, retransmissions, end) for this fraction of connections, 0 < RATE <= 1; needs --monitor or --inline"},
 			&ucli.StringFlag{Name: "monitor-log", Usage: "write the monitor's connection events (start, state change, retransmission, end) to this file as JSON Lines"},
 			&ucli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on HOST:PORT/metrics (OTLP export: set OTEL_EXPORTER_OTLP_ENDPOINT)"},

@@ -33,14 +33,23 @@ func parseLiveMonitor(c *ucli.Context) (*liveMonitor, error) {
 	}
 	switch {
 	case len(ifaces) == 0 && len(pairs) == 0:
-		if c.String("monitor-filter") != "" || c.String("monitor-log") != "" || c.IsSet("trace-conns") {
-			return nil, fmt.Errorf("--monitor-filter, --monitor-log and --trace-conns need --monitor IF or --inline IF1:IF2")
+		if c.String("monitor-filter") != "" || c.String("monitor-log") != "" || c.IsSet("trace-conns") || c.IsSet("monitor-sample") {
+			return nil, fmt.Errorf("--monitor-filter, --monitor-log, --monitor-sample and --trace-conns need --monitor IF or --inline IF1:IF2")
 		}
 		return nil, nil
 	case len(ifaces) > 0 && len(pairs) > 0:
 		return nil, fmt.Errorf("--monitor and --inline: the stream monitor is either passive or inline, not both")
 	}
 	lm := &liveMonitor{opts: backend.MonitorOptions{Ifaces: ifaces, Inline: pairs}}
+	if c.IsSet("monitor-sample") {
+		lm.opts.Sample = c.Float64("monitor-sample")
+		if !(lm.opts.Sample > 0 && lm.opts.Sample < 1) {
+			return nil, fmt.Errorf("--monitor-sample %v: want a fraction, 0 < RATE < 1", lm.opts.Sample)
+		}
+		if len(pairs) > 0 {
+			return nil, fmt.Errorf("--monitor-sample is for a passive monitor (--monitor IF), not --inline")
+		}
+	}
 	if c.IsSet("trace-conns") {
 		lm.traceConns = c.Float64("trace-conns")
 		if !(lm.traceConns > 0 && lm.traceConns <= 1) {

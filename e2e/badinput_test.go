@@ -115,6 +115,8 @@ func TestRunFailures(t *testing.T) {
 		{"unwritable monitor log", []string{"--iface", "wan0", "--monitor", "lan0", "--monitor-log", "/proc/nope/log"}, "--monitor-log"},
 		{"connection traces without a monitor", []string{"--iface", "wan0", "--trace-conns", "0.5"}, "need --monitor"},
 		{"connection trace rate out of range", []string{"--iface", "wan0", "--monitor", "lan0", "--trace-conns", "2"}, "--trace-conns"},
+		{"monitor sample out of range", []string{"--iface", "wan0", "--monitor", "lan0", "--monitor-sample", "1"}, "--monitor-sample"},
+		{"monitor sample inline", []string{"--inline", "wan0:lan0", "--monitor-sample", "0.5"}, "passive monitor"},
 		{"inline pair without its peer", []string{"--inline", "wan0"}, "want IF1:IF2"},
 		{"inline interface paired with itself", []string{"--inline", "wan0:wan0"}, "its own peer"},
 		{"inline interface in two pairs", []string{"--inline", "wan0:lan0", "--inline", "lan0:wan0"}, "already in a pair"},

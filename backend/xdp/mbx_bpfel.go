@@ -194,7 +194,7 @@ type mbxMonIface struct {
 	Want    uint32
 	Bufsize uint32
 	Peer    uint32
-	Pad     uint32
+	Sample  uint32
 }
 
 type mbxMonKey struct {

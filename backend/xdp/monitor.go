@@ -40,11 +40,15 @@ type MonitorOptions struct {
 	// IdleTimeout ends connections with no packet for this long; Linger
 	// keeps ended ones for their late packets. 0: the Go tracker's defaults.
 	IdleTimeout, Linger time.Duration
+	// Sample, in (0, 1), tracks only that fraction of the connections
+	// (chosen by a hash of the connection, the same both ways); the rest
+	// cost a parse and a hash. 0 or 1: every connection.
+	Sample float64
 }
 
 // StartMonitor is backend.MonitorPlane's: the tracker on opts.Ifaces.
 func (b *Backend) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) (backend.MonitorRun, error) {
-	xo := MonitorOptions{BufferSize: opts.BufferSize, IdleTimeout: opts.IdleTimeout, Linger: opts.Linger}
+	xo := MonitorOptions{BufferSize: opts.BufferSize, IdleTimeout: opts.IdleTimeout, Linger: opts.Linger, Sample: opts.Sample}
 	ours := func(name string) (int, error) {
 		ifx, err := ifindexOf(name)
 		if err != nil {
@@ -74,6 +78,9 @@ func (b *Backend) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) 
 	}
 	if len(opts.Ifaces) > 0 {
 		return nil, errors.New("the stream monitor is either passive or inline, not both")
+	}
+	if opts.Sample != 0 {
+		return nil, errors.New("sampling is for a passive monitor (inline, every connection the filter selects is judged)")
 	}
 	io := InlineOptions{Filter: xo.Filter}
 	for _, p := range opts.Inline {
@@ -152,6 +159,9 @@ func (b *Backend) StartTracker(m *monitor.Monitor, opts MonitorOptions) (*LiveMo
 	}
 	for _, ifx := range opts.Ifindexes {
 		v := mbxMonIface{Ifindex: uint32(ifx), Flags: flags, Want: lm.want, Bufsize: uint32(opts.BufferSize)}
+		if opts.Sample > 0 && opts.Sample < 1 {
+			v.Sample = max(uint32(opts.Sample*(1<<32)), 1)
+		}
 		if err := b.objs.MonIfaces.Put(uint32(ifx%ifSlots), &v); err != nil {
 			lm.Stop()
 			return nil, fmt.Errorf("monitor on ifindex %d: %w", ifx, err)

@@ -305,16 +305,7 @@ func TestMonitorStopMonitoring(t *testing.T) {
 	}
 	defer lm.Stop()
 	cli, srv := netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("198.18.1.1:80")
-	seg := func(from, to netip.AddrPort, flags string, seq, ack uint32) []byte {
-		tcp := &layers.TCP{SrcPort: layers.TCPPort(from.Port()), DstPort: layers.TCPPort(to.Port()), Seq: seq, Ack: ack,
-			SYN: strings.Contains(flags, "S"), ACK: strings.Contains(flags, "A"), Window: 100}
-		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: from.Addr().AsSlice(), DstIP: to.Addr().AsSlice()}
-		tcp.SetNetworkLayerForChecksum(ip)
-		buf := gopacket.NewSerializeBuffer()
-		gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-			&layers.Ethernet{SrcMAC: make([]byte, 6), DstMAC: make([]byte, 6), EthernetType: layers.EthernetTypeIPv4}, ip, tcp)
-		return buf.Bytes()
-	}
+	seg := tcpSeg
 	frames := [][]byte{seg(cli, srv, "S", 100, 0), seg(srv, cli, "SA", 500, 101), seg(cli, srv, "A", 101, 501)}
 	for i := range 5 {
 		frames = append(frames, seg(cli, srv, "A", 101, 501+uint32(i)))
@@ -334,4 +325,49 @@ func TestMonitorStopMonitoring(t *testing.T) {
 	if seen != 3 || st.Records != 3 || st.TCP != uint64(len(frames)) {
 		t.Errorf("handlers saw %d packets, %d records for %d TCP packets; want 3 and 3 of %d", seen, st.Records, st.TCP, len(frames))
 	}
+}
+
+// Sampled monitoring tracks about the asked fraction of connections, and
+// both directions of a connection agree on it.
+func TestMonitorSample(t *testing.T) {
+	requireRoot(t)
+	b, err := Load(backend.Options{ConnMax: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	lm, err := b.StartTracker(monitor.New(monitor.Options{}), MonitorOptions{Ifindexes: []int{1}, Sample: 0.25})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Stop()
+	srv := netip.MustParseAddrPort("198.18.1.1:80")
+	const n = 2000
+	for i := range n {
+		cli := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(1 + i%200)}), uint16(20000+i))
+		for _, f := range [][]byte{tcpSeg(cli, srv, "S", 100, 0), tcpSeg(srv, cli, "SA", 500, 101)} {
+			if _, _, err := TestRun(b.objs.MbxXdp, 1, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	st, err := lm.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Conns < n/5 || st.Conns > n*3/10 || st.Filtered != 2*(n-st.Conns) {
+		t.Errorf("sample 0.25 of %d connections: %d tracked, %d packets not (want 2 per untracked one)", n, st.Conns, st.Filtered)
+	}
+}
+
+// tcpSeg builds an Ethernet/IPv4/TCP segment (flags: S, A).
+func tcpSeg(from, to netip.AddrPort, flags string, seq, ack uint32) []byte {
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(from.Port()), DstPort: layers.TCPPort(to.Port()), Seq: seq, Ack: ack,
+		SYN: strings.Contains(flags, "S"), ACK: strings.Contains(flags, "A"), Window: 100}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: from.Addr().AsSlice(), DstIP: to.Addr().AsSlice()}
+	tcp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&layers.Ethernet{SrcMAC: make([]byte, 6), DstMAC: make([]byte, 6), EthernetType: layers.EthernetTypeIPv4}, ip, tcp)
+	return buf.Bytes()
 }
