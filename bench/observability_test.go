@@ -130,7 +130,7 @@ func BenchmarkObservability(b *testing.B) {
 			defer prog.Close()
 			return run(prog)
 		},
-		"trace-1%": func() (time.Duration, error) { return traced(0.01) },
+		"trace-1%":  func() (time.Duration, error) { return traced(0.01) },
 		"trace-all": func() (time.Duration, error) { return traced(0) },
 	}
 	names := []string{"off", "metrics", "capture-idle", "trace-1%", "trace-all"}
