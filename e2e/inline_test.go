@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,16 +59,7 @@ func TestInlineMonitor(t *testing.T) {
 	e.download(sum)
 	e.host("client", "iperf3", "-c", "198.18.6.10", "-p", "5201", "-n", "20M")
 
-	var lives map[uint64]*connLife
-	waitFor(t, 10*time.Second, func() bool {
-		lives = connLives(readMonitorLog(t, logPath))
-		for _, l := range lives {
-			if l.endReason == "" {
-				return false
-			}
-		}
-		return len(lives) > 0
-	}, "CONN_END for every connection in the monitor log")
+	lives := waitAllEnded(t, logPath)
 	web, iperf := 0, 0
 	for id, l := range lives {
 		if !l.started || (l.endReason != "fin" && l.endReason != "rst") {
@@ -192,16 +182,7 @@ func TestInlineFirewall(t *testing.T) {
 // monitor's counters and events by type.
 func TestMonitorTelemetry(t *testing.T) {
 	e, _ := inlineEnv(t)
-	var httpLn net.Listener
-	if err := e.lab.Do("lb", func() (err error) {
-		httpLn, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	rcv := otlptest.Start(httpLn, nil)
-	defer rcv.Close()
-	e.daemonEnv = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + httpLn.Addr().String(), "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"}
+	rcv := e.otlpReceiver()
 	e.startDaemon("--inline", "in0:in1", "--pin-dir", "none", "--monitor-filter", "tcp port 80",
 		"--trace-conns", "1", "--metrics-addr", "127.0.0.1:9464")
 	for range 3 {

@@ -65,6 +65,23 @@ func connLives(evs []monitorEvent) map[uint64]*connLife {
 	return lives
 }
 
+// waitAllEnded waits until every connection in the monitor log has ended,
+// and returns what the log says of them.
+func waitAllEnded(t *testing.T, logPath string) map[uint64]*connLife {
+	t.Helper()
+	var lives map[uint64]*connLife
+	waitFor(t, 10*time.Second, func() bool {
+		lives = connLives(readMonitorLog(t, logPath))
+		for _, l := range lives {
+			if l.endReason == "" {
+				return false
+			}
+		}
+		return len(lives) > 0
+	}, "CONN_END for every connection in the monitor log")
+	return lives
+}
+
 func (e *env) monitorTable(t *testing.T) []midstat.Row {
 	out := e.mustMbx("stat", "--json")
 	var rows []midstat.Row
@@ -121,16 +138,7 @@ func TestMonitorLive(t *testing.T) {
 	}
 
 	// Every connection ends: wrk's 8, curl's 5, iperf3's control and data.
-	var lives map[uint64]*connLife
-	waitFor(t, 10*time.Second, func() bool {
-		lives = connLives(readMonitorLog(t, logPath))
-		for _, l := range lives {
-			if l.endReason == "" {
-				return false
-			}
-		}
-		return len(lives) > 0
-	}, "CONN_END for every connection in the monitor log")
+	lives := waitAllEnded(t, logPath)
 	web, iperf := 0, 0
 	for id, l := range lives {
 		if !l.started {

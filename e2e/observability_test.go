@@ -23,17 +23,7 @@ func TestObservability(t *testing.T) {
 	need(t, "wrk")
 	e, _ := twoArmNoDaemon(t)
 
-	// The receiver listens inside the lb host, where the daemon runs.
-	var httpLn net.Listener
-	if err := e.lab.Do("lb", func() (err error) {
-		httpLn, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	rcv := otlptest.Start(httpLn, nil)
-	defer rcv.Close()
-	e.daemonEnv = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + httpLn.Addr().String(), "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"}
+	rcv := e.otlpReceiver()
 	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--metrics-addr", "127.0.0.1:9464", "--log-format", "json")
 	e.mustMbx("addr", "add", vip+"/32", "dev", "wan0")
 	e.ipvsadm(`
@@ -206,6 +196,24 @@ func TestObservability(t *testing.T) {
 	if out, err := e.mbx("log-level", "loud"); err == nil || !strings.Contains(out, `bad log level "loud"`) {
 		t.Errorf("log-level loud: %v %s", err, out)
 	}
+}
+
+// otlpReceiver starts an OTLP/HTTP trace receiver inside the lb host, where
+// the daemon runs, and points the daemon (and mbx commands run with
+// daemonEnv) at it; it stops with the test.
+func (e *env) otlpReceiver() *otlptest.Receiver {
+	e.t.Helper()
+	var httpLn net.Listener
+	if err := e.lab.Do("lb", func() (err error) {
+		httpLn, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		e.t.Fatal(err)
+	}
+	rcv := otlptest.Start(httpLn, nil)
+	e.t.Cleanup(rcv.Close)
+	e.daemonEnv = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + httpLn.Addr().String(), "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"}
+	return rcv
 }
 
 // sample finds the value of the metric in f whose labels include want.
