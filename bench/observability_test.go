@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
@@ -30,6 +31,10 @@ const obsRounds = 4
 //     per-CPU array lookup, in every figure);
 //   - metrics: a scraper reads the datapath's maps (what /metrics does)
 //     every millisecond while the packets run;
+//   - capture-hook: what the idle capture hook executes on every packet
+//     (capture.h capture_on: an array lookup and two compares), timed as a
+//     program of just those instructions against one that only returns,
+//     reported as (off + hook) / off;
 //   - capture-idle: a capture running on the interface whose filter
 //     matches nothing (the filter runs on each packet);
 //   - trace-1%: connection spans for 1% of the connections: the stream
@@ -133,7 +138,10 @@ func BenchmarkObservability(b *testing.B) {
 		"trace-1%":  func() (time.Duration, error) { return traced(0.01) },
 		"trace-all": func() (time.Duration, error) { return traced(0) },
 	}
-	names := []string{"off", "metrics", "capture-idle", "trace-1%", "trace-all"}
+	pass, hook := hookPrograms(b)
+	variants["bare-pass"] = func() (time.Duration, error) { return bare(fb, pass, frame) }
+	variants["bare-hook"] = func() (time.Duration, error) { return bare(fb, hook, frame) }
+	names := []string{"off", "metrics", "capture-idle", "trace-1%", "trace-all", "bare-pass", "bare-hook"}
 	total := map[string]time.Duration{}
 	for i := range obsRounds {
 		order := slices.Clone(names)
@@ -148,10 +156,61 @@ func BenchmarkObservability(b *testing.B) {
 			total[n] += d
 		}
 	}
-	for _, n := range names {
+	for _, n := range names[:5] {
 		b.ReportMetric(float64(total[n].Nanoseconds())/obsRounds, n+"-ns/pkt")
 		if n != "off" {
 			b.ReportMetric(float64(total[n])/float64(total["off"]), n+"/off")
 		}
 	}
+	hookCost := total["bare-hook"] - total["bare-pass"]
+	b.ReportMetric(float64(hookCost.Nanoseconds())/obsRounds, "capture-hook-ns")
+	b.ReportMetric(float64(total["off"]+hookCost)/float64(total["off"]), "capture-hook/off")
 }
+
+// hookPrograms are an XDP program that only returns XDP_PASS and one that
+// first does what the idle capture hook does (capture.h capture_on).
+func hookPrograms(b *testing.B) (pass, hook *ebpf.Program) {
+	ctl, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 24, MaxEntries: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ctl.Close() })
+	load := func(insns asm.Instructions) *ebpf.Program {
+		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: insns})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { p.Close() })
+		return p
+	}
+	pass = load(asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()})
+	hook = load(asm.Instructions{
+		asm.LoadMem(asm.R6, asm.R1, 12, asm.Word), // ctx->ingress_ifindex
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, ctl.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word), // points
+		asm.JEq.Imm(asm.R1, 0, "out"),
+		asm.LoadMem(asm.R1, asm.R0, 4, asm.Word), // ifindex
+		asm.JEq.Reg(asm.R1, asm.R6, "out"),
+		asm.Mov.Imm(asm.R0, 2).WithSymbol("out"),
+		asm.Return(),
+	})
+	return pass, hook
+}
+
+// bare times prog alone (it does not change the packet: no harness).
+func bare(fb *fnatBench, prog *ebpf.Program, frame []byte) (time.Duration, error) {
+	var per time.Duration
+	err := fb.w.Do(func() (err error) {
+		_, per, err = RunXDP(prog, fb.idx["wan0"], frame, obsBareRepeat, 0)
+		return err
+	})
+	return per, err
+}
+
+// obsBareRepeat: the bare programs' repeat count per round.
+const obsBareRepeat = 1 << 20
