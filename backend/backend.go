@@ -266,6 +266,11 @@ type MonitorStats struct {
 	Records   uint64 `json:"records"`
 	Lost      uint64 `json:"lost"` // reports the ring buffer had no room for
 	Full      uint64 `json:"full"` // connections the table had no room for
+	// IP fragments: datagrams reassembled in Go and tracked, and
+	// fragments left untracked (over the copy size, or a datagram over
+	// what the tracker can be handed again).
+	Reassembled        uint64 `json:"reassembled,omitempty"`
+	FragmentsUntracked uint64 `json:"fragments_untracked,omitempty"`
 	// Inline mode: packets the data plane sent to Go, forwarded itself
 	// (filtered out, or let go by a handler), dropped itself (connections a
 	// handler dropped), or could not hand to Go (no socket: dropped).

@@ -480,7 +480,7 @@ int mbx_xdp(struct xdp_md *ctx)
 		return v;
 	}
 	if (mi)
-		mbx_monitor(ctx);
+		mbx_monitor(ctx, 0);
 	struct brick_engine *engine = brick_engine_on(ifindex);
 	int verdict = XDP_PASS;
 	if (!engine || !(engine->flags & ENGINE_F_NO_LB))
@@ -517,4 +517,14 @@ int mbx_bricks(struct xdp_md *ctx)
 			capture_emit(ctx, cap, CAPTURE_EXIT, verdict);
 	}
 	return verdict;
+}
+
+/* A datagram Go reassembled from the IP fragments mbx_monitor sent it,
+ * run by Go with BPF_PROG_TEST_RUN (ingress_ifindex: where the fragments
+ * arrived) through the same tracker. Never attached to an interface. */
+SEC("xdp")
+int mbx_monitor_reinject(struct xdp_md *ctx)
+{
+	mbx_monitor(ctx, 1);
+	return XDP_DROP;
 }

@@ -11,8 +11,10 @@
  * Connection state is one shared entry per connection (not per-CPU): the
  * two directions of a flow reach XDP on different CPUs (RSS is not
  * symmetric), so both must see one state; the spin lock keeps them in step.
- * What the BPF tracker does not do (Go's does, offline): IP defragmentation
- * (fragments are counted and skipped), PPPoE and MPLS. */
+ * IP fragments go to Go whole (MON_REC_FRAGMENT): Go reassembles the
+ * datagram and runs it through this same tracker with BPF_PROG_TEST_RUN
+ * (mbx_monitor_reinject), so fragmented flows are tracked like the rest
+ * and only fragments cost work in Go. */
 #ifndef MBX_MONITOR_H
 #define MBX_MONITOR_H
 
@@ -59,6 +61,13 @@
 #define MON_F_ON 0x1
 #define MON_F_COPY 0x2 /* records carry the frame */
 #define MON_F_INLINE 0x4 /* inline to mon_iface.peer (inline.h), no tracking here */
+
+/* mon_rec.kind */
+#define MON_REC_PACKET 0
+#define MON_REC_FRAGMENT 1 /* an IP fragment, for Go to reassemble (no events) */
+#define MON_REC_REINJECTED 2 /* a datagram Go reassembled (mbx_monitor_reinject) */
+
+#define MON_MPLS_LABELS 4 /* labels stepped over at most; deeper stacks are orphans */
 
 
 /* Connection key: the endpoints in a fixed order (a <= b), VLAN IDs. */
@@ -141,7 +150,7 @@ struct mon_rec {
 	__u8 tcp_flags;
 	__u8 from_b;   /* the sender is key.b */
 	__u8 client_is_b;
-	__u8 pad0;
+	__u8 kind; /* MON_REC_* */
 	__u8 nev;
 	__u8 end_reason;
 	__u8 midstream;
@@ -175,6 +184,7 @@ struct mon_stats {
 	__u64 inl_forwarded;
 	__u64 inl_dropped;
 	__u64 inl_no_socket; /* for Go, but no socket was there */
+	__u64 frag_big; /* fragments over MON_SNAP bytes: not sent to Go */
 };
 
 /* A plain hash: spin locks are not allowed in LRU maps. Go's sweeper
@@ -291,8 +301,8 @@ static __always_inline int mon_addr_less(const __u32 *x, const __u32 *y)
 	return 0;
 }
 
-/* mon_parse: Ethernet, two VLAN tags at most, IPv4 or IPv6 (with hop,
- * routing and destination options headers), TCP. */
+/* mon_parse: Ethernet, two VLAN tags at most, PPPoE or MPLS, IPv4 or IPv6
+ * (with hop, routing and destination options headers), TCP. */
 static __always_inline void mon_parse(void *data, void *data_end, struct mon_pkt *p)
 {
 	__u32 src[4] = {}, dst[4] = {};
@@ -306,6 +316,50 @@ static __always_inline void mon_parse(void *data, void *data_end, struct mon_pkt
 	if (!l3) {
 		p->bad = 1;
 		return;
+	}
+	if (proto == bpf_htons(ETH_P_PPP_SES)) {
+		/* PPPoE session: 6-byte header, then PPP's protocol. */
+		__u16 *ppp = l3 + 6;
+		if ((void *)(ppp + 1) > data_end) {
+			p->bad = 1;
+			return;
+		}
+		if (*ppp == bpf_htons(0x0021))
+			proto = bpf_htons(ETH_P_IP);
+		else if (*ppp == bpf_htons(0x0057))
+			proto = bpf_htons(ETH_P_IPV6);
+		else
+			return; /* not IP: an orphan */
+		l3 = ppp + 1;
+	}
+	if (proto == bpf_htons(ETH_P_MPLS_UC) || proto == bpf_htons(ETH_P_MPLS_MC)) {
+		/* Labels up to the bottom of the stack; the IP version follows. */
+		int bos = 0;
+#pragma unroll
+		for (int i = 0; i < MON_MPLS_LABELS; i++) {
+			__u8 *lbl = l3;
+			if ((void *)(lbl + 4) > data_end) {
+				p->bad = 1;
+				return;
+			}
+			bos = lbl[2] & 1;
+			l3 = lbl + 4;
+			if (bos)
+				break;
+		}
+		__u8 *ver = l3;
+		if (!bos)
+			return; /* deeper than MON_MPLS_LABELS: an orphan */
+		if ((void *)(ver + 1) > data_end) {
+			p->bad = 1;
+			return;
+		}
+		if (*ver >> 4 == 4)
+			proto = bpf_htons(ETH_P_IP);
+		else if (*ver >> 4 == 6)
+			proto = bpf_htons(ETH_P_IPV6);
+		else
+			return;
 	}
 	__u8 l4proto;
 	void *l4;
@@ -749,10 +803,43 @@ lost:
 		st->lost++;
 }
 
+/* mon_emit_fragment sends an IP fragment to Go whole (MON_REC_FRAGMENT):
+ * Go reassembles the datagram and reinjects it (mbx_monitor_reinject). */
+static __always_inline void mon_emit_fragment(struct xdp_md *ctx, struct mon_stats *st)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	__u64 len = data_end - data;
+	if (len >= MON_SNAP) {
+		st->frag_big++;
+		return;
+	}
+	struct mon_rec_data *rd = bpf_ringbuf_reserve(&mon_events, sizeof(*rd), 0);
+	if (!rd) {
+		st->lost++;
+		return;
+	}
+	__builtin_memset(&rd->h, 0, sizeof(rd->h));
+	__u32 cap = len;
+	asm volatile("" : "+r"(cap));
+	cap &= MON_SNAP - 1;
+	if (cap == 0 || bpf_xdp_load_bytes(ctx, 0, rd->frame, cap) < 0) {
+		bpf_ringbuf_discard(rd, 0);
+		return;
+	}
+	rd->h.kind = MON_REC_FRAGMENT;
+	rd->h.cap_len = cap;
+	rd->h.pkt_len = len;
+	rd->h.ts = bpf_ktime_get_ns();
+	rd->h.ifindex = ctx->ingress_ifindex;
+	bpf_ringbuf_submit(rd, 0);
+	st->records++;
+}
+
 /* mbx_monitor tracks one packet on an interface with a monitor: passive,
  * it never changes the packet's fate. A global function, so the verifier
- * checks it once, apart from mbx_xdp. */
-__attribute__((noinline)) int mbx_monitor(struct xdp_md *ctx)
+ * checks it once, apart from mbx_xdp. reinjected: the packet is a datagram
+ * Go reassembled from fragments (mbx_monitor_reinject). */
+__attribute__((noinline)) int mbx_monitor(struct xdp_md *ctx, __u32 reinjected)
 {
 	if (!ctx)
 		return 0;
@@ -779,8 +866,11 @@ __attribute__((noinline)) int mbx_monitor(struct xdp_md *ctx)
 	struct mon_rec *snap = &sc->snap;
 	if (p->frag) {
 		st->fragments++;
+		if (!reinjected)
+			mon_emit_fragment(ctx, st);
 		return 0;
 	}
+	__u8 kind = reinjected ? MON_REC_REINJECTED : MON_REC_PACKET;
 	if (!p->tcp) {
 		if (p->bad)
 			st->malformed++;
@@ -792,6 +882,7 @@ __attribute__((noinline)) int mbx_monitor(struct xdp_md *ctx)
 		if (mi->want & (1u << MON_EV_ORPHAN)) {
 			mon_raise(e, MON_EV_ORPHAN, MON_HOOK_RECV, 0, 0);
 			__builtin_memset(snap, 0, sizeof(*snap));
+			snap->kind = kind;
 			mon_emit(ctx, mi, st, snap, p, e);
 		}
 		return 0;
@@ -862,6 +953,7 @@ track:;
 	__u32 want = mi->want;
 	if (e->mask & want) {
 		__builtin_memset(snap, 0, sizeof(*snap));
+		snap->kind = kind;
 		snap->conn_id = c->id;
 		snap->start = c->start;
 		snap->client_is_b = c->client_is_b;

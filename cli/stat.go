@@ -227,8 +227,8 @@ func liveStat(c *ucli.Context) error {
 				return err
 			}
 			s := st.Stats
-			fmt.Printf("\n%d packets (%d TCP, %d orphans, %d filtered, %d fragments), %d connections tracked, %d in the table; %d reports lost\n",
-				s.Packets, s.TCP, s.Orphans, s.Filtered, s.Fragments, s.Conns, len(st.Conns), s.Lost)
+			fmt.Printf("\n%d packets (%d TCP, %d orphans, %d filtered, %d fragments: %d datagrams reassembled, %d untracked), %d connections tracked, %d in the table; %d reports lost\n",
+				s.Packets, s.TCP, s.Orphans, s.Filtered, s.Fragments, s.Reassembled, s.FragmentsUntracked, s.Conns, len(st.Conns), s.Lost)
 			if st.Inline {
 				fmt.Printf("inline: XDP forwarded %d, dropped %d, sent %d to Go (%d without a socket); Go forwarded %d, dropped %d (%d lost: send ring full)\n",
 					s.Forwarded, s.Dropped, s.ToGo, s.NoSocket, s.GoForwarded, s.GoDropped, s.TxFull)

@@ -32,8 +32,11 @@ type fragDatagram struct {
 type Defragmenter struct {
 	Timeout  int64 // nanoseconds; 0: 30 s
 	MaxBytes int   // per datagram; 0: 65535+
-	pending  map[fragKey]*fragDatagram
-	last     int64
+	// MaxDatagrams bounds the datagrams waiting for fragments; a fragment
+	// of a new one beyond it is dropped. 0: no bound (a capture file).
+	MaxDatagrams int
+	pending      map[fragKey]*fragDatagram
+	last         int64
 }
 
 // Add takes a fragment and returns true, with p rewritten as the whole
@@ -57,6 +60,9 @@ func (d *Defragmenter) Add(p *Packet) bool {
 	k := fragKey{p.Src, p.Dst, p.FragID, p.Proto}
 	g := d.pending[k]
 	if g == nil {
+		if d.MaxDatagrams > 0 && len(d.pending) >= d.MaxDatagrams {
+			return false
+		}
 		g = &fragDatagram{total: -1, first: p.Time}
 		d.pending[k] = g
 	}

@@ -99,6 +99,7 @@ type connKey struct {
 type Stats struct {
 	Packets, TCP, Orphans, Malformed, Fragments, Filtered uint64
 	Conns, Ended                                          uint64
+	Reassembled                                           uint64 // datagrams completed from fragments
 }
 
 // Monitor tracks TCP connections from packets and raises events.
@@ -219,6 +220,7 @@ func (m *Monitor) ProcessDecoded(p *Packet, err error) {
 		if !m.defrag.Add(p) {
 			return // held until the datagram is whole
 		}
+		m.stats.Reassembled++
 	}
 	if !p.TCP {
 		m.orphan(p)

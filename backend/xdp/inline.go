@@ -316,7 +316,7 @@ func (in *Inline) Stats() (backend.MonitorStats, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	gs := in.m.Stats()
-	s.Conns = gs.Conns
+	s.Conns, s.Reassembled = gs.Conns, gs.Reassembled
 	s.GoForwarded, s.GoDropped, s.TxFull = in.stats.forwarded, in.stats.dropped, in.stats.txFull
 	return s, nil
 }

@@ -226,7 +226,7 @@ type mbxMonRec struct {
 	TcpFlags   uint8
 	FromB      uint8
 	ClientIsB  uint8
-	Pad0       uint8
+	Kind       uint8
 	Nev        uint8
 	EndReason  uint8
 	Midstream  uint8
@@ -286,6 +286,7 @@ type mbxMonStats struct {
 	InlForwarded uint64
 	InlDropped   uint64
 	InlNoSocket  uint64
+	FragBig      uint64
 }
 
 type mbxPersistKey struct {
@@ -369,50 +370,51 @@ type mbxSvcKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	mbxMapBrickDups      = "brick_dups"
-	mbxMapBrickEngines   = "brick_engines"
-	mbxMapBrickHandoff   = "brick_handoff"
-	mbxMapBrickNodes     = "brick_nodes"
-	mbxMapBrickPorts     = "brick_ports"
-	mbxMapBrickProg      = "brick_prog"
-	mbxMapBrickStats     = "brick_stats"
-	mbxMapBrickXsks      = "brick_xsks"
-	mbxMapCaptureCtl     = "capture_ctl"
-	mbxMapCaptureEvents  = "capture_events"
-	mbxMapCaptureRate    = "capture_rate"
-	mbxMapConfigMap      = "config_map"
-	mbxMapConnScratch    = "conn_scratch"
-	mbxMapConns          = "conns"
-	mbxMapCounters       = "counters"
-	mbxMapFrags          = "frags"
-	mbxMapIfStats        = "if_stats"
-	mbxMapInlFlows       = "inl_flows"
-	mbxMapInlXsks        = "inl_xsks"
-	mbxMapLaddrConflicts = "laddr_conflicts"
-	mbxMapLaddrs         = "laddrs"
-	mbxMapLoads          = "loads"
-	mbxMapLocalAddrs     = "local_addrs"
-	mbxMapLocalBits      = "local_bits"
-	mbxMapMonConns       = "mon_conns"
-	mbxMapMonEvents      = "mon_events"
-	mbxMapMonIds         = "mon_ids"
-	mbxMapMonIfaces      = "mon_ifaces"
-	mbxMapMonQuiet       = "mon_quiet"
-	mbxMapMonScratch     = "mon_scratch"
-	mbxMapMonStat        = "mon_stat"
-	mbxMapMonZero        = "mon_zero"
-	mbxMapNatSrcBits     = "nat_src_bits"
-	mbxMapPersist        = "persist"
-	mbxMapReals          = "reals"
-	mbxMapSchedPos       = "sched_pos"
-	mbxMapSchedSlots     = "sched_slots"
-	mbxMapServices       = "services"
-	mbxMapSnatRules      = "snat_rules"
-	mbxMapStats          = "stats"
-	mbxMapTxPorts        = "tx_ports"
-	mbxProgMbxBricks     = "mbx_bricks"
-	mbxProgMbxXdp        = "mbx_xdp"
-	mbxVarMonRecType     = "mon_rec_type"
+	mbxMapBrickDups           = "brick_dups"
+	mbxMapBrickEngines        = "brick_engines"
+	mbxMapBrickHandoff        = "brick_handoff"
+	mbxMapBrickNodes          = "brick_nodes"
+	mbxMapBrickPorts          = "brick_ports"
+	mbxMapBrickProg           = "brick_prog"
+	mbxMapBrickStats          = "brick_stats"
+	mbxMapBrickXsks           = "brick_xsks"
+	mbxMapCaptureCtl          = "capture_ctl"
+	mbxMapCaptureEvents       = "capture_events"
+	mbxMapCaptureRate         = "capture_rate"
+	mbxMapConfigMap           = "config_map"
+	mbxMapConnScratch         = "conn_scratch"
+	mbxMapConns               = "conns"
+	mbxMapCounters            = "counters"
+	mbxMapFrags               = "frags"
+	mbxMapIfStats             = "if_stats"
+	mbxMapInlFlows            = "inl_flows"
+	mbxMapInlXsks             = "inl_xsks"
+	mbxMapLaddrConflicts      = "laddr_conflicts"
+	mbxMapLaddrs              = "laddrs"
+	mbxMapLoads               = "loads"
+	mbxMapLocalAddrs          = "local_addrs"
+	mbxMapLocalBits           = "local_bits"
+	mbxMapMonConns            = "mon_conns"
+	mbxMapMonEvents           = "mon_events"
+	mbxMapMonIds              = "mon_ids"
+	mbxMapMonIfaces           = "mon_ifaces"
+	mbxMapMonQuiet            = "mon_quiet"
+	mbxMapMonScratch          = "mon_scratch"
+	mbxMapMonStat             = "mon_stat"
+	mbxMapMonZero             = "mon_zero"
+	mbxMapNatSrcBits          = "nat_src_bits"
+	mbxMapPersist             = "persist"
+	mbxMapReals               = "reals"
+	mbxMapSchedPos            = "sched_pos"
+	mbxMapSchedSlots          = "sched_slots"
+	mbxMapServices            = "services"
+	mbxMapSnatRules           = "snat_rules"
+	mbxMapStats               = "stats"
+	mbxMapTxPorts             = "tx_ports"
+	mbxProgMbxBricks          = "mbx_bricks"
+	mbxProgMbxMonitorReinject = "mbx_monitor_reinject"
+	mbxProgMbxXdp             = "mbx_xdp"
+	mbxVarMonRecType          = "mon_rec_type"
 )
 
 // loadMbx returns the embedded CollectionSpec for mbx.
@@ -457,8 +459,9 @@ type mbxSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type mbxProgramSpecs struct {
-	MbxBricks *ebpf.ProgramSpec `ebpf:"mbx_bricks"`
-	MbxXdp    *ebpf.ProgramSpec `ebpf:"mbx_xdp"`
+	MbxBricks          *ebpf.ProgramSpec `ebpf:"mbx_bricks"`
+	MbxMonitorReinject *ebpf.ProgramSpec `ebpf:"mbx_monitor_reinject"`
+	MbxXdp             *ebpf.ProgramSpec `ebpf:"mbx_xdp"`
 }
 
 // mbxMapSpecs contains maps before they are loaded into the kernel.
@@ -635,13 +638,15 @@ type mbxVariables struct {
 //
 // It can be passed to loadMbxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type mbxPrograms struct {
-	MbxBricks *ebpf.Program `ebpf:"mbx_bricks"`
-	MbxXdp    *ebpf.Program `ebpf:"mbx_xdp"`
+	MbxBricks          *ebpf.Program `ebpf:"mbx_bricks"`
+	MbxMonitorReinject *ebpf.Program `ebpf:"mbx_monitor_reinject"`
+	MbxXdp             *ebpf.Program `ebpf:"mbx_xdp"`
 }
 
 func (p *mbxPrograms) Close() error {
 	return _MbxClose(
 		p.MbxBricks,
+		p.MbxMonitorReinject,
 		p.MbxXdp,
 	)
 }

@@ -109,9 +109,18 @@ type LiveMonitor struct {
 	monoOff int64
 	swapped bool
 
+	re reassembler // fragments (reassemble.go)
+
 	mu     sync.Mutex // guards the mirror against Refresh from other goroutines
 	stopCh chan struct{}
 }
+
+// mon_rec.kind
+const (
+	monRecPacket     = 0
+	monRecFragment   = 1
+	monRecReinjected = 2
+)
 
 // monRecSize is sizeof(struct mon_rec): the frame follows it.
 const monRecSize = int(unsafe.Sizeof(mbxMonRec{}))
@@ -131,6 +140,7 @@ func (b *Backend) StartTracker(m *monitor.Monitor, opts MonitorOptions) (*LiveMo
 		opts.Linger = time.Minute
 	}
 	lm := &LiveMonitor{b: b, m: m, opts: opts, stopCh: make(chan struct{})}
+	lm.re.prog = b.reinjectProgram
 	for ev := monitor.EvPktIn; ev <= monitor.EvError; ev++ {
 		if m.Wants(ev) {
 			lm.want |= 1 << ev
@@ -181,17 +191,32 @@ func (b *Backend) swapMonitorFilter(body asm.Instructions) error {
 	if err != nil {
 		return fmt.Errorf("loading the datapath with the stream filter: %w", err)
 	}
+	reinject, err := programVariant("mbx_monitor_reinject", MonitorFilterFunc, body, b.mapByName)
+	if err != nil {
+		prog.Close()
+		return fmt.Errorf("loading the reassembled-datagram tracker with the stream filter: %w", err)
+	}
 	for _, lk := range b.links {
 		if err := lk.Update(prog); err != nil {
 			for _, lk := range b.links {
 				_ = lk.Update(b.objs.MbxXdp)
 			}
 			prog.Close()
+			reinject.Close()
 			return fmt.Errorf("swapping in the filtering datapath: %w", err)
 		}
 	}
-	b.filtered = prog
+	b.filtered, b.filteredReinject = prog, reinject
 	return nil
+}
+
+// reinjectProgram is the tracker for datagrams Go reassembled, with the
+// running monitor's stream filter.
+func (b *Backend) reinjectProgram() *ebpf.Program {
+	if b.filteredReinject != nil {
+		return b.filteredReinject
+	}
+	return b.objs.MbxMonitorReinject
 }
 
 // restoreMonitorFilter swaps the unfiltered datapath back in.
@@ -201,7 +226,8 @@ func (b *Backend) restoreMonitorFilter() {
 	}
 	if b.filtered != nil {
 		b.filtered.Close()
-		b.filtered = nil
+		b.filteredReinject.Close()
+		b.filtered, b.filteredReinject = nil, nil
 	}
 }
 
@@ -245,9 +271,7 @@ func (lm *LiveMonitor) Run() error {
 		switch {
 		case err == nil:
 			lm.mu.Lock()
-			if lm.decode(raw.RawSample, &rec) {
-				lm.m.Apply(&rec)
-			}
+			lm.handle(raw.RawSample, &rec)
 			lm.mu.Unlock()
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			lm.Sweep()
@@ -280,11 +304,28 @@ func (lm *LiveMonitor) Drain() error {
 			}
 			return err
 		}
-		if lm.decode(raw.RawSample, &rec) {
-			lm.m.Apply(&rec)
-		}
+		lm.handle(raw.RawSample, &rec)
 	}
 	return nil
+}
+
+// handle applies one ring-buffer sample: a record to the monitor, a
+// fragment to the reassembler (which may reinject a datagram, whose record
+// follows in the ring).
+func (lm *LiveMonitor) handle(raw []byte, rec *monitor.Record) {
+	if len(raw) >= monRecSize {
+		if r := (*mbxMonRec)(unsafe.Pointer(&raw[0])); r.Kind == monRecFragment {
+			if n := int(r.CapLen); n <= len(raw)-monRecSize {
+				if err := lm.re.fragment(raw[monRecSize:monRecSize+n], r.Ifindex, lm.monoOff+int64(r.Ts)); err != nil {
+					lm.b.log.Warn("monitor: fragments", "err", err)
+				}
+			}
+			return
+		}
+	}
+	if lm.decode(raw, rec) {
+		lm.m.Apply(rec)
+	}
 }
 
 var endReasons = [...]string{"", monitor.EndFIN, monitor.EndRST, monitor.EndTimeout}
@@ -313,6 +354,9 @@ func (lm *LiveMonitor) decode(raw []byte, rec *monitor.Record) bool {
 	}
 	if r.CapLen > 0 && len(raw) >= monRecSize+int(r.CapLen) {
 		rec.Frame = raw[monRecSize : monRecSize+int(r.CapLen)]
+		if r.Kind == monRecReinjected && lm.re.frame != nil {
+			rec.Frame = lm.re.frame // whole, where the copy stops at MON_SNAP
+		}
 		if end := int(r.PayloadOff) + int(r.PayloadLen); r.PayloadLen > 0 && end <= len(rec.Frame) {
 			rec.Payload = rec.Frame[r.PayloadOff:end]
 		}
@@ -415,7 +459,13 @@ func (lm *LiveMonitor) timeout(k *mbxMonKey, now uint64) {
 }
 
 // Stats reads the tracker's counters.
-func (lm *LiveMonitor) Stats() (backend.MonitorStats, error) { return lm.b.monitorStats() }
+func (lm *LiveMonitor) Stats() (backend.MonitorStats, error) {
+	s, err := lm.b.monitorStats()
+	lm.mu.Lock()
+	s.Reassembled, s.FragmentsUntracked = lm.re.done, s.FragmentsUntracked+lm.re.dropped
+	lm.mu.Unlock()
+	return s, err
+}
 
 // monitorStats sums the per-CPU monitor counters.
 func (b *Backend) monitorStats() (backend.MonitorStats, error) {
@@ -439,6 +489,7 @@ func (b *Backend) monitorStats() (backend.MonitorStats, error) {
 		s.Forwarded += p.InlForwarded
 		s.Dropped += p.InlDropped
 		s.NoSocket += p.InlNoSocket
+		s.FragmentsUntracked += p.FragBig
 	}
 	return s, nil
 }

@@ -67,6 +67,8 @@ type Backend struct {
 	direct    []netip.Addr  // DR and tunnel real servers, whose next hops Go keeps resolved
 	snatCount int           // SNAT rules written (config.snat_rules)
 	filtered  *ebpf.Program // mbx_xdp with the monitor's stream filter, while it runs (monitor.go)
+	// filteredReinject: mbx_monitor_reinject with the same filter.
+	filteredReinject *ebpf.Program
 }
 
 // LoadSpec returns the datapath's collection spec with mbx's settings.
