@@ -15,6 +15,7 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/mbx-net/mbx/control"
 	"github.com/mbx-net/mbx/filter"
 	"github.com/mbx-net/mbx/telemetry/capture"
 )
@@ -33,6 +34,7 @@ func captureCommand() *ucli.Command {
 			&ucli.IntFlag{Name: "snaplen", Aliases: []string{"s"}, Value: capture.MaxSnaplen, Usage: fmt.Sprintf("bytes of each packet (at most %d)", capture.MaxSnaplen)},
 			&ucli.DurationFlag{Name: "duration", Usage: "stop after this long (0: until interrupted)"},
 			&ucli.BoolFlag{Name: "force", Usage: "take over from a capture that was killed and left capture on"},
+			&ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Value: control.DefaultSocket, Usage: "the daemon's control socket (for its stream monitor's filter)"},
 		},
 		Action: func(c *ucli.Context) error {
 			points := map[string]uint32{"entry": capture.Entry, "exit": capture.Exit, "both": capture.Both}[c.String("point")]
@@ -51,8 +53,13 @@ func captureCommand() *ucli.Command {
 				return err
 			}
 			defer closeOut()
+			mon, err := daemonMonitorFilter(control.NewClient(control.SocketPath(c.String("socket"))), c.App.ErrWriter)
+			if err != nil {
+				return err
+			}
 			cp, err := capture.Start(capture.Options{Iface: c.String("iface"), Points: points, Filter: f,
-				Snaplen: c.Int("snaplen"), Rate: c.Int("rate"), Count: c.Uint64("count"), Force: c.Bool("force")})
+				Snaplen: c.Int("snaplen"), Rate: c.Int("rate"), Count: c.Uint64("count"), Force: c.Bool("force"),
+				MonitorFilter: mon})
 			if err != nil {
 				return err
 			}
@@ -69,6 +76,25 @@ func captureCommand() *ucli.Command {
 			return captureLoop(cp, sink, c.Uint64("count"), c.Duration("duration"), c.App.ErrWriter)
 		},
 	}
+}
+
+// daemonMonitorFilter is the daemon's stream-monitor filter, which a
+// capture's copy of the datapath must keep (nil: no filtered monitor). An
+// unreachable daemon is a warning: the capture works on the datapath alone.
+func daemonMonitorFilter(cl *control.Client, errw io.Writer) (*filter.Filter, error) {
+	expr, err := cl.MonitorFilter()
+	if err != nil {
+		fmt.Fprintf(errw, "warning: the daemon's stream-monitor filter is unknown (%v): a filtered monitor would track every connection during the capture\n", err)
+		return nil, nil
+	}
+	if expr == "" {
+		return nil, nil
+	}
+	f, err := filter.Compile(expr)
+	if err != nil {
+		return nil, fmt.Errorf("the daemon's stream-monitor filter: %w", err)
+	}
+	return f, nil
 }
 
 func openOutput(path string, stdout io.Writer) (io.Writer, func(), error) {

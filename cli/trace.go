@@ -61,8 +61,13 @@ func traceCommand() *ucli.Command {
 				return err
 			}
 			defer tel.Shutdown(context.Background())
+			cl := control.NewClient(control.SocketPath(c.String("socket")))
+			mon, err := daemonMonitorFilter(cl, c.App.ErrWriter)
+			if err != nil {
+				return err
+			}
 			cp, err := capture.Start(capture.Options{Iface: c.String("iface"), Points: capture.Both, Filter: f,
-				Snaplen: 256, Rate: 10000, Count: 2 * c.Uint64("count"), Force: c.Bool("force")})
+				Snaplen: 256, Rate: 10000, Count: 2 * c.Uint64("count"), Force: c.Bool("force"), MonitorFilter: mon})
 			if err != nil {
 				return err
 			}
@@ -72,7 +77,6 @@ func traceCommand() *ucli.Command {
 			if err != nil {
 				return err
 			}
-			cl := control.NewClient(control.SocketPath(c.String("socket")))
 			cfg, _ := cl.Config()
 			conns, _ := cl.Conns(0)
 			for _, fl := range flows {

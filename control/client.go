@@ -142,6 +142,13 @@ func (c *Client) BricksStatus() (*BricksStatus, error) {
 	return &st, c.call("GET", "/v1/bricks", nil, &st)
 }
 
+// MonitorFilter reads the running stream monitor's filter ("" for none).
+func (c *Client) MonitorFilter() (string, error) {
+	var f MonitorFilter
+	err := c.call("GET", "/v1/monitor/filter", nil, &f)
+	return f.Filter, err
+}
+
 // MonitorStatus reads the live stream monitor's table.
 func (c *Client) MonitorStatus() (*MonitorStatus, error) {
 	var st MonitorStatus

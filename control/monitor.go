@@ -19,6 +19,7 @@ type MonitorStatus struct {
 }
 
 type monitorState struct {
+	filter string // the stream filter, "" for none
 	m      *monitor.Monitor
 	run    backend.MonitorRun
 	ifaces []string
@@ -38,6 +39,9 @@ func (d *Daemon) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) e
 		return err
 	}
 	st := &monitorState{m: m, run: run, ifaces: opts.Ifaces, inline: len(opts.Inline) > 0, done: make(chan error, 1)}
+	if opts.Filter != nil {
+		st.filter = opts.Filter.Expr
+	}
 	for _, p := range opts.Inline {
 		st.ifaces = append(st.ifaces, p[0]+":"+p[1])
 	}
@@ -47,6 +51,22 @@ func (d *Daemon) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) e
 	d.mu.Unlock()
 	d.log.Info("stream monitor running", "ifaces", st.ifaces, "inline", st.inline)
 	return nil
+}
+
+// MonitorFilter is the running stream monitor's filter expression ("" for
+// none): a capture's copy of the datapath must keep it.
+func (d *Daemon) MonitorFilter() MonitorFilter {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.monitor == nil {
+		return MonitorFilter{}
+	}
+	return MonitorFilter{Filter: d.monitor.filter}
+}
+
+// MonitorFilter is GET /v1/monitor/filter's reply.
+type MonitorFilter struct {
+	Filter string `json:"filter"`
 }
 
 // MonitorStatus reads the live monitor's table.

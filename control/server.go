@@ -80,6 +80,9 @@ func Listen(d *Daemon, path string) (*Server, error) {
 		st, err := s.d.MonitorStatus()
 		reply(w, st, err)
 	})
+	mux.HandleFunc("GET /v1/monitor/filter", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, s.d.MonitorFilter(), nil)
+	})
 	mux.HandleFunc("GET /v1/log-level", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, LogLevel{Level: s.d.LogLevel()}, nil)
 	})

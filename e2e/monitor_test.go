@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mbx-net/mbx/monitor"
 	"github.com/mbx-net/mbx/monitor/midstat"
 )
 
@@ -186,6 +187,28 @@ func TestMonitorLiveFilter(t *testing.T) {
 	e := newTapEnv(t, "--monitor", "in0", "--monitor-log", logPath, "--monitor-filter", "tcp port 80")
 	e.background("srv", "iperf3", "-s", "-p", "5201")
 	e.waitTCP("srv", "127.0.0.1:5201")
+	// A capture on the monitored interface swaps in its own copy of the
+	// datapath, which must keep the monitor's filter.
+	pcapng, capLog := filepath.Join(e.dir, "cap.pcapng"), filepath.Join(e.dir, "capture.log")
+	logf, err := os.Create(capLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	capCmd := e.lab.Command("lb", mbxBin, "capture", "-i", "in0", "-w", pcapng, "--duration", "30s", "tcp port 5201")
+	capCmd.Env = append(os.Environ(), "MBX_SOCKET="+e.socket)
+	capCmd.Stdout, capCmd.Stderr = logf, logf
+	if err := capCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { capCmd.Process.Kill(); capCmd.Wait() }()
+	waitFor(t, 10*time.Second, func() bool {
+		b, _ := os.ReadFile(capLog)
+		if strings.Contains(string(b), "mbx: ") || strings.Contains(string(b), "warning") {
+			t.Fatalf("mbx capture: %s", b)
+		}
+		return strings.Contains(string(b), "capturing on in0")
+	}, "mbx capture to start")
 	e.host("client1", "iperf3", "-c", "198.18.2.10", "-p", "5201", "-b", "20M", "-n", "2M")
 	e.host("client3", "sh", "-c", "for i in $(seq 4); do curl -s -o /dev/null --max-time 5 http://198.18.2.10/ || exit 1; done")
 	var lives map[uint64]*connLife
@@ -206,5 +229,19 @@ func TestMonitorLiveFilter(t *testing.T) {
 	}
 	if out := e.mustMbx("stat"); strings.Contains(out, " 0 filtered") {
 		t.Errorf("nothing filtered: %s", out)
+	}
+	capCmd.Process.Signal(os.Interrupt)
+	capCmd.Wait()
+	f, err := os.Open(pcapng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	captured := 0
+	if err := monitor.ReadFrames(f, func(monitor.LinkType, []byte, time.Time, int) { captured++ }); err != nil {
+		t.Fatal(err)
+	}
+	if captured < 100 {
+		t.Errorf("the capture running meanwhile recorded %d packets of iperf3's", captured)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -145,7 +146,7 @@ func (b *Backend) ApplyBricks(plan *bricks.Plan) error {
 		if err != nil {
 			return err
 		}
-		if variant, err = programVariant("mbx_bricks", BrickFilterFunc, body, b.mapByName); err != nil {
+		if variant, err = programVariant("mbx_bricks", map[string]asm.Instructions{BrickFilterFunc: body}, b.mapByName); err != nil {
 			return fmt.Errorf("loading the bricks with their filters: %w", err)
 		}
 	}

@@ -16,10 +16,14 @@ const CaptureFilterFunc = "mbx_capture_filter"
 // whose capture-filter function is body (a function of the XDP context
 // returning nonzero to record), sharing every map with running, the program
 // mbx has attached. Swapped into the XDP link, it records what body selects;
-// swapping running back ends that. (The filter would better be a freplace
-// extension of the running program, but this kernel refuses loading those
-// with EPERM.)
-func ProgramWithCaptureFilter(running *ebpf.Program, body asm.Instructions) (*ebpf.Program, error) {
+// swapping running back ends that. monitorFilter, when set, is the stream
+// filter of the monitor running in that datapath (the daemon's
+// --monitor-filter), which the copy must keep: it replaces every filter
+// function at once. (The filter would better be a freplace extension of
+// the running program, but this kernel refuses loading those with EPERM;
+// and the running program's own code cannot be reused, since the kernel
+// rewrites its context accesses.)
+func ProgramWithCaptureFilter(running *ebpf.Program, body, monitorFilter asm.Instructions) (*ebpf.Program, error) {
 	info, err := running.Info()
 	if err != nil {
 		return nil, err
@@ -52,21 +56,28 @@ func ProgramWithCaptureFilter(running *ebpf.Program, body asm.Instructions) (*eb
 		}
 		maps[name] = m
 	}
-	return programVariant("mbx_xdp", CaptureFilterFunc, body, func(name string) *ebpf.Map { return maps[name] })
+	funcs := map[string]asm.Instructions{CaptureFilterFunc: body}
+	if monitorFilter != nil {
+		funcs[MonitorFilterFunc] = monitorFilter
+	}
+	return programVariant("mbx_xdp", funcs, func(name string) *ebpf.Map { return maps[name] })
 }
 
 // programVariant loads another instance of the datapath program prog with
-// function fn replaced by body, its maps (by spec name) from mapFor: the
-// running datapath's, so the instance shares every map with it.
-func programVariant(prog, fn string, body asm.Instructions, mapFor func(string) *ebpf.Map) (*ebpf.Program, error) {
+// each function named in funcs replaced by its body, its maps (by spec
+// name) from mapFor: the running datapath's, so the instance shares every
+// map with it.
+func programVariant(prog string, funcs map[string]asm.Instructions, mapFor func(string) *ebpf.Map) (*ebpf.Program, error) {
 	spec, err := loadMbx()
 	if err != nil {
 		return nil, err
 	}
 	ps := spec.Programs[prog].Copy()
-	insns, err := replaceFunc(ps.Instructions, fn, body)
-	if err != nil {
-		return nil, err
+	insns := ps.Instructions
+	for fn, body := range funcs {
+		if insns, err = replaceFunc(insns, fn, body); err != nil {
+			return nil, err
+		}
 	}
 	for name := range spec.Maps {
 		m := mapFor(name)
@@ -101,11 +112,34 @@ func replaceFunc(insns asm.Instructions, fn string, body asm.Instructions) (asm.
 			break
 		}
 	}
-	body = append(asm.Instructions(nil), body...)
+	body = scopeLabels(body, fn)
 	body[0] = btf.WithFuncMetadata(body[0].WithSymbol(fn).WithSource(insns[start].Source()), btf.FuncMetadata(&insns[start]))
 	out := append(asm.Instructions(nil), insns[:start]...)
 	out = append(out, body...)
 	return append(out, insns[end:]...), nil
+}
+
+// scopeLabels returns a copy of body whose own labels (and the jumps to
+// them) are prefixed with fn, so bodies built by the same generator (two
+// filters) can replace two functions of one program.
+func scopeLabels(body asm.Instructions, fn string) asm.Instructions {
+	own := map[string]bool{}
+	for _, ins := range body {
+		if sym := ins.Symbol(); sym != "" {
+			own[sym] = true
+		}
+	}
+	out := make(asm.Instructions, len(body))
+	for i, ins := range body {
+		if sym := ins.Symbol(); sym != "" {
+			ins = ins.WithSymbol(fn + "." + sym)
+		}
+		if ref := ins.Reference(); own[ref] {
+			ins = ins.WithReference(fn + "." + ref)
+		}
+		out[i] = ins
+	}
+	return out
 }
 
 // specMapName finds the spec's map the kernel calls kname (the kernel keeps

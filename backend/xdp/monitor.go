@@ -187,11 +187,11 @@ func (b *Backend) swapMonitorFilter(body asm.Instructions) error {
 	if b.filtered != nil {
 		return errors.New("a stream monitor with a filter is already running")
 	}
-	prog, err := programVariant("mbx_xdp", MonitorFilterFunc, body, b.mapByName)
+	prog, err := programVariant("mbx_xdp", map[string]asm.Instructions{MonitorFilterFunc: body}, b.mapByName)
 	if err != nil {
 		return fmt.Errorf("loading the datapath with the stream filter: %w", err)
 	}
-	reinject, err := programVariant("mbx_monitor_reinject", MonitorFilterFunc, body, b.mapByName)
+	reinject, err := programVariant("mbx_monitor_reinject", map[string]asm.Instructions{MonitorFilterFunc: body}, b.mapByName)
 	if err != nil {
 		prog.Close()
 		return fmt.Errorf("loading the reassembled-datagram tracker with the stream filter: %w", err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
 	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/backend/vectors"
@@ -86,7 +87,7 @@ func (d *testDatapath) setupInline(t *testing.T, in *vectors.Inline) error {
 		if err != nil {
 			return err
 		}
-		if d.prog, err = programVariant("mbx_xdp", MonitorFilterFunc, body, d.b.mapByName); err != nil {
+		if d.prog, err = programVariant("mbx_xdp", map[string]asm.Instructions{MonitorFilterFunc: body}, d.b.mapByName); err != nil {
 			return err
 		}
 		t.Cleanup(func() { d.prog.Close() })

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/perf"
 	"github.com/vishvananda/netlink"
@@ -46,6 +47,10 @@ type Options struct {
 	Rate    int    // records per second and CPU at most
 	Count   uint64 // records in all; 0 = no bound
 	Force   bool   // take over from a capture left running (killed)
+	// MonitorFilter is the stream filter of the monitor running in the
+	// datapath (the daemon's --monitor-filter): the capturing copy keeps
+	// it. nil: none runs.
+	MonitorFilter *filter.Filter
 }
 
 // Record is one recorded packet.
@@ -126,7 +131,13 @@ func Start(o Options) (*Capture, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.ext, err = xdp.ProgramWithCaptureFilter(c.prog, body); err != nil {
+	var monBody asm.Instructions
+	if o.MonitorFilter != nil {
+		if monBody, err = o.MonitorFilter.XDPFunction(); err != nil {
+			return nil, fmt.Errorf("the monitor's filter: %w", err)
+		}
+	}
+	if c.ext, err = xdp.ProgramWithCaptureFilter(c.prog, body, monBody); err != nil {
 		return nil, fmt.Errorf("loading the datapath with the filter: %w", err)
 	}
 	if c.lk, err = xdpLink(l.Attrs().Index); err != nil {
