@@ -90,6 +90,12 @@ func newFNATBench(b *testing.B) *fnatBench {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// MBX_BENCH_MAGLEV_SIZE: the mh services' table size (a size sweep).
+	if s := os.Getenv("MBX_BENCH_MAGLEV_SIZE"); s != "" {
+		if _, err := fmt.Sscan(s, &cfg.Maglev.Size); err != nil {
+			b.Fatal(err)
+		}
+	}
 	fb := &fnatBench{file: f}
 	if fb.w, err = lab.NewWorker(); err != nil {
 		b.Fatal(err)
