@@ -5,7 +5,8 @@
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root" >&2; exit 1; }
 
-pkgs=(iproute2 ethtool curl nginx-light iperf3 wrk tcpdump tshark libpcap-dev gcc nftables util-linux procps iputils-ping)
+pkgs=(iproute2 ethtool curl nginx-light iperf3 wrk tcpdump tshark libpcap-dev gcc nftables util-linux procps iputils-ping
+  libdpdk-dev dpdk pkg-config libnuma-dev) # DPDK: the dpdk-tagged build and its tests
 [ "${1:-}" = "--clang" ] && pkgs+=(clang llvm libbpf-dev linux-libc-dev)
 missing=()
 for p in "${pkgs[@]}"; do
