@@ -2,8 +2,6 @@ package xdp
 
 import (
 	"testing"
-
-	"github.com/mbx-net/mbx/backend"
 )
 
 // TestVerifierBudget keeps the datapath well inside the verifier's limit
@@ -11,12 +9,7 @@ import (
 // functions of docs/architecture.md) the next feature would not have
 // loaded. Raise the bound only with a reason.
 func TestVerifierBudget(t *testing.T) {
-	requireRoot(t)
-	b, err := Load(backend.Options{ConnMax: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := loadSmall(t)
 	info, err := b.objs.MbxXdp.Info()
 	if err != nil {
 		t.Fatal(err)

@@ -269,12 +269,7 @@ func firstDiff(want, got []string) string {
 // A connection both sides stopped monitoring sends no more records: the
 // tracker goes on counting it in the map, Go hears nothing.
 func TestMonitorStopMonitoring(t *testing.T) {
-	requireRoot(t)
-	b, err := Load(backend.Options{ConnMax: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := loadSmall(t)
 	m := monitor.New(monitor.Options{})
 	seen := 0
 	m.On(monitor.EvPktIn, monitor.HookRecv, func(c *monitor.Conn, _ monitor.Side, _ monitor.Event) {
@@ -314,12 +309,7 @@ func TestMonitorStopMonitoring(t *testing.T) {
 // Sampled monitoring tracks about the asked fraction of connections, and
 // both directions of a connection agree on it.
 func TestMonitorSample(t *testing.T) {
-	requireRoot(t)
-	b, err := Load(backend.Options{ConnMax: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := loadSmall(t)
 	lm, err := b.StartTracker(monitor.New(monitor.Options{}), MonitorOptions{Ifindexes: []int{1}, Sample: 0.25})
 	if err != nil {
 		t.Fatal(err)
@@ -359,12 +349,7 @@ func tcpSeg(from, to netip.AddrPort, flags string, seq, ack uint32) []byte {
 // The tracker sees TCP inside PPPoE and MPLS as Go's decoder does; an MPLS
 // stack deeper than MON_MPLS_LABELS is an orphan in XDP (documented).
 func TestMonitorEncapsulations(t *testing.T) {
-	requireRoot(t)
-	b, err := Load(backend.Options{ConnMax: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := loadSmall(t)
 	syn := tcpSeg(netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("198.18.1.1:80"), "S", 100, 0)
 	mpls := func(labels int, ethType uint16) []byte {
 		f := append([]byte(nil), syn[:12]...)
@@ -422,4 +407,17 @@ func TestMonitorEncapsulations(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadSmall loads the datapath with a small connection table (root only),
+// closed when the test ends.
+func loadSmall(t *testing.T) *Backend {
+	t.Helper()
+	requireRoot(t)
+	b, err := Load(backend.Options{ConnMax: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
 }

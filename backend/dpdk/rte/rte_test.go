@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"testing"
 )
 
@@ -53,18 +54,7 @@ func TestPorts(t *testing.T) {
 // the bytes Go wrote must come back unchanged, including a prepended
 // header and a changed length.
 func TestRingRoundTrip(t *testing.T) {
-	mp, err := NewMempool("ring_rt", 1023)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := PortByName("net_ring0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Setup(1, 1, 256, mp); err != nil {
-		t.Fatal(err)
-	}
-	defer p.Stop()
+	p, mp := startPort(t, "net_ring0", 1023, 256)
 	b := NewBurst(32)
 	defer b.Close()
 	if err := b.Alloc(mp, 8); err != nil {
@@ -120,18 +110,7 @@ func TestRingRoundTrip(t *testing.T) {
 
 // net_null receives as many packets as asked and swallows what it sends.
 func TestNullPort(t *testing.T) {
-	mp, err := NewMempool("null_rt", 4095)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := PortByName("net_null0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Setup(1, 1, 512, mp); err != nil {
-		t.Fatal(err)
-	}
-	defer p.Stop()
+	p, _ := startPort(t, "net_null0", 4095, 512)
 	b := NewBurst(32)
 	defer b.Close()
 	total := 0
@@ -149,18 +128,7 @@ func TestNullPort(t *testing.T) {
 }
 
 func BenchmarkNullBurst(b *testing.B) {
-	mp, err := NewMempool("null_bench", 4095)
-	if err != nil {
-		b.Fatal(err)
-	}
-	p, err := PortByName("net_null0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := p.Setup(1, 1, 512, mp); err != nil {
-		b.Fatal(err)
-	}
-	defer p.Stop()
+	p, _ := startPort(b, "net_null0", 4095, 512)
 	bu := NewBurst(32)
 	defer bu.Close()
 	pkts := 0
@@ -175,3 +143,24 @@ func BenchmarkNullBurst(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(pkts), "ns/pkt")
 }
+
+// startPort starts one queue pair on the named port with a pool of n
+// buffers (a pool name of its own), stopped when the test ends.
+func startPort(tb testing.TB, name string, n, ndesc int) (Port, *Mempool) {
+	tb.Helper()
+	mp, err := NewMempool(fmt.Sprintf("p%d", poolSeq.Add(1)), n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p, err := PortByName(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := p.Setup(1, 1, ndesc, mp); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(p.Stop)
+	return p, mp
+}
+
+var poolSeq atomic.Int32
