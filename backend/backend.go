@@ -284,3 +284,32 @@ type MonitorStats struct {
 	GoDropped   uint64 `json:"go_dropped,omitempty"`
 	TxFull      uint64 `json:"tx_full,omitempty"`
 }
+
+// DatapathCounters name the datapath's counters, in the order of enum
+// counter in bpf/consts.h; every backend counts the same events under these
+// names (mbx ipvsadm --stats -d, the vectors' counters:). Forwarded packets
+// and bytes are counted per real server, not here.
+var DatapathCounters = []string{
+	"rx",
+	"pass_not_ours",
+	"pass_malformed",
+	"drop_malformed",
+	"drop_fragment",
+	"drop_no_conn",
+	"drop_no_real",
+	"drop_no_laddr",
+	"drop_no_port",
+	"conn_new",
+	"conn_reuse",
+	"tx",
+	"redirect",
+	"pass_no_neigh",
+	"pass_fib",
+	"drop_fib",
+	"entry_deleted",
+	"drop_too_big",
+	"drop_no_neigh",
+	"icmp_error",
+	"icmp_too_big",
+	"fragment",
+}

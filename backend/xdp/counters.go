@@ -1,33 +1,14 @@
 package xdp
 
-import "slices"
+import (
+	"slices"
 
-// counterNames follows enum counter in bpf/consts.h, in order. Forwarded
-// packets and bytes are counted per real server (stats map), not here.
-var counterNames = []string{
-	"rx",
-	"pass_not_ours",
-	"pass_malformed",
-	"drop_malformed",
-	"drop_fragment",
-	"drop_no_conn",
-	"drop_no_real",
-	"drop_no_laddr",
-	"drop_no_port",
-	"conn_new",
-	"conn_reuse",
-	"tx",
-	"redirect",
-	"pass_no_neigh",
-	"pass_fib",
-	"drop_fib",
-	"entry_deleted",
-	"drop_too_big",
-	"drop_no_neigh",
-	"icmp_error",
-	"icmp_too_big",
-	"fragment",
-}
+	"github.com/mbx-net/mbx/backend"
+)
+
+// counterNames follows enum counter in bpf/consts.h, in order (the
+// backend-neutral list: every datapath counts the same events).
+var counterNames = backend.DatapathCounters
 
 // Indices of counterNames the backend reads itself.
 var (

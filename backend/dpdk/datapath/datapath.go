@@ -1,0 +1,217 @@
+// Package datapath is the DPDK backend's packet path, in Go: the same
+// verdicts, rewrites and counters as the XDP program (bpf/), over packets
+// Go owns (DPDK mbufs). It parses with flow.Parse (bpf/parse.h's twin),
+// hashes and chooses local ports with flow's twins of bpf/hash.h, and
+// schedules from the tables lb computes for every backend, so a flow gets
+// the same real server, LIP and port on either backend.
+//
+// Built so far: Full-NAT for TCP and UDP over IPv4, with the IPVS TCP
+// state machine and timeouts, connected routes and static neighbours. Not
+// yet: DR, tunnel, NAT, SNAT, ICMP errors, fragments, the MTU check,
+// persistence, lc/wlc, ARP/ND resolution (docs/dpdk.md). Apply refuses a
+// configuration that needs them.
+//
+// One Datapath serves one polling core; it is not safe for concurrent use.
+package datapath
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/flow"
+	"github.com/mbx-net/mbx/lb"
+)
+
+// Verdict is what happens to a packet after Process.
+type Verdict uint8
+
+const (
+	Pass     Verdict = iota // to the kernel (the TAP exception path), untouched
+	Drop                    // freed
+	Tx                      // back out of the port it came in on
+	Redirect                // out of another port
+)
+
+var verdictNames = [...]string{"pass", "drop", "tx", "redirect"}
+
+func (v Verdict) String() string { return verdictNames[v] }
+
+// Port is one of the datapath's interfaces.
+type Port struct {
+	Name     string
+	MAC      net.HardwareAddr
+	Prefixes []netip.Prefix // connected networks (routes out of this port)
+}
+
+// Options configure a Datapath (backend.Options' fields that apply).
+type Options struct {
+	Timeouts flow.Timeouts
+	PortLo   uint16
+	PortHi   uint16
+	HashSeed uint32
+	ConnMax  int // connections (two entries each)
+}
+
+type neighbor struct {
+	port int
+	mac  [6]byte
+}
+
+type service struct {
+	key    lb.ServiceKey
+	pick   lb.Pick
+	table  []int // indices into reals
+	reals  []real
+	laddrs []netip.Addr
+	rrPos  uint32
+}
+
+type real struct {
+	addr netip.Addr
+	port uint16
+}
+
+type svcKey struct {
+	addr  netip.Addr
+	port  uint16
+	proto uint8
+}
+
+// Datapath is the Go packet path of one polling core.
+type Datapath struct {
+	opts     Options
+	fsm      flow.FSM
+	ports    []Port
+	macs     [][6]byte
+	neigh    map[netip.Addr]neighbor
+	services map[svcKey]*service
+	local    map[netip.Addr]bool // VIPs and LIPs
+	conns    *conns
+	counters []uint64
+	now      int64  // Unix ns, set per burst (Tick)
+	gen      uint64 // neighbour generation: memoized next hops older than it are looked up again
+}
+
+// Tick sets the datapath's clock: the polling loop calls it once per
+// burst, not once per packet (a clock read costs ~40 ns).
+func (d *Datapath) Tick(now time.Time) { d.now = now.UnixNano() }
+
+// Counter indices (backend.DatapathCounters).
+const (
+	cntRx = iota
+	cntPassNotOurs
+	cntPassMalformed
+	cntDropMalformed
+	cntDropFragment
+	cntDropNoConn
+	cntDropNoReal
+	cntDropNoLaddr
+	cntDropNoPort
+	cntConnNew
+	cntConnReuse
+	cntTx
+	cntRedirect
+	cntPassNoNeigh
+	cntPassFIB
+	cntDropFIB
+	cntEntryDeleted
+)
+
+// New makes a datapath for ports (indexed as Process's in and out).
+func New(ports []Port, opts Options) (*Datapath, error) {
+	if opts.Timeouts == (flow.Timeouts{}) {
+		opts.Timeouts = flow.IPVSTimeouts()
+	}
+	if opts.PortLo == 0 && opts.PortHi == 0 {
+		opts.PortLo, opts.PortHi = 1024, 65535
+	}
+	if opts.PortHi < opts.PortLo {
+		return nil, fmt.Errorf("local port range %d-%d is empty", opts.PortLo, opts.PortHi)
+	}
+	if opts.ConnMax <= 0 {
+		opts.ConnMax = 1 << 17
+	}
+	d := &Datapath{gen: 1, now: time.Now().UnixNano(), opts: opts, fsm: flow.IPVSFSM(), ports: ports, neigh: map[netip.Addr]neighbor{},
+		services: map[svcKey]*service{}, local: map[netip.Addr]bool{},
+		conns: newConns(2 * opts.ConnMax), counters: make([]uint64, len(backend.DatapathCounters))}
+	for _, p := range ports {
+		if len(p.MAC) != 6 {
+			return nil, fmt.Errorf("port %s: MAC %q is not Ethernet", p.Name, p.MAC)
+		}
+		d.macs = append(d.macs, [6]byte(p.MAC))
+	}
+	return d, nil
+}
+
+// SetNeighbor records the Ethernet address of ip, reached through port.
+func (d *Datapath) SetNeighbor(port int, ip netip.Addr, mac net.HardwareAddr) error {
+	if port < 0 || port >= len(d.ports) || len(mac) != 6 {
+		return fmt.Errorf("neighbour %s: bad port %d or MAC %q", ip, port, mac)
+	}
+	d.neigh[ip] = neighbor{port, [6]byte(mac)}
+	d.gen++
+	return nil
+}
+
+// Apply installs cfg's services. Established connections keep their
+// rewrite. A configuration this datapath cannot run is refused whole.
+func (d *Datapath) Apply(cfg *lb.Config) error {
+	services := map[svcKey]*service{}
+	local := map[netip.Addr]bool{}
+	for _, s := range cfg.Services {
+		if s.Key.IsMatch() {
+			return fmt.Errorf("service %s: SNAT is not in the DPDK datapath yet", s.Key)
+		}
+		if !s.Key.Addr.Is4() {
+			return fmt.Errorf("service %s: IPv6 is not in the DPDK datapath yet", s.Key)
+		}
+		if s.Persistence != 0 {
+			return fmt.Errorf("service %s: persistence is not in the DPDK datapath yet", s.Key)
+		}
+		sch, ok := lb.LookupScheduler(s.Scheduler)
+		if !ok {
+			return fmt.Errorf("service %s: unknown scheduler %q", s.Key, s.Scheduler)
+		}
+		if p := sch.Pick(); p == lb.PickLeast || p == lb.PickLeastWeighted {
+			return fmt.Errorf("service %s: scheduler %s is not in the DPDK datapath yet", s.Key, s.Scheduler)
+		}
+		ns := &service{key: s.Key, pick: sch.Pick(), table: sch.Table(s.Reals, cfg.Maglev)}
+		for _, r := range s.Reals {
+			if r.Forward != lb.FullNAT {
+				return fmt.Errorf("service %s: real server %s: %s is not in the DPDK datapath yet (Full-NAT is)",
+					s.Key, r.AddrPort(), r.Forward.ForwardName())
+			}
+			ns.reals = append(ns.reals, real{r.Addr, s.RealPort(r)})
+		}
+		for _, la := range s.LocalAddrs {
+			ns.laddrs = append(ns.laddrs, la.Addr)
+			local[la.Addr] = true
+		}
+		if old := d.services[svcKey{s.Key.Addr, s.Key.Port, uint8(s.Key.Proto)}]; old != nil {
+			ns.rrPos = old.rrPos
+		}
+		services[svcKey{s.Key.Addr, s.Key.Port, uint8(s.Key.Proto)}] = ns
+		local[s.Key.Addr] = true
+	}
+	if to := cfg.Timeouts.Effective(d.opts.Timeouts); to != d.opts.Timeouts {
+		d.opts.Timeouts = to
+	}
+	d.services, d.local = services, local
+	return nil
+}
+
+// Counters are the datapath's counters by name (backend.DatapathCounters).
+func (d *Datapath) Counters() map[string]uint64 {
+	m := make(map[string]uint64, len(d.counters))
+	for i, n := range backend.DatapathCounters {
+		m[n] = d.counters[i]
+	}
+	return m
+}
+
+// Conns is how many connection entries the table holds (two per
+// Full-NAT connection).
+func (d *Datapath) Conns() int { return d.conns.len() }

@@ -1,0 +1,298 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/mbx-net/mbx/flow"
+	"github.com/mbx-net/mbx/lb"
+)
+
+const (
+	thSYN = 0x02
+	thRST = 0x04
+	thACK = 0x10
+)
+
+// Process runs one frame received on port in through the datapath,
+// rewriting it in place, and says where it goes (out: the port, for Tx and
+// Redirect). The order of decisions is bpf/mbx.c's process().
+func (d *Datapath) Process(in int, frame []byte) (v Verdict, out int) {
+	d.counters[cntRx]++
+	p, r := flow.Parse(frame)
+	switch r {
+	case flow.ParseOK:
+	case flow.ParseNotIP, flow.ParseOtherL4:
+		d.counters[cntPassNotOurs]++
+		return Pass, 0
+	case flow.ParseBadL3:
+		d.counters[cntPassMalformed]++
+		return Pass, 0
+	case flow.ParseFragment:
+		if d.local[p.Key.Dst] {
+			// Fragments do not follow their flow here yet (XDP: bpf/frag.h).
+			d.counters[cntDropFragment]++
+			return Drop, 0
+		}
+		d.counters[cntPassNotOurs]++
+		return Pass, 0
+	default: // flow.ParseBadL4
+		if d.local[p.Key.Dst] {
+			d.counters[cntDropMalformed]++
+			return Drop, 0
+		}
+		d.counters[cntPassMalformed]++
+		return Pass, 0
+	}
+	if !d.local[p.Key.Dst] {
+		d.counters[cntPassNotOurs]++
+		return Pass, 0
+	}
+	now := d.now
+	newSYN := p.Key.Proto != 6 || p.TCPFlags&(thSYN|thACK|thRST) == thSYN
+	k := keyOf(p.Key)
+	e := d.conns.get(k)
+	if e != nil {
+		switch {
+		case !d.alive(e, k, now):
+			e = nil
+		case !e.reply && newSYN && p.Key.Proto == 6 && (e.state == flow.StateTimeWait || e.state == flow.StateClose):
+			// The client reuses its port: schedule afresh (IPVS's conn_reuse_mode).
+			d.delete(e, k)
+			d.counters[cntConnReuse]++
+			e = nil
+		}
+	}
+	if e != nil {
+		if now-e.lastSeen > 1<<20 {
+			e.lastSeen = now
+		}
+		d.track(e, p)
+	} else {
+		s := d.services[svcKey{p.Key.Dst, p.Key.DstPort, p.Key.Proto}]
+		if s == nil {
+			d.counters[cntPassNotOurs]++
+			return Pass, 0
+		}
+		if !newSYN {
+			d.counters[cntDropNoConn]++
+			return Drop, 0
+		}
+		var verdict Verdict
+		if e, verdict = d.newConn(p.Key, s, now); e == nil {
+			return verdict, 0
+		}
+	}
+	return d.xmit(in, frame, &p, e)
+}
+
+// alive is bpf/conn.h's conn_alive: an entry lives while either direction
+// was seen within its state's timeout; a stale pair is deleted.
+func (d *Datapath) alive(e *entry, k key, now int64) bool {
+	if !d.stale(e, now) {
+		return true
+	}
+	if t := d.conns.get(e.twin); t != nil && !d.stale(t, now) {
+		e.lastSeen = t.lastSeen
+		return true
+	}
+	d.delete(e, k)
+	return false
+}
+
+func (d *Datapath) stale(e *entry, now int64) bool {
+	return now-e.lastSeen > int64(d.opts.Timeouts[e.state%flow.NumStates])
+}
+
+func (d *Datapath) delete(e *entry, k key) {
+	if d.conns.del(e.twin) {
+		d.counters[cntEntryDeleted]++
+	}
+	if d.conns.del(k) {
+		d.counters[cntEntryDeleted]++
+	}
+}
+
+// track advances the TCP state in both entries.
+func (d *Datapath) track(e *entry, p flow.Packet) {
+	if p.Key.Proto != 6 {
+		return
+	}
+	dir := flow.DirInput
+	if e.reply {
+		dir = flow.DirOutput
+	}
+	next := d.fsm.Next(dir, p.TCPFlags, e.state)
+	if next == e.state {
+		return
+	}
+	e.state = next
+	if t := d.conns.get(e.twin); t != nil {
+		t.state = next
+	}
+}
+
+// newConn is bpf/mbx.c's mbx_new_conn for Full-NAT: the real server from
+// the service's table, then a LIP and port from the flow hash, probing
+// until the reply entry can be inserted. A nil entry comes with the verdict.
+func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) {
+	if len(s.table) == 0 {
+		d.counters[cntDropNoReal]++
+		return nil, Drop
+	}
+	var n uint32
+	switch s.pick {
+	case lb.PickRoundRobin:
+		n = s.rrPos
+		s.rrPos++
+	default:
+		n = k.SchedHash(int(s.pick), d.opts.HashSeed)
+	}
+	ri := s.table[n%uint32(len(s.table))]
+	rs := s.reals[ri]
+	if len(s.laddrs) == 0 {
+		d.counters[cntDropNoLaddr]++
+		return nil, Drop
+	}
+	state := flow.StateUDP
+	if k.Proto == 6 {
+		state = d.fsm.Next(flow.DirInput, thSYN, flow.StateNone)
+	}
+	h := k.Hash(d.opts.HashSeed)
+	ck := keyOf(k)
+	for i := range portTries {
+		li, lport := flow.LocalCandidate(h, i, len(s.laddrs), d.opts.PortLo, d.opts.PortHi)
+		rk := key{rs.addr.As4(), s.laddrs[li].As4(), rs.port, lport, k.Proto}
+		re := d.conns.add(rk)
+		if re == nil {
+			if old := d.conns.get(rk); old == nil || d.alive(old, rk, now) {
+				continue
+			}
+			if re = d.conns.add(rk); re == nil {
+				continue
+			}
+		}
+		fe := d.conns.add(ck)
+		if fe == nil {
+			// A racing entry for the client side (port reuse cleared it
+			// above): replace it, as BPF_ANY does.
+			d.conns.del(ck)
+			if fe = d.conns.add(ck); fe == nil {
+				d.conns.del(rk)
+				break
+			}
+		}
+		// The reply entry turns RS -> LIP back into VIP -> client.
+		*re = entry{src: ck.dst, dst: ck.src, sport: ck.dport, dport: ck.sport, svc: s, real: ri,
+			state: state, reply: true, lastSeen: now, twin: ck}
+		re.setCsum(rk)
+		*fe = entry{src: rk.dst, dst: rk.src, sport: rk.dport, dport: rk.sport, svc: s, real: ri,
+			state: state, lastSeen: now, twin: rk}
+		fe.setCsum(ck)
+		d.counters[cntConnNew]++
+		return fe, 0
+	}
+	d.counters[cntDropNoPort]++
+	return nil, Drop
+}
+
+// portTries bounds the LIP/port probes of a new connection (bpf/consts.h
+// PORT_TRIES).
+const portTries = 16
+
+// setCsum fills the checksum deltas for packets whose tuple is k
+// (bpf/nat.h conn_set_csum).
+func (e *entry) setCsum(k key) {
+	d := csumAdd32(0, k.src, e.src)
+	d = csumAdd32(d, k.dst, e.dst)
+	e.csumL3 = d
+	d = csumAdd16(d, k.sport, e.sport)
+	d = csumAdd16(d, k.dport, e.dport)
+	e.csumL4 = d
+}
+
+// xmit rewrites the packet for its entry and finds the next hop
+// (bpf/nat.h xmit_nat). A packet without a known next hop goes to the
+// kernel translated, as XDP's does.
+func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict, int) {
+	ip := frame[14:]
+	copy(ip[12:16], e.src[:])
+	copy(ip[16:20], e.dst[:])
+	csumApply(ip[10:12], e.csumL3)
+	l4 := frame[p.L4Off:]
+	binary.BigEndian.PutUint16(l4[0:], e.sport)
+	binary.BigEndian.PutUint16(l4[2:], e.dport)
+	switch {
+	case p.Key.Proto == 6:
+		csumApply(l4[16:18], e.csumL4)
+	case p.UDPCsum:
+		csumApply(l4[6:8], e.csumL4)
+		if l4[6] == 0 && l4[7] == 0 {
+			l4[6], l4[7] = 0xff, 0xff
+		}
+	}
+	if e.nhGen != d.gen {
+		out, mac, r := d.route(netip.AddrFrom4(e.dst))
+		switch r {
+		case noRoute:
+			d.counters[cntPassFIB]++
+			return Pass, 0
+		case noNeighbor:
+			d.counters[cntPassNoNeigh]++
+			return Pass, 0
+		}
+		e.nhGen, e.nhPort, e.nhMAC = d.gen, out, mac
+	}
+	out := e.nhPort
+	copy(frame[0:6], e.nhMAC[:])
+	copy(frame[6:12], d.macs[out][:])
+	if out == in {
+		d.counters[cntTx]++
+		return Tx, out
+	}
+	d.counters[cntRedirect]++
+	return Redirect, out
+}
+
+type routeResult uint8
+
+const (
+	routed routeResult = iota
+	noRoute
+	noNeighbor
+)
+
+// route finds the port toward dst (the longest connected prefix holding
+// it) and dst's Ethernet address.
+func (d *Datapath) route(dst netip.Addr) (port int, mac [6]byte, r routeResult) {
+	best := -1
+	for i, p := range d.ports {
+		for _, pf := range p.Prefixes {
+			if pf.Contains(dst) && pf.Bits() > best {
+				best, port = pf.Bits(), i
+			}
+		}
+	}
+	if best < 0 {
+		return 0, mac, noRoute
+	}
+	if n, found := d.neigh[dst]; found && n.port == port {
+		return port, n.mac, routed
+	}
+	return port, mac, noNeighbor
+}
+
+// Sweep deletes connections idle past their state's timeout (both
+// entries): the polling loop calls it about once a second, so a full
+// table frees itself (XDP's table is an LRU instead). It returns how many
+// entries it deleted.
+func (d *Datapath) Sweep() int {
+	n := d.conns.len()
+	for k, i := range d.conns.index {
+		e := &d.conns.slab[i]
+		if d.stale(e, d.now) {
+			d.alive(e, k, d.now)
+		}
+	}
+	return n - d.conns.len()
+}
