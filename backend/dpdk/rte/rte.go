@@ -49,13 +49,16 @@ static void mbx_commit(struct rte_mbuf *m, const struct mbx_pkt *p)
 	m->pkt_len = p->len;
 }
 
-// mbx_tx sends pkts[0:n] (those with keep[i]) and frees the rest and
-// whatever the port did not take. Returns how many were sent.
+// mbx_tx sends pkts[0:n] whose keep[i] is 1, frees those with 0 (keep[i]
+// 2: moved to another burst, not this one's) and whatever the port did not
+// take. Returns how many were sent.
 static int mbx_tx(uint16_t port, uint16_t q, struct rte_mbuf **bufs, struct mbx_pkt *pkts,
 		  const uint8_t *keep, uint16_t n, struct rte_mbuf **out)
 {
 	uint16_t k = 0;
 	for (uint16_t i = 0; i < n; i++) {
+		if (keep && keep[i] == 2)
+			continue; // moved to another burst
 		if (keep && !keep[i]) {
 			rte_pktmbuf_free(bufs[i]);
 			continue;
@@ -69,10 +72,11 @@ static int mbx_tx(uint16_t port, uint16_t q, struct rte_mbuf **bufs, struct mbx_
 	return sent;
 }
 
-static void mbx_free(struct rte_mbuf **bufs, uint16_t n)
+static void mbx_free(struct rte_mbuf **bufs, const uint8_t *keep, uint16_t n)
 {
 	for (uint16_t i = 0; i < n; i++)
-		rte_pktmbuf_free(bufs[i]);
+		if (keep[i] != 2)
+			rte_pktmbuf_free(bufs[i]);
 }
 
 static int mbx_alloc(struct rte_mempool *mp, struct rte_mbuf **bufs, struct mbx_pkt *pkts, uint16_t n)
@@ -377,7 +381,8 @@ func (b *Burst) Adj(i, n int) error {
 	return nil
 }
 
-// Keep marks whether packet i is sent by the next Tx (default: yes).
+// Keep marks whether packet i is sent by the next Tx (default: yes) or
+// freed.
 func (b *Burst) Keep(i int, keep bool) {
 	if keep {
 		b.keep[i] = 1
@@ -426,8 +431,25 @@ func (b *Burst) Tx(port Port, q int) int {
 	return int(sent)
 }
 
-// Free returns every packet of the burst to its pool.
+// Free returns every packet of the burst to its pool (but those moved).
 func (b *Burst) Free() {
-	C.mbx_free(b.bufs, C.uint16_t(b.n))
+	C.mbx_free(b.bufs, b.ckeep, C.uint16_t(b.n))
 	b.n = 0
+}
+
+// Move hands packet i to dst (appended; false when dst is full): it leaves
+// this burst's Tx and Free. Packets going out of another port are moved to
+// that port's burst.
+func (b *Burst) Move(i int, dst *Burst) bool {
+	if dst.n == len(dst.pkts) {
+		return false
+	}
+	bufs := unsafe.Slice(b.bufs, len(b.pkts))
+	dbufs := unsafe.Slice(dst.bufs, len(dst.pkts))
+	dbufs[dst.n] = bufs[i]
+	dst.pkts[dst.n] = b.pkts[i]
+	dst.keep[dst.n] = 1
+	dst.n++
+	b.keep[i] = 2
+	return true
 }

@@ -1,0 +1,98 @@
+//go:build dpdk
+
+package dpdk
+
+import (
+	"time"
+
+	"github.com/mbx-net/mbx/backend/dpdk/datapath"
+	"github.com/mbx-net/mbx/backend/dpdk/rte"
+)
+
+// Worker is one polling core's loop: it receives bursts from one queue of
+// each port, runs them through its own datapath (share-nothing), and sends
+// each packet out of the port the datapath chose, one burst per port.
+type Worker struct {
+	ports []rte.Port
+	queue int
+	dp    *datapath.Datapath
+	rx    *rte.Burst
+	tx    []*rte.Burst // per output port
+	// Passed receives what the datapath leaves to the kernel (the
+	// exception path); nil: such packets are freed. frame is valid only
+	// during the call.
+	Passed func(port int, frame []byte)
+	swept  time.Time
+}
+
+// NewWorker makes a worker for queue of ports, bursts of burst packets.
+func NewWorker(ports []rte.Port, queue int, dp *datapath.Datapath, burst int) *Worker {
+	w := &Worker{ports: ports, queue: queue, dp: dp, rx: rte.NewBurst(burst)}
+	for range ports {
+		w.tx = append(w.tx, rte.NewBurst(burst))
+	}
+	return w
+}
+
+// Close frees the worker's bursts (after its last Poll).
+func (w *Worker) Close() {
+	w.rx.Close()
+	for _, b := range w.tx {
+		b.Close()
+	}
+}
+
+// Poll runs one round over every port; it returns the packets received.
+func (w *Worker) Poll() int {
+	now := time.Now()
+	w.dp.Tick(now)
+	if now.Sub(w.swept) >= time.Second {
+		w.swept = now
+		w.dp.Sweep()
+	}
+	n := 0
+	for in := range w.ports {
+		n += w.PollPort(in)
+	}
+	return n
+}
+
+// PollPort receives one burst from port in and forwards it.
+func (w *Worker) PollPort(in int) int {
+	n := w.rx.Rx(w.ports[in], w.queue)
+	for i := range n {
+		v, out := w.dp.Process(in, w.rx.Data(i))
+		switch v {
+		case datapath.Tx, datapath.Redirect:
+			// The output bursts are as large as the input one and are
+			// sent below: Move cannot find them full.
+			w.rx.Move(i, w.tx[out])
+		case datapath.Pass:
+			if w.Passed != nil {
+				w.Passed(in, w.rx.Data(i))
+			}
+			w.rx.Keep(i, false)
+		default:
+			w.rx.Keep(i, false)
+		}
+	}
+	w.rx.Free()
+	for out, b := range w.tx {
+		if b.Len() > 0 {
+			b.Tx(w.ports[out], w.queue)
+		}
+	}
+	return n
+}
+
+// Run polls until stop is closed.
+func (w *Worker) Run(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		w.Poll()
+	}
+}
