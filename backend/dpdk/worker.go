@@ -23,11 +23,15 @@ type Worker struct {
 	// during the call.
 	Passed func(port int, frame []byte)
 	swept  time.Time
+	mp     *rte.Mempool // for the datapath's own packets (ARP requests)
+	ctl    *rte.Burst
+	arp    [64]byte
 }
 
-// NewWorker makes a worker for queue of ports, bursts of burst packets.
-func NewWorker(ports []rte.Port, queue int, dp *datapath.Datapath, burst int) *Worker {
-	w := &Worker{ports: ports, queue: queue, dp: dp, rx: rte.NewBurst(burst)}
+// NewWorker makes a worker for queue of ports, bursts of burst packets;
+// mp supplies buffers for the packets the datapath originates.
+func NewWorker(ports []rte.Port, queue int, dp *datapath.Datapath, burst int, mp *rte.Mempool) *Worker {
+	w := &Worker{ports: ports, queue: queue, dp: dp, rx: rte.NewBurst(burst), mp: mp, ctl: rte.NewBurst(1)}
 	for range ports {
 		w.tx = append(w.tx, rte.NewBurst(burst))
 	}
@@ -37,6 +41,7 @@ func NewWorker(ports []rte.Port, queue int, dp *datapath.Datapath, burst int) *W
 // Close frees the worker's bursts (after its last Poll).
 func (w *Worker) Close() {
 	w.rx.Close()
+	w.ctl.Close()
 	for _, b := range w.tx {
 		b.Close()
 	}
@@ -82,7 +87,21 @@ func (w *Worker) PollPort(in int) int {
 			b.Tx(w.ports[out], w.queue)
 		}
 	}
+	w.resolve()
 	return n
+}
+
+// resolve sends the ARP requests the datapath asks for.
+func (w *Worker) resolve() {
+	for {
+		n, port := w.dp.Resolve(w.arp[:])
+		if n == 0 || w.ctl.Alloc(w.mp, 1) != nil {
+			return
+		}
+		w.ctl.SetLen(0, n)
+		copy(w.ctl.Data(0), w.arp[:n])
+		w.ctl.Tx(w.ports[port], w.queue)
+	}
 }
 
 // Run polls until stop is closed.

@@ -114,7 +114,7 @@ func TestVectorsOnRings(t *testing.T) {
 		}
 		ran++
 		r := &ringDatapath{dp: dp, ports: ports, rings: rings[:len(f.Ifaces)], mp: mp, b: rte.NewBurst(32)}
-		r.w = NewWorker(r.rings, 0, dp, 32)
+		r.w = NewWorker(r.rings, 0, dp, 32, mp)
 		r.w.Passed = func(_ int, frame []byte) { r.pass = append([]byte(nil), frame...) }
 		t.Cleanup(func() { r.w.Close(); r.b.Close() })
 		return r
@@ -172,7 +172,7 @@ func BenchmarkWorkerRing(b *testing.B) {
 		}
 		return fr
 	}
-	w := NewWorker(rings, 0, dp, 32)
+	w := NewWorker(rings, 0, dp, 32, mp)
 	defer w.Close()
 	in, drain := rte.NewBurst(32), rte.NewBurst(32)
 	defer in.Close()

@@ -44,6 +44,7 @@ type Port struct {
 	Name     string
 	MAC      net.HardwareAddr
 	Prefixes []netip.Prefix // connected networks (routes out of this port)
+	Addrs    []netip.Addr   // the port's own addresses (ARP answers, requests' source)
 }
 
 // Options configure a Datapath (backend.Options' fields that apply).
@@ -53,6 +54,10 @@ type Options struct {
 	PortHi   uint16
 	HashSeed uint32
 	ConnMax  int // connections (two entries each)
+	// ARP makes the datapath answer ARP for local addresses and resolve
+	// next hops itself (arp.go): on for DPDK, which owns its ports. Off,
+	// ARP goes to the kernel as with XDP (the vector files' semantics).
+	ARP bool
 }
 
 type neighbor struct {
@@ -93,6 +98,11 @@ type Datapath struct {
 	counters []uint64
 	now      int64  // Unix ns, set per burst (Tick)
 	gen      uint64 // neighbour generation: memoized next hops older than it are looked up again
+	// Next hops to resolve (arp.go): a bounded queue and when each was
+	// last asked for.
+	resolve    []resolveKey
+	resolveBuf []resolveKey
+	asked      map[resolveKey]int64
 }
 
 // Tick sets the datapath's clock: the polling loop calls it once per
@@ -136,7 +146,10 @@ func New(ports []Port, opts Options) (*Datapath, error) {
 	}
 	d := &Datapath{gen: 1, now: time.Now().UnixNano(), opts: opts, fsm: flow.IPVSFSM(), ports: ports, neigh: map[netip.Addr]neighbor{},
 		services: map[svcKey]*service{}, local: map[netip.Addr]bool{},
-		conns: newConns(2 * opts.ConnMax), counters: make([]uint64, len(backend.DatapathCounters))}
+		conns: newConns(2 * opts.ConnMax), counters: make([]uint64, len(backend.DatapathCounters)),
+		asked: map[resolveKey]int64{}}
+	d.resolveBuf = make([]resolveKey, 0, 64)
+	d.resolve = d.resolveBuf
 	for _, p := range ports {
 		if len(p.MAC) != 6 {
 			return nil, fmt.Errorf("port %s: MAC %q is not Ethernet", p.Name, p.MAC)

@@ -16,12 +16,19 @@ import (
 // fnatPair is a two-port Full-NAT datapath: clients on port 0 (wan),
 // real servers on port 1 (lan).
 func fnatPair(tb testing.TB, config string) *Datapath {
+	return fnatPairOpts(tb, config, Options{})
+}
+
+func mac(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+
+func fnatPairOpts(tb testing.TB, config string, opts Options) *Datapath {
 	tb.Helper()
-	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
 	d, err := New([]Port{
-		{Name: "wan0", MAC: mac("02:00:00:00:00:01"), Prefixes: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}},
-		{Name: "lan0", MAC: mac("02:00:00:00:00:02"), Prefixes: []netip.Prefix{netip.MustParsePrefix("198.18.1.0/24")}},
-	}, Options{})
+		{Name: "wan0", MAC: mac("02:00:00:00:00:01"), Prefixes: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")},
+			Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.1")}},
+		{Name: "lan0", MAC: mac("02:00:00:00:00:02"), Prefixes: []netip.Prefix{netip.MustParsePrefix("198.18.1.0/24")},
+			Addrs: []netip.Addr{netip.MustParseAddr("198.18.1.1")}},
+	}, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -168,4 +175,88 @@ func BenchmarkFullNAT(b *testing.B) {
 			}
 		}
 	})
+}
+
+func arpFrame(op uint16, srcMAC string, spa, tpa string) []byte {
+	f := make([]byte, 42)
+	copy(f[0:6], mac("ff:ff:ff:ff:ff:ff"))
+	copy(f[6:12], mac(srcMAC))
+	f[12], f[13] = 0x08, 0x06
+	a := f[14:]
+	a[1], a[2], a[4], a[5], a[7] = 1, 0x08, 6, 4, byte(op)
+	copy(a[8:14], mac(srcMAC))
+	s, t := netip.MustParseAddr(spa).As4(), netip.MustParseAddr(tpa).As4()
+	copy(a[14:18], s[:])
+	copy(a[24:28], t[:])
+	return f
+}
+
+// With ARP on (DPDK owns the port): requests for a VIP, a LIP or a port's
+// own address are answered in place; others go to the kernel; senders are
+// learnt; a next hop without an entry is asked for, once per 100 ms.
+func TestARP(t *testing.T) {
+	d := fnatPairOpts(t, fnatConfig, Options{ARP: true})
+	d.neigh = map[netip.Addr]neighbor{} // nothing known
+	for _, c := range []struct {
+		port   int
+		target string
+		answer bool
+	}{{0, "198.18.0.100", true}, {1, "198.18.1.200", true}, {0, "198.18.0.1", true}, {1, "198.18.1.1", true},
+		{1, "198.18.0.1", false}, {0, "198.18.0.77", false}} {
+		sender := "198.18.0.2"
+		if c.port == 1 {
+			sender = "198.18.1.2"
+		}
+		f := arpFrame(1, "02:00:00:00:0a:0b", sender, c.target)
+		v, out := d.Process(c.port, f)
+		if !c.answer {
+			if v != Pass {
+				t.Errorf("request for %s on port %d: %s, want pass", c.target, c.port, v)
+			}
+			continue
+		}
+		want := netip.MustParseAddr(c.target).As4()
+		if v != Tx || out != c.port || f[21] != 2 || string(f[22:28]) != string(d.macs[c.port][:]) ||
+			string(f[28:32]) != string(want[:]) || string(f[0:6]) != string(mac("02:00:00:00:0a:0b")) {
+			t.Errorf("request for %s on port %d: %s out %d, reply % x", c.target, c.port, v, out, f)
+		}
+	}
+	if n, ok := d.neigh[netip.MustParseAddr("198.18.1.2")]; !ok || n.port != 1 {
+		t.Errorf("sender 198.18.1.2 not learnt on port 1: %v", d.neigh)
+	}
+	// rs2 (198.18.1.3) is unknown: a SYN scheduled to it is passed and
+	// rs2 is asked for, once.
+	delete(d.neigh, netip.MustParseAddr("198.18.1.2"))
+	d.Tick(time.Now())
+	for port := range uint16(8) {
+		d.Process(0, segment("198.18.0.2", "198.18.0.100", 50000+port, 80, true))
+	}
+	buf := make([]byte, 64)
+	asked := map[string]bool{}
+	for {
+		n, port := d.Resolve(buf)
+		if n == 0 {
+			break
+		}
+		if n != 42 || port != 1 || buf[21] != 1 || string(buf[28:32]) != string([]byte{198, 18, 1, 1}) {
+			t.Fatalf("request % x on port %d", buf[:n], port)
+		}
+		ip := netip.AddrFrom4([4]byte(buf[38:42])).String()
+		if asked[ip] {
+			t.Errorf("%s asked for twice within 100 ms", ip)
+		}
+		asked[ip] = true
+	}
+	if !asked["198.18.1.2"] || !asked["198.18.1.3"] {
+		t.Errorf("asked for %v, want both real servers", asked)
+	}
+	if d.Counters()["pass_no_neigh"] != 8 {
+		t.Errorf("pass_no_neigh %d", d.Counters()["pass_no_neigh"])
+	}
+	// The reply teaches the address; the next packets go out.
+	d.Process(1, arpFrame(2, "02:00:00:00:02:03", "198.18.1.3", "198.18.1.1"))
+	d.Process(1, arpFrame(2, "02:00:00:00:02:02", "198.18.1.2", "198.18.1.1"))
+	if v, _ := d.Process(0, segment("198.18.0.2", "198.18.0.100", 50000, 80, false)); v != Redirect {
+		t.Errorf("after the ARP replies: %s", v)
+	}
 }

@@ -19,6 +19,9 @@ const (
 // Redirect). The order of decisions is bpf/mbx.c's process().
 func (d *Datapath) Process(in int, frame []byte) (v Verdict, out int) {
 	d.counters[cntRx]++
+	if d.opts.ARP && len(frame) >= 14 && binary.BigEndian.Uint16(frame[12:]) == etherTypeARP {
+		return d.handleARP(in, frame)
+	}
 	p, r := flow.Parse(frame)
 	switch r {
 	case flow.ParseOK:
@@ -238,6 +241,9 @@ func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict
 			d.counters[cntPassFIB]++
 			return Pass, 0
 		case noNeighbor:
+			if d.opts.ARP {
+				d.wantNeighbor(out, netip.AddrFrom4(e.dst))
+			}
 			d.counters[cntPassNoNeigh]++
 			return Pass, 0
 		}
