@@ -11,4 +11,4 @@ demo:
 bench:
 	bash bench/run.sh
 build-dpdk:
-	@echo "the DPDK backend is not written yet (issue 7); its binding builds and tests with: go test -tags dpdk ./backend/dpdk/..."; exit 1
+	go build -tags dpdk -o mbx ./cmd/mbx

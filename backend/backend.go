@@ -34,6 +34,11 @@ type Options struct {
 	TunnelSrc netip.Prefix
 	Fresh     bool // discard state a previous run left in PinDir
 	Logger    *slog.Logger
+	// DPDK backend: the EAL's arguments, and the ports mbx runs on, each
+	// "NAME=A.B.C.D/LEN" (a DPDK device name, the port's own address and
+	// connected network).
+	EAL   []string
+	Ports []string
 }
 
 // Defaults fills zero fields with mbx's defaults.
@@ -71,6 +76,13 @@ type Backend interface {
 	Handover() error
 	// Adopted is how many services a previous run left running.
 	Adopted() int
+}
+
+// AddressOwner is a backend whose ports the kernel does not see (DPDK):
+// it answers ARP for VIPs and LIPs itself, so the control plane puts no
+// addresses on Linux devices for it.
+type AddressOwner interface {
+	OwnsAddresses() bool
 }
 
 // BrickPlane is a backend that runs brick engines (packet-bricks).

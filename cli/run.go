@@ -29,6 +29,8 @@ func runCommand() *ucli.Command {
 		Flags: []ucli.Flag{
 			&ucli.StringFlag{Name: "backend", Value: "xdp", Usage: "data plane: xdp or dpdk"},
 			&ucli.StringSliceFlag{Name: "iface", Usage: "interface to attach to (repeat)"},
+			&ucli.StringFlag{Name: "eal", Usage: `dpdk backend: the EAL's arguments, e.g. "-l 0 --no-huge --no-pci -m 512 --vdev=net_af_xdp0,iface=eth0"`},
+			&ucli.StringSliceFlag{Name: "port", Usage: "dpdk backend: a DPDK port mbx runs on and its address, NAME=A.B.C.D/LEN (repeat)"},
 			&ucli.StringFlag{Name: "config", Usage: "YAML configuration file"},
 			&ucli.StringFlag{Name: "keepalived-conf", Usage: "keepalived.conf (virtual_server blocks) instead of --config"},
 			&ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Value: control.DefaultSocket, Usage: "control socket"},
@@ -120,6 +122,8 @@ func runCommand() *ucli.Command {
 				ConnMax:   c.Int("conn-max"),
 				HashSeed:  uint32(c.Uint("hash-seed")),
 				Logger:    log,
+				EAL:       strings.Fields(c.String("eal")),
+				Ports:     c.StringSlice("port"),
 			})
 			if err != nil {
 				return err

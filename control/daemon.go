@@ -181,6 +181,9 @@ func (d *Daemon) ReloadContext(ctx context.Context, by string) (err error) {
 // failure rolls back what was done. Called with d.mu held.
 func (d *Daemon) apply(next *lb.Config) error {
 	want := wantedAddrs(next)
+	if ao, ok := d.be.(backend.AddressOwner); ok && ao.OwnsAddresses() {
+		want = map[ifAddr]bool{} // the data plane answers for them itself
+	}
 	var add, del []ifAddr
 	for a := range want {
 		if !d.present[a] {

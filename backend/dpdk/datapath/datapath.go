@@ -75,8 +75,14 @@ type service struct {
 }
 
 type real struct {
-	addr netip.Addr
-	port uint16
+	addr  netip.Addr
+	port  uint16
+	stats *backend.Counters // IPVS's per-real counters, kept across Apply
+}
+
+type realRef struct {
+	svc  lb.ServiceKey
+	real netip.AddrPort
 }
 
 type svcKey struct {
@@ -103,6 +109,7 @@ type Datapath struct {
 	resolve    []resolveKey
 	resolveBuf []resolveKey
 	asked      map[resolveKey]int64
+	realStats  map[realRef]*backend.Counters
 }
 
 // Tick sets the datapath's clock: the polling loop calls it once per
@@ -174,6 +181,7 @@ func (d *Datapath) SetNeighbor(port int, ip netip.Addr, mac net.HardwareAddr) er
 func (d *Datapath) Apply(cfg *lb.Config) error {
 	services := map[svcKey]*service{}
 	local := map[netip.Addr]bool{}
+	stats := map[realRef]*backend.Counters{}
 	for _, s := range cfg.Services {
 		if s.Key.IsMatch() {
 			return fmt.Errorf("service %s: SNAT is not in the DPDK datapath yet", s.Key)
@@ -197,7 +205,13 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 				return fmt.Errorf("service %s: real server %s: %s is not in the DPDK datapath yet (Full-NAT is)",
 					s.Key, r.AddrPort(), r.Forward.ForwardName())
 			}
-			ns.reals = append(ns.reals, real{r.Addr, s.RealPort(r)})
+			ref := realRef{s.Key, netip.AddrPortFrom(r.Addr, s.RealPort(r))}
+			st := d.realStats[ref]
+			if st == nil {
+				st = &backend.Counters{}
+			}
+			stats[ref] = st
+			ns.reals = append(ns.reals, real{addr: r.Addr, port: s.RealPort(r), stats: st})
 		}
 		for _, la := range s.LocalAddrs {
 			ns.laddrs = append(ns.laddrs, la.Addr)
@@ -212,7 +226,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 	if to := cfg.Timeouts.Effective(d.opts.Timeouts); to != d.opts.Timeouts {
 		d.opts.Timeouts = to
 	}
-	d.services, d.local = services, local
+	d.services, d.local, d.realStats = services, local, stats
 	return nil
 }
 
@@ -228,3 +242,37 @@ func (d *Datapath) Counters() map[string]uint64 {
 // Conns is how many connection entries the table holds (two per
 // Full-NAT connection).
 func (d *Datapath) Conns() int { return d.conns.len() }
+
+// RealCounters calls fn with each real server's counters.
+func (d *Datapath) RealCounters(fn func(svc lb.ServiceKey, real netip.AddrPort, c backend.Counters)) {
+	for _, s := range d.services {
+		for _, r := range s.reals {
+			fn(s.key, netip.AddrPortFrom(r.addr, r.port), *r.stats)
+		}
+	}
+}
+
+// ConnList calls fn for each live connection (its client-side entry),
+// up to limit (0: all).
+func (d *Datapath) ConnList(limit int, fn func(c backend.Conn)) {
+	n := 0
+	for k, i := range d.conns.index {
+		e := &d.conns.slab[i]
+		if e.reply || d.stale(e, d.now) {
+			continue
+		}
+		if limit > 0 && n >= limit {
+			return
+		}
+		n++
+		fn(backend.Conn{
+			Proto:   lb.Proto(k.proto),
+			Client:  netip.AddrPortFrom(netip.AddrFrom4(k.src), k.sport),
+			Virtual: netip.AddrPortFrom(netip.AddrFrom4(k.dst), k.dport),
+			Local:   netip.AddrPortFrom(netip.AddrFrom4(e.src), e.sport),
+			Real:    netip.AddrPortFrom(netip.AddrFrom4(e.dst), e.dport),
+			State:   e.state,
+			Expire:  max(0, time.Duration(int64(d.opts.Timeouts[e.state%flow.NumStates])-(d.now-e.lastSeen))),
+		})
+	}
+}

@@ -71,6 +71,7 @@ func (d *Datapath) Process(in int, frame []byte) (v Verdict, out int) {
 			e.lastSeen = now
 		}
 		d.track(e, p)
+		d.account(e, p.IPLen)
 	} else {
 		s := d.services[svcKey{p.Key.Dst, p.Key.DstPort, p.Key.Proto}]
 		if s == nil {
@@ -85,6 +86,7 @@ func (d *Datapath) Process(in int, frame []byte) (v Verdict, out int) {
 		if e, verdict = d.newConn(p.Key, s, now); e == nil {
 			return verdict, 0
 		}
+		d.account(e, p.IPLen)
 	}
 	return d.xmit(in, frame, &p, e)
 }
@@ -192,6 +194,7 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 		*fe = entry{src: rk.dst, dst: rk.src, sport: rk.dport, dport: rk.sport, svc: s, real: ri,
 			state: state, lastSeen: now, twin: rk}
 		fe.setCsum(ck)
+		s.reals[ri].stats.Conns++
 		d.counters[cntConnNew]++
 		return fe, 0
 	}
@@ -301,4 +304,17 @@ func (d *Datapath) Sweep() int {
 		}
 	}
 	return n - d.conns.len()
+}
+
+// account counts a forwarded packet for its real server, as IPVS does:
+// in = client to real server, out = the replies.
+func (d *Datapath) account(e *entry, ipLen int) {
+	st := e.svc.reals[e.real].stats
+	if e.reply {
+		st.OutPkts++
+		st.OutBytes += uint64(ipLen)
+	} else {
+		st.InPkts++
+		st.InBytes += uint64(ipLen)
+	}
 }

@@ -178,9 +178,19 @@ func Init(args []string) error {
 	}()
 	if rc := <-res; rc < 0 {
 		eal.err = errorf("DPDK EAL initialisation", rc)
+		removeRuntimeDir()
 		return eal.err
 	}
 	return nil
+}
+
+// removeRuntimeDir removes the EAL's runtime directory and its parent
+// when they are empty (a failed init, or --no-shconf, leaves them so).
+func removeRuntimeDir() {
+	if dir := C.GoString(C.rte_eal_get_runtime_dir()); dir != "" {
+		_ = os.Remove(dir)
+		_ = os.Remove(filepath.Dir(dir))
+	}
 }
 
 // Cleanup releases the EAL's resources (hugepage files, runtime
@@ -189,14 +199,8 @@ func Cleanup() {
 	eal.Lock()
 	defer eal.Unlock()
 	if eal.done && eal.err == nil {
-		dir := C.GoString(C.rte_eal_get_runtime_dir())
 		C.rte_eal_cleanup()
-		// The runtime directory stays even when --no-shconf left it
-		// empty; os.Remove takes only empty directories.
-		if dir != "" {
-			_ = os.Remove(dir)
-			_ = os.Remove(filepath.Dir(dir))
-		}
+		removeRuntimeDir()
 	}
 }
 

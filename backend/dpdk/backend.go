@@ -1,0 +1,255 @@
+//go:build dpdk
+
+package dpdk
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/backend/dpdk/datapath"
+	"github.com/mbx-net/mbx/backend/dpdk/rte"
+	"github.com/mbx-net/mbx/lb"
+)
+
+func init() { backend.Register("dpdk", Open) }
+
+// idleSpins empty polls in a row make an idle worker sleep idleSleep:
+// on a machine where the kernel's softirq shares the core (AF_XDP and
+// AF_PACKET vdevs over veth), a worker that never sleeps starves the very
+// path that feeds it. MBX_DPDK_IDLE_SLEEP=0s spins (a dedicated core).
+const idleSpins = 8
+
+// idleSleep is how long an idle worker sleeps.
+var idleSleep = func() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("MBX_DPDK_IDLE_SLEEP")); err == nil {
+		return d
+	}
+	return 50 * time.Microsecond
+}()
+
+// Backend is the DPDK data plane: the EAL, its ports, and one polling
+// worker (one queue per port) running the Go datapath.
+type Backend struct {
+	opts  backend.Options
+	names []string
+	ports []rte.Port
+	mp    *rte.Mempool
+	mu    sync.Mutex // the datapath between the worker and the control plane
+	dp    *datapath.Datapath
+	w     *Worker
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+// portSpec is one --port: a DPDK device and the port's address.
+type portSpec struct {
+	name   string
+	prefix netip.Prefix
+}
+
+func parsePort(s string) (portSpec, error) {
+	name, addr, _ := strings.Cut(s, "=")
+	pf, err := netip.ParsePrefix(addr)
+	if name == "" || err != nil || !pf.Addr().Is4() {
+		return portSpec{}, fmt.Errorf("--port %q: give NAME=A.B.C.D/LEN, the DPDK device and the port's IPv4 address (e.g. net_af_xdp0=198.18.0.1/24)", s)
+	}
+	return portSpec{name, pf}, nil
+}
+
+// Open starts the EAL, configures and starts the ports, and runs the
+// worker. Every failure names what to fix.
+func Open(opts backend.Options) (backend.Backend, error) {
+	if len(opts.Ports) == 0 {
+		return nil, errors.New("the dpdk backend needs --port NAME=A.B.C.D/LEN (one per DPDK port)")
+	}
+	if len(opts.EAL) == 0 {
+		return nil, errors.New(`the dpdk backend needs --eal "ARGS" (e.g. "-l 0 --no-huge --no-pci -m 512 --vdev=net_af_xdp0,iface=eth0")`)
+	}
+	if len(opts.Ifaces) > 0 {
+		return nil, errors.New("--iface is for the xdp backend: DPDK ports are given with --port")
+	}
+	var specs []portSpec
+	for _, s := range opts.Ports {
+		p, err := parsePort(s)
+		if err != nil {
+			return nil, err
+		}
+		specs = append(specs, p)
+	}
+	eal := append([]string(nil), opts.EAL...)
+	if !hasArg(eal, "--no-shconf") && !hasArg(eal, "--file-prefix") {
+		eal = append(eal, "--no-shconf") // no runtime files to leave behind
+	}
+	if !hasArg(eal, "--no-telemetry") {
+		eal = append(eal, "--no-telemetry")
+	}
+	if err := rte.Init(eal); err != nil {
+		hint := ""
+		if strings.Contains(err.Error(), "ermission") || strings.Contains(err.Error(), "hugepage") {
+			hint = " (without hugepages, add --no-huge -m 512 to --eal)"
+		}
+		return nil, fmt.Errorf("%w%s", err, hint)
+	}
+	b := &Backend{opts: opts, stop: make(chan struct{}), done: make(chan struct{})}
+	fail := func(err error) (backend.Backend, error) {
+		for _, p := range b.ports {
+			p.Stop()
+		}
+		rte.Cleanup()
+		return nil, err
+	}
+	var err error
+	if b.mp, err = rte.NewMempool("mbx", 16383); err != nil {
+		return fail(err)
+	}
+	var dports []datapath.Port
+	for _, s := range specs {
+		p, err := rte.PortByName(s.name)
+		if err != nil {
+			return fail(err)
+		}
+		if err := p.Setup(1, 1, 4096, b.mp); err != nil {
+			return fail(err)
+		}
+		b.ports = append(b.ports, p)
+		b.names = append(b.names, s.name)
+		mac, err := p.MAC()
+		if err != nil {
+			return fail(err)
+		}
+		dports = append(dports, datapath.Port{Name: s.name, MAC: mac, Prefixes: []netip.Prefix{s.prefix.Masked()},
+			Addrs: []netip.Addr{s.prefix.Addr()}})
+	}
+	if b.dp, err = datapath.New(dports, datapath.Options{ARP: true, Timeouts: opts.Timeouts, PortLo: opts.PortLo,
+		PortHi: opts.PortHi, HashSeed: opts.HashSeed, ConnMax: opts.ConnMax}); err != nil {
+		return fail(err)
+	}
+	b.w = NewWorker(b.ports, 0, b.dp, 32, b.mp)
+	go b.run()
+	return b, nil
+}
+
+func hasArg(args []string, name string) bool {
+	for _, a := range args {
+		if a == name || strings.HasPrefix(a, name+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// run polls on an OS thread of its own until Close. The control plane
+// takes the lock between rounds.
+func (b *Backend) run() {
+	runtime.LockOSThread()
+	defer close(b.done)
+	idle := 0
+	for {
+		select {
+		case <-b.stop:
+			return
+		default:
+		}
+		b.mu.Lock()
+		n := b.w.Poll()
+		b.mu.Unlock()
+		// A polling core spins; on a shared lab machine, yield when idle.
+		if n == 0 && idleSleep > 0 {
+			if idle++; idle > idleSpins {
+				time.Sleep(idleSleep)
+			}
+		} else {
+			idle = 0
+		}
+	}
+}
+
+// Apply is backend.Backend's: the datapath refuses, whole, what it does
+// not run yet.
+func (b *Backend) Apply(cfg *lb.Config) error {
+	for _, s := range cfg.Services {
+		for _, la := range s.LocalAddrs {
+			if la.Dev != "" && !containsName(b.names, la.Dev) {
+				return fmt.Errorf("service %s: LIP %s on %s: not a DPDK port of this mbx (%s)", s.Key, la.Addr, la.Dev, strings.Join(b.names, ", "))
+			}
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.dp.Apply(cfg)
+}
+
+func containsName(names []string, n string) bool {
+	for _, x := range names {
+		if x == n {
+			return true
+		}
+	}
+	return false
+}
+
+// Snapshot reads the datapath's counters, per real server and per service.
+func (b *Backend) Snapshot() (*backend.Snapshot, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := &backend.Snapshot{Services: map[lb.ServiceKey]backend.Counters{}, Reals: map[backend.RealRef]backend.RealStatus{},
+		Laddrs: map[backend.LaddrRef]backend.LaddrStatus{}, Datapath: b.dp.Counters(), Ifaces: map[string]backend.Verdicts{},
+		ConnsMax: b.opts.ConnMax, Entries: b.dp.Conns(), LocalPorts: int(b.opts.PortHi) - int(b.opts.PortLo) + 1}
+	b.dp.RealCounters(func(svc lb.ServiceKey, real netip.AddrPort, c backend.Counters) {
+		s.Reals[backend.RealRef{Service: svc, Real: real}] = backend.RealStatus{Counters: c}
+		sc := s.Services[svc]
+		sc.Add(c)
+		s.Services[svc] = sc
+	})
+	return s, nil
+}
+
+// Conns lists live connections.
+func (b *Backend) Conns(limit int) ([]backend.Conn, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []backend.Conn
+	b.dp.ConnList(limit, func(c backend.Conn) { out = append(out, c) })
+	return out, nil
+}
+
+// Close stops the worker and the ports and releases the EAL.
+func (b *Backend) Close() error {
+	select {
+	case <-b.stop:
+		return nil
+	default:
+	}
+	close(b.stop)
+	<-b.done
+	b.w.Close()
+	for i, p := range b.ports {
+		if st, err := p.Stats(); err == nil && b.opts.Logger != nil {
+			b.opts.Logger.Info("dpdk port", "port", b.names[i], "rx", st.InPackets, "tx", st.OutPackets,
+				"rx_missed", st.InMissed, "rx_errors", st.InErrors, "tx_errors", st.OutErrors, "rx_nombuf", st.NoMbuf)
+		}
+		p.Stop()
+		p.Close()
+	}
+	rte.Cleanup()
+	return nil
+}
+
+// Handover is refused: the DPDK backend's state lives in this process.
+func (b *Backend) Handover() error {
+	return errors.New("the dpdk backend cannot hand over to a new process: its connection table lives in this one (stop and start drops connections)")
+}
+
+// OwnsAddresses is backend.AddressOwner's: DPDK owns the ports, the
+// datapath answers ARP for VIPs and LIPs.
+func (b *Backend) OwnsAddresses() bool { return true }
+
+// Adopted is 0: nothing survives a restart.
+func (b *Backend) Adopted() int { return 0 }

@@ -1,0 +1,67 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// buildDPDK builds mbx with the dpdk backend (skips without libdpdk-dev).
+func buildDPDK(t *testing.T) string {
+	t.Helper()
+	if err := exec.Command("pkg-config", "--exists", "libdpdk").Run(); err != nil {
+		t.Skip("libdpdk-dev is not installed (scripts/setup.sh installs it)")
+	}
+	bin := filepath.Join(t.TempDir(), "mbx-dpdk")
+	if out, err := exec.Command("go", "build", "-tags", "dpdk", "-o", bin, "../cmd/mbx").CombinedOutput(); err != nil {
+		t.Fatalf("building mbx with dpdk: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// The foundation's two-arm Full-NAT test with `--backend dpdk`: DPDK owns
+// wan0 and lan0 through a vdev each (no hugepages), mbx answers ARP for
+// the VIP and the LIP and resolves the client and the real servers, and
+// curl and wrk go through the Go datapath. Not yet here: the sha256-checked
+// 20 MB download, which crawls at ~330 KB/s over these vdevs (the lan
+// port's AF_XDP socket misses packets: docs/dpdk.md).
+func TestDPDKFullNAT(t *testing.T) {
+	bin := buildDPDK(t)
+	for _, vdev := range []string{"net_af_xdp", "net_af_packet"} {
+		t.Run(vdev, func(t *testing.T) {
+			e, _ := twoArmNoDaemon(t)
+			for _, h := range []string{"client", "rs1", "rs2"} {
+				// af_packet's PMD sends what it is given; the peers must
+				// not hand it frames larger than its 2 KB buffers.
+				e.host(h, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off", "tx", "off")
+			}
+			eal := "-l 0 --no-huge --no-pci -m 512 --vdev=" + vdev + "0,iface=wan0 --vdev=" + vdev + "1,iface=lan0"
+			saved := mbxBin
+			mbxBin = bin
+			e.daemonEnv = append(e.daemonEnv, "MBX_DPDK_IDLE_SLEEP="+os.Getenv("MBX_DPDK_IDLE_SLEEP"))
+			e.startDaemon("--backend", "dpdk", "--eal", eal, "--conn-max", "65536",
+				"--port", vdev+"0=198.18.0.1/24", "--port", vdev+"1=198.18.1.1/24")
+			mbxBin = saved
+			e.ipvsadm(`
+				-A -t 198.18.0.100:80 -s rr
+				-a -t 198.18.0.100:80 -r 198.18.1.2 -b
+				-a -t 198.18.0.100:80 -r 198.18.1.3 -b
+				--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F ` + vdev + `1`)
+			out := e.curl("-H", "Connection: close", "http://"+vip+"/?[1-10]")
+			c := countFirstWords(out)
+			if c["rs1"] != 5 || c["rs2"] != 5 || !strings.Contains(out, "198.18.1.200:") {
+				t.Fatalf("rr through DPDK: %v, want 5/5 from the LIP:\n%s", c, out)
+			}
+			need(t, "wrk")
+			wout := e.host("client", "wrk", "-t1", "-c4", "-d3s", "http://"+vip+"/")
+			t.Logf("%s", wout)
+			wrkClean(t, wout)
+			stats := e.mustMbx("ipvsadm", "-ln", "--stats")
+			if !strings.Contains(stats, "198.18.1.2:80") || !strings.Contains(stats, "198.18.1.3:80") {
+				t.Errorf("ipvsadm -ln --stats:\n%s", stats)
+			}
+		})
+	}
+}
