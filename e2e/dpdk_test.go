@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // buildDPDK builds mbx with the dpdk backend (skips without libdpdk-dev).
@@ -61,6 +62,51 @@ func TestDPDKFullNAT(t *testing.T) {
 			stats := e.mustMbx("ipvsadm", "-ln", "--stats")
 			if !strings.Contains(stats, "198.18.1.2:80") || !strings.Contains(stats, "198.18.1.3:80") {
 				t.Errorf("ipvsadm -ln --stats:\n%s", stats)
+			}
+		})
+	}
+}
+
+// Bad input to the dpdk backend: one line naming the fix, no hang, nothing
+// left in /var/run/dpdk.
+func TestDPDKBadInput(t *testing.T) {
+	bin := buildDPDK(t)
+	dir := t.TempDir()
+	noHuge := "-l 0 --no-huge --no-pci -m 256 --vdev=net_null0"
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no port", []string{"--eal", noHuge}, "needs --port"},
+		{"no eal", []string{"--port", "net_null0=198.18.0.1/24"}, "needs --eal"},
+		{"bad port", []string{"--eal", noHuge, "--port", "net_null0"}, "give NAME=A.B.C.D/LEN"},
+		{"iface", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--iface", "lo"}, "given with --port"},
+		{"bad eal", []string{"--eal", "-l 0 --no-huge --bogus", "--port", "net_null0=198.18.0.1/24"}, "EAL initialisation"},
+		{"missing port", []string{"--eal", noHuge, "--port", "net_null7=198.18.0.1/24"}, "--vdev=net_null7"},
+		{"no hugepages", []string{"--eal", "-l 0 --no-pci -m 256", "--port", "net_null0=198.18.0.1/24"}, "--no-huge"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"run", "--backend", "dpdk", "--socket", filepath.Join(dir, "mbx.sock")}, c.args...)
+			cmd := exec.Command(bin, args...)
+			done := make(chan struct{})
+			var out []byte
+			var err error
+			go func() { out, err = cmd.CombinedOutput(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				cmd.Process.Kill()
+				t.Fatal("mbx run did not exit")
+			}
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			last := lines[len(lines)-1]
+			if err == nil || !strings.HasPrefix(last, "mbx: ") || !strings.Contains(last, c.want) {
+				t.Errorf("exit %v, last line %q; want an error with %q", err, last, c.want)
+			}
+			if _, err := os.Stat("/var/run/dpdk"); err == nil {
+				t.Errorf("/var/run/dpdk left behind")
+				os.RemoveAll("/var/run/dpdk")
 			}
 		})
 	}
