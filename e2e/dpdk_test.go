@@ -55,6 +55,12 @@ func TestDPDKFullNAT(t *testing.T) {
 			if c["rs1"] != 5 || c["rs2"] != 5 || !strings.Contains(out, "198.18.1.200:") {
 				t.Fatalf("rr through DPDK: %v, want 5/5 from the LIP:\n%s", c, out)
 			}
+			if os.Getenv("MBX_DPDK_DOWNLOAD") != "" { // a probe for the known slow transfer
+				got, _ := e.lab.Run("client", "bash", "-c", "curl -sS --max-time 15 -o /dev/null -w '%{size_download} %{speed_download}' http://"+vip+"/files/20M.bin")
+				e.stopDaemon()
+				l, _ := os.ReadFile(e.log)
+				t.Fatalf("download: %s\n%s", got, l)
+			}
 			need(t, "wrk")
 			wout := e.host("client", "wrk", "-t1", "-c4", "-d3s", "http://"+vip+"/")
 			t.Logf("%s", wout)

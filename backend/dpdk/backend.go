@@ -229,6 +229,9 @@ func (b *Backend) Close() error {
 	}
 	close(b.stop)
 	<-b.done
+	if b.opts.Logger != nil {
+		b.opts.Logger.Info("dpdk worker", "tx_dropped", b.w.TxDropped)
+	}
 	b.w.Close()
 	for i, p := range b.ports {
 		if st, err := p.Stats(); err == nil && b.opts.Logger != nil {

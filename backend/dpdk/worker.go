@@ -23,7 +23,9 @@ type Worker struct {
 	// during the call.
 	Passed func(port int, frame []byte)
 	swept  time.Time
-	mp     *rte.Mempool // for the datapath's own packets (ARP requests)
+	// TxDropped counts packets a port did not take (its tx ring full).
+	TxDropped uint64
+	mp        *rte.Mempool // for the datapath's own packets (ARP requests)
 	ctl    *rte.Burst
 	arp    [64]byte
 }
@@ -83,8 +85,8 @@ func (w *Worker) PollPort(in int) int {
 	}
 	w.rx.Free()
 	for out, b := range w.tx {
-		if b.Len() > 0 {
-			b.Tx(w.ports[out], w.queue)
+		if k := b.Len(); k > 0 {
+			w.TxDropped += uint64(k - b.Tx(w.ports[out], w.queue))
 		}
 	}
 	w.resolve()
