@@ -26,8 +26,8 @@ type Worker struct {
 	// TxDropped counts packets a port did not take (its tx ring full).
 	TxDropped uint64
 	mp        *rte.Mempool // for the datapath's own packets (ARP requests)
-	ctl    *rte.Burst
-	arp    [64]byte
+	ctl       *rte.Burst
+	arp       [64]byte
 }
 
 // NewWorker makes a worker for queue of ports, bursts of burst packets;
