@@ -27,6 +27,8 @@ type entry struct {
 	real         int
 	state        flow.State
 	reply        bool
+	mode         uint8 // modeFNAT, modeDR, modeNAT
+	single       bool  // no twin (DR: replies do not come back)
 	lastSeen     int64 // unix ns
 	twin         key
 	// The next hop, memoized while nhGen is the datapath's neighbour
@@ -35,6 +37,12 @@ type entry struct {
 	nhPort int
 	nhMAC  [6]byte
 }
+
+const (
+	modeFNAT = iota
+	modeDR
+	modeNAT
+)
 
 // conns is the connection table: entries in a slab (no allocation per
 // connection), found through a map from flow key to slab index.

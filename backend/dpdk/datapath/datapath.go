@@ -5,11 +5,11 @@
 // schedules from the tables lb computes for every backend, so a flow gets
 // the same real server, LIP and port on either backend.
 //
-// Built so far: Full-NAT for TCP and UDP over IPv4, with the IPVS TCP
-// state machine and timeouts, connected routes and static neighbours. Not
-// yet: DR, tunnel, NAT, SNAT, ICMP errors, fragments, the MTU check,
-// persistence, lc/wlc, ARP/ND resolution (docs/dpdk.md). Apply refuses a
-// configuration that needs them.
+// Built so far: Full-NAT, DR and NAT for TCP and UDP over IPv4, with the
+// IPVS TCP state machine and timeouts, connected routes, and ARP. Not yet:
+// tunnel, SNAT, ICMP errors, fragments, the MTU check, persistence,
+// lc/wlc, IPv6 (docs/dpdk.md). Apply refuses a configuration that needs
+// them.
 //
 // One Datapath serves one polling core; it is not safe for concurrent use.
 package datapath
@@ -77,6 +77,7 @@ type service struct {
 type real struct {
 	addr  netip.Addr
 	port  uint16
+	mode  lb.Forward
 	stats *backend.Counters // IPVS's per-real counters, kept across Apply
 }
 
@@ -100,6 +101,7 @@ type Datapath struct {
 	neigh    map[netip.Addr]neighbor
 	services map[svcKey]*service
 	local    map[netip.Addr]bool // VIPs and LIPs
+	natReals map[netip.Addr]bool // NAT real servers: their replies are addressed to clients
 	conns    *conns
 	counters []uint64
 	now      int64  // Unix ns, set per burst (Tick)
@@ -135,6 +137,8 @@ const (
 	cntPassFIB
 	cntDropFIB
 	cntEntryDeleted
+	cntDropTooBig
+	cntDropNoNeigh
 )
 
 // New makes a datapath for ports (indexed as Process's in and out).
@@ -182,6 +186,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 	services := map[svcKey]*service{}
 	local := map[netip.Addr]bool{}
 	stats := map[realRef]*backend.Counters{}
+	natReals := map[netip.Addr]bool{}
 	for _, s := range cfg.Services {
 		if s.Key.IsMatch() {
 			return fmt.Errorf("service %s: SNAT is not in the DPDK datapath yet", s.Key)
@@ -201,9 +206,18 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 		}
 		ns := &service{key: s.Key, pick: sch.Pick(), table: sch.Table(s.Reals, cfg.Maglev)}
 		for _, r := range s.Reals {
-			if r.Forward != lb.FullNAT {
-				return fmt.Errorf("service %s: real server %s: %s is not in the DPDK datapath yet (Full-NAT is)",
+			switch r.Forward {
+			case lb.FullNAT, lb.Masquerade:
+			case lb.DirectRoute:
+				if _, _, res := d.route(r.Addr); res == noRoute {
+					return fmt.Errorf("service %s: real server %s: DR needs it on a port's network", s.Key, r.AddrPort())
+				}
+			default:
+				return fmt.Errorf("service %s: real server %s: %s is not in the DPDK datapath yet (Full-NAT, DR and NAT are)",
 					s.Key, r.AddrPort(), r.Forward.ForwardName())
+			}
+			if r.Forward == lb.Masquerade {
+				natReals[r.Addr] = true
 			}
 			ref := realRef{s.Key, netip.AddrPortFrom(r.Addr, s.RealPort(r))}
 			st := d.realStats[ref]
@@ -211,7 +225,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 				st = &backend.Counters{}
 			}
 			stats[ref] = st
-			ns.reals = append(ns.reals, real{addr: r.Addr, port: s.RealPort(r), stats: st})
+			ns.reals = append(ns.reals, real{addr: r.Addr, port: s.RealPort(r), mode: r.Forward, stats: st})
 		}
 		for _, la := range s.LocalAddrs {
 			ns.laddrs = append(ns.laddrs, la.Addr)
@@ -226,7 +240,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 	if to := cfg.Timeouts.Effective(d.opts.Timeouts); to != d.opts.Timeouts {
 		d.opts.Timeouts = to
 	}
-	d.services, d.local, d.realStats = services, local, stats
+	d.services, d.local, d.realStats, d.natReals = services, local, stats, natReals
 	return nil
 }
 

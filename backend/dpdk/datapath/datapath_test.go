@@ -121,7 +121,7 @@ func TestSweep(t *testing.T) {
 func TestApplyRefuses(t *testing.T) {
 	d := fnatPair(t, fnatConfig)
 	for _, c := range []string{
-		"-A -t 198.18.0.100:81 -s rr\n-a -t 198.18.0.100:81 -r 198.18.1.2 -g",
+		"-A -t 198.18.0.100:81 -s rr\n-a -t 198.18.0.100:81 -r 198.18.1.2 -i",
 		"-A -t 198.18.0.100:81 -s wlc\n-a -t 198.18.0.100:81 -r 198.18.1.2 -b",
 		"-A -t 198.18.0.100:81 -s rr -p 60\n-a -t 198.18.0.100:81 -r 198.18.1.2 -b",
 	} {

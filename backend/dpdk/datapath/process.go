@@ -47,7 +47,7 @@ func (d *Datapath) Process(in int, frame []byte) (v Verdict, out int) {
 		d.counters[cntPassMalformed]++
 		return Pass, 0
 	}
-	if !d.local[p.Key.Dst] {
+	if !d.local[p.Key.Dst] && !d.natReals[p.Key.Src] {
 		d.counters[cntPassNotOurs]++
 		return Pass, 0
 	}
@@ -97,7 +97,7 @@ func (d *Datapath) alive(e *entry, k key, now int64) bool {
 	if !d.stale(e, now) {
 		return true
 	}
-	if t := d.conns.get(e.twin); t != nil && !d.stale(t, now) {
+	if t := d.conns.get(e.twin); !e.single && t != nil && !d.stale(t, now) {
 		e.lastSeen = t.lastSeen
 		return true
 	}
@@ -110,7 +110,7 @@ func (d *Datapath) stale(e *entry, now int64) bool {
 }
 
 func (d *Datapath) delete(e *entry, k key) {
-	if d.conns.del(e.twin) {
+	if !e.single && d.conns.del(e.twin) {
 		d.counters[cntEntryDeleted]++
 	}
 	if d.conns.del(k) {
@@ -132,7 +132,7 @@ func (d *Datapath) track(e *entry, p flow.Packet) {
 		return
 	}
 	e.state = next
-	if t := d.conns.get(e.twin); t != nil {
+	if t := d.conns.get(e.twin); !e.single && t != nil {
 		t.state = next
 	}
 }
@@ -155,16 +155,22 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 	}
 	ri := s.table[n%uint32(len(s.table))]
 	rs := s.reals[ri]
-	if len(s.laddrs) == 0 {
-		d.counters[cntDropNoLaddr]++
-		return nil, Drop
-	}
 	state := flow.StateUDP
 	if k.Proto == 6 {
 		state = d.fsm.Next(flow.DirInput, thSYN, flow.StateNone)
 	}
-	h := k.Hash(d.opts.HashSeed)
 	ck := keyOf(k)
+	switch rs.mode {
+	case lb.DirectRoute:
+		return d.newDirect(ck, s, ri, state, now), 0
+	case lb.Masquerade:
+		return d.newMasquerade(ck, s, ri, state, now)
+	}
+	if len(s.laddrs) == 0 {
+		d.counters[cntDropNoLaddr]++
+		return nil, Drop
+	}
+	h := k.Hash(d.opts.HashSeed)
 	for i := range portTries {
 		li, lport := flow.LocalCandidate(h, i, len(s.laddrs), d.opts.PortLo, d.opts.PortHi)
 		rk := key{rs.addr.As4(), s.laddrs[li].As4(), rs.port, lport, k.Proto}
@@ -202,6 +208,53 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 	return nil, Drop
 }
 
+// addOrReplace inserts k, replacing an entry already there (BPF_ANY).
+func (d *Datapath) addOrReplace(k key) *entry {
+	if e := d.conns.add(k); e != nil {
+		return e
+	}
+	d.conns.del(k)
+	return d.conns.add(k)
+}
+
+// newDirect is DR's one entry: the packet keeps its addresses, dst names
+// the real server (the next hop).
+func (d *Datapath) newDirect(ck key, s *service, ri int, state flow.State, now int64) *entry {
+	fe := d.addOrReplace(ck)
+	*fe = entry{src: ck.src, dst: s.reals[ri].addr.As4(), sport: ck.sport, dport: ck.dport, svc: s, real: ri,
+		state: state, mode: modeDR, single: true, lastSeen: now, twin: ck}
+	s.reals[ri].stats.Conns++
+	d.counters[cntConnNew]++
+	return fe
+}
+
+// newMasquerade is NAT's pair: the client's packets get the real server
+// as destination; the reply entry (RS -> client) restores the VIP.
+func (d *Datapath) newMasquerade(ck key, s *service, ri int, state flow.State, now int64) (*entry, Verdict) {
+	rs := s.reals[ri]
+	nk := key{rs.addr.As4(), ck.src, rs.port, ck.sport, ck.proto}
+	re := d.conns.add(nk)
+	if re == nil {
+		if old := d.conns.get(nk); old == nil || d.alive(old, nk, now) {
+			// Another service's connection from this client port to this
+			// real server: replies could not be told apart.
+			d.counters[cntDropNoPort]++
+			return nil, Drop
+		}
+		re = d.conns.add(nk)
+	}
+	*re = entry{src: ck.dst, dst: ck.src, sport: ck.dport, dport: ck.sport, svc: s, real: ri, state: state,
+		reply: true, mode: modeNAT, lastSeen: now, twin: ck}
+	re.setCsum(nk)
+	fe := d.addOrReplace(ck)
+	*fe = entry{src: ck.src, dst: nk.src, sport: ck.sport, dport: nk.sport, svc: s, real: ri, state: state,
+		mode: modeNAT, lastSeen: now, twin: nk}
+	fe.setCsum(ck)
+	rs.stats.Conns++
+	d.counters[cntConnNew]++
+	return fe, 0
+}
+
 // portTries bounds the LIP/port probes of a new connection (bpf/consts.h
 // PORT_TRIES).
 const portTries = 16
@@ -221,6 +274,9 @@ func (e *entry) setCsum(k key) {
 // (bpf/nat.h xmit_nat). A packet without a known next hop goes to the
 // kernel translated, as XDP's does.
 func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict, int) {
+	if e.mode == modeDR {
+		return d.xmitDirect(in, frame, e)
+	}
 	ip := frame[14:]
 	copy(ip[12:16], e.src[:])
 	copy(ip[16:20], e.dst[:])
@@ -252,6 +308,33 @@ func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict
 		}
 		e.nhGen, e.nhPort, e.nhMAC = d.gen, out, mac
 	}
+	return d.emit(in, frame, e)
+}
+
+// xmitDirect is DR: the MAC addresses only, toward the real server. With
+// no next hop the packet is dropped: it still carries the VIP, and the
+// kernel would deliver it locally (bpf/nat.h next_hop, direct).
+func (d *Datapath) xmitDirect(in int, frame []byte, e *entry) (Verdict, int) {
+	if e.nhGen != d.gen {
+		out, mac, r := d.route(netip.AddrFrom4(e.dst))
+		switch r {
+		case noRoute:
+			d.counters[cntDropFIB]++
+			return Drop, 0
+		case noNeighbor:
+			if d.opts.ARP {
+				d.wantNeighbor(out, netip.AddrFrom4(e.dst))
+			}
+			d.counters[cntDropNoNeigh]++
+			return Drop, 0
+		}
+		e.nhGen, e.nhPort, e.nhMAC = d.gen, out, mac
+	}
+	return d.emit(in, frame, e)
+}
+
+// emit sets the memoized next hop's MAC addresses and sends.
+func (d *Datapath) emit(in int, frame []byte, e *entry) (Verdict, int) {
 	out := e.nhPort
 	copy(frame[0:6], e.nhMAC[:])
 	copy(frame[6:12], d.macs[out][:])
