@@ -38,6 +38,11 @@ func TestDPDKFullNAT(t *testing.T) {
 				// not hand it frames larger than its 2 KB buffers.
 				e.host(h, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off", "tx", "off")
 			}
+			// The switch must not coalesce the real servers' segments (GRO)
+			// into frames larger than the vdev's 2 KB buffers either.
+			for _, p := range []string{"p0", "p1", "p2", "p3"} {
+				e.host("sw", "ethtool", "-K", p, "gro", "off", "tso", "off", "gso", "off", "tx", "off")
+			}
 			eal := "-l 0 --no-huge --no-pci -m 512 --vdev=" + vdev + "0,iface=wan0 --vdev=" + vdev + "1,iface=lan0"
 			saved := mbxBin
 			mbxBin = bin
@@ -56,7 +61,10 @@ func TestDPDKFullNAT(t *testing.T) {
 				t.Fatalf("rr through DPDK: %v, want 5/5 from the LIP:\n%s", c, out)
 			}
 			if os.Getenv("MBX_DPDK_DOWNLOAD") != "" { // a probe for the known slow transfer
-				got, _ := e.lab.Run("client", "bash", "-c", "curl -sS --max-time 15 -o /dev/null -w '%{size_download} %{speed_download}' http://"+vip+"/files/20M.bin")
+				got, _ := e.lab.Run("client", "bash", "-c", "curl -sS --max-time 15 -o /dev/null -w '%{size_download} %{speed_download}\n' http://"+vip+"/files/20M.bin; cat /proc/net/softnet_stat; ip -s link show eth0; nstat -az TcpRetransSegs TcpExtTCPTimeouts TcpExtTCPLossProbes TcpExtTCPSackRecovery 2>&1 | tail -5")
+				lbs, _ := e.lab.Run("lb", "bash", "-c", "ip -s link show wan0; ip -s link show lan0")
+				rss, _ := e.lab.Run("rs1", "bash", "-c", "nstat -az TcpRetransSegs TcpExtTCPTimeouts TcpExtTCPLossProbes TcpExtTCPSackRecovery TcpExtTCPSlowStartRetrans 2>&1 | tail -6; ss -ti | head -8")
+				got += lbs + rss
 				e.stopDaemon()
 				l, _ := os.ReadFile(e.log)
 				t.Fatalf("download: %s\n%s", got, l)

@@ -110,12 +110,17 @@ func Open(opts backend.Options) (backend.Backend, error) {
 		return fail(err)
 	}
 	var dports []datapath.Port
-	for _, s := range specs {
+	for i, s := range specs {
 		p, err := rte.PortByName(s.name)
 		if err != nil {
 			return fail(err)
 		}
-		if err := p.Setup(1, 1, 4096, b.mp); err != nil {
+		// A pool per port: an AF_XDP port's UMEM is its pool's memory.
+		pool, err := rte.NewMempool(fmt.Sprintf("mbx_rx%d", i), 16383)
+		if err != nil {
+			return fail(err)
+		}
+		if err := p.Setup(1, 1, 4096, pool); err != nil {
 			return fail(err)
 		}
 		b.ports = append(b.ports, p)
