@@ -207,10 +207,10 @@ func (b *Backend) Snapshot() (*backend.Snapshot, error) {
 	s := &backend.Snapshot{Services: map[lb.ServiceKey]backend.Counters{}, Reals: map[backend.RealRef]backend.RealStatus{},
 		Laddrs: map[backend.LaddrRef]backend.LaddrStatus{}, Datapath: b.dp.Counters(), Ifaces: map[string]backend.Verdicts{},
 		ConnsMax: b.opts.ConnMax, Entries: b.dp.Conns(), LocalPorts: int(b.opts.PortHi) - int(b.opts.PortLo) + 1}
-	b.dp.RealCounters(func(svc lb.ServiceKey, real netip.AddrPort, c backend.Counters) {
-		s.Reals[backend.RealRef{Service: svc, Real: real}] = backend.RealStatus{Counters: c}
+	b.dp.RealCounters(func(svc lb.ServiceKey, real netip.AddrPort, st backend.RealStatus) {
+		s.Reals[backend.RealRef{Service: svc, Real: real}] = st
 		sc := s.Services[svc]
-		sc.Add(c)
+		sc.Add(st.Counters)
 		s.Services[svc] = sc
 	})
 	return s, nil

@@ -5,10 +5,11 @@
 // schedules from the tables lb computes for every backend, so a flow gets
 // the same real server, LIP and port on either backend.
 //
-// Built so far: Full-NAT, DR and NAT for TCP and UDP over IPv4, with the
-// IPVS TCP state machine and timeouts, connected routes, and ARP. Not yet:
-// tunnel, SNAT, ICMP errors, fragments, the MTU check, persistence,
-// lc/wlc, IPv6 (docs/dpdk.md). Apply refuses a configuration that needs
+// Built so far: Full-NAT, DR and NAT for TCP and UDP over IPv4, every
+// scheduler (lc/wlc on exact per-real connection counts), persistence,
+// the IPVS TCP state machine and timeouts, connected routes, and ARP. Not
+// yet: tunnel, SNAT, ICMP errors, fragments, the MTU check, IPv6
+// (docs/dpdk.md). Apply refuses a configuration that needs
 // them.
 //
 // One Datapath serves one polling core; it is not safe for concurrent use.
@@ -66,19 +67,38 @@ type neighbor struct {
 }
 
 type service struct {
-	key    lb.ServiceKey
-	pick   lb.Pick
-	table  []int // indices into reals
-	reals  []real
-	laddrs []netip.Addr
-	rrPos  uint32
+	key     lb.ServiceKey
+	pick    lb.Pick
+	table   []int // indices into reals
+	reals   []real
+	laddrs  []netip.Addr
+	rrPos   uint32
+	persist int64 // ns a client keeps its real server (ipvsadm -p); 0: none
+}
+
+type persistKey struct {
+	svc    *service
+	client [4]byte
+}
+
+type persistEntry struct {
+	real     netip.AddrPort
+	lastSeen int64
 }
 
 type real struct {
-	addr  netip.Addr
-	port  uint16
-	mode  lb.Forward
-	stats *backend.Counters // IPVS's per-real counters, kept across Apply
+	addr   netip.Addr
+	port   uint16
+	mode   lb.Forward
+	weight int
+	stats  *realState // kept across Apply
+}
+
+// realState is a real server's IPVS counters and its connections by
+// kind (active: ESTABLISHED; inactive: the rest), which lc/wlc schedule on.
+type realState struct {
+	backend.Counters
+	active, inactive int64
 }
 
 type realRef struct {
@@ -111,7 +131,8 @@ type Datapath struct {
 	resolve    []resolveKey
 	resolveBuf []resolveKey
 	asked      map[resolveKey]int64
-	realStats  map[realRef]*backend.Counters
+	realStats  map[realRef]*realState
+	persist    map[persistKey]persistEntry
 }
 
 // Tick sets the datapath's clock: the polling loop calls it once per
@@ -158,7 +179,7 @@ func New(ports []Port, opts Options) (*Datapath, error) {
 	d := &Datapath{gen: 1, now: time.Now().UnixNano(), opts: opts, fsm: flow.IPVSFSM(), ports: ports, neigh: map[netip.Addr]neighbor{},
 		services: map[svcKey]*service{}, local: map[netip.Addr]bool{},
 		conns: newConns(2 * opts.ConnMax), counters: make([]uint64, len(backend.DatapathCounters)),
-		asked: map[resolveKey]int64{}}
+		asked: map[resolveKey]int64{}, persist: map[persistKey]persistEntry{}}
 	d.resolveBuf = make([]resolveKey, 0, 64)
 	d.resolve = d.resolveBuf
 	for _, p := range ports {
@@ -185,7 +206,7 @@ func (d *Datapath) SetNeighbor(port int, ip netip.Addr, mac net.HardwareAddr) er
 func (d *Datapath) Apply(cfg *lb.Config) error {
 	services := map[svcKey]*service{}
 	local := map[netip.Addr]bool{}
-	stats := map[realRef]*backend.Counters{}
+	stats := map[realRef]*realState{}
 	natReals := map[netip.Addr]bool{}
 	for _, s := range cfg.Services {
 		if s.Key.IsMatch() {
@@ -194,17 +215,11 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 		if !s.Key.Addr.Is4() {
 			return fmt.Errorf("service %s: IPv6 is not in the DPDK datapath yet", s.Key)
 		}
-		if s.Persistence != 0 {
-			return fmt.Errorf("service %s: persistence is not in the DPDK datapath yet", s.Key)
-		}
 		sch, ok := lb.LookupScheduler(s.Scheduler)
 		if !ok {
 			return fmt.Errorf("service %s: unknown scheduler %q", s.Key, s.Scheduler)
 		}
-		if p := sch.Pick(); p == lb.PickLeast || p == lb.PickLeastWeighted {
-			return fmt.Errorf("service %s: scheduler %s is not in the DPDK datapath yet", s.Key, s.Scheduler)
-		}
-		ns := &service{key: s.Key, pick: sch.Pick(), table: sch.Table(s.Reals, cfg.Maglev)}
+		ns := &service{key: s.Key, pick: sch.Pick(), table: sch.Table(s.Reals, cfg.Maglev), persist: int64(s.Persistence) * 1e9}
 		for _, r := range s.Reals {
 			switch r.Forward {
 			case lb.FullNAT, lb.Masquerade:
@@ -222,10 +237,10 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 			ref := realRef{s.Key, netip.AddrPortFrom(r.Addr, s.RealPort(r))}
 			st := d.realStats[ref]
 			if st == nil {
-				st = &backend.Counters{}
+				st = &realState{}
 			}
 			stats[ref] = st
-			ns.reals = append(ns.reals, real{addr: r.Addr, port: s.RealPort(r), mode: r.Forward, stats: st})
+			ns.reals = append(ns.reals, real{addr: r.Addr, port: s.RealPort(r), mode: r.Forward, weight: r.Weight, stats: st})
 		}
 		for _, la := range s.LocalAddrs {
 			ns.laddrs = append(ns.laddrs, la.Addr)
@@ -257,11 +272,12 @@ func (d *Datapath) Counters() map[string]uint64 {
 // Full-NAT connection).
 func (d *Datapath) Conns() int { return d.conns.len() }
 
-// RealCounters calls fn with each real server's counters.
-func (d *Datapath) RealCounters(fn func(svc lb.ServiceKey, real netip.AddrPort, c backend.Counters)) {
+// RealCounters calls fn with each real server's counters and connections.
+func (d *Datapath) RealCounters(fn func(svc lb.ServiceKey, real netip.AddrPort, st backend.RealStatus)) {
 	for _, s := range d.services {
 		for _, r := range s.reals {
-			fn(s.key, netip.AddrPortFrom(r.addr, r.port), *r.stats)
+			fn(s.key, netip.AddrPortFrom(r.addr, r.port), backend.RealStatus{Counters: r.stats.Counters,
+				Active: uint64(max(r.stats.active, 0)), Inactive: uint64(max(r.stats.inactive, 0))})
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/cli/ipvsadm"
 	"github.com/mbx-net/mbx/lb"
 )
@@ -122,8 +123,7 @@ func TestApplyRefuses(t *testing.T) {
 	d := fnatPair(t, fnatConfig)
 	for _, c := range []string{
 		"-A -t 198.18.0.100:81 -s rr\n-a -t 198.18.0.100:81 -r 198.18.1.2 -i",
-		"-A -t 198.18.0.100:81 -s wlc\n-a -t 198.18.0.100:81 -r 198.18.1.2 -b",
-		"-A -t 198.18.0.100:81 -s rr -p 60\n-a -t 198.18.0.100:81 -r 198.18.1.2 -b",
+		"-A -t 198.18.0.100:81 -s rr\n-a -t 198.18.0.100:81 -r 198.18.9.9 -g", // DR to a real server on no port's network
 	} {
 		ops, err := ipvsadm.ParseLines(fnatConfig + c)
 		if err != nil {
@@ -258,5 +258,60 @@ func TestARP(t *testing.T) {
 	d.Process(1, arpFrame(2, "02:00:00:00:02:02", "198.18.1.2", "198.18.1.1"))
 	if v, _ := d.Process(0, segment("198.18.0.2", "198.18.0.100", 50000, 80, false)); v != Redirect {
 		t.Errorf("after the ARP replies: %s", v)
+	}
+}
+
+// lc sends each new connection to the real server with the fewest
+// (established count 256 times an inactive one); wlc divides by weight;
+// the counts follow state changes and deletions.
+func TestLeastConnection(t *testing.T) {
+	d := fnatPair(t, `
+-A -t 198.18.0.100:80 -s wlc
+-a -t 198.18.0.100:80 -r 198.18.1.2 -b -w 3
+-a -t 198.18.0.100:80 -r 198.18.1.3 -b -w 1
+--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0
+`)
+	d.Tick(time.Now())
+	for port := range uint16(8) {
+		if v, _ := d.Process(0, segment("198.18.0.2", "198.18.0.100", 30000+port, 80, true)); v != Redirect {
+			t.Fatalf("SYN %d: %s", port, v)
+		}
+	}
+	got := map[string]backend.RealStatus{}
+	d.RealCounters(func(_ lb.ServiceKey, r netip.AddrPort, st backend.RealStatus) { got[r.Addr().String()] = st })
+	if got["198.18.1.2"].Conns != 6 || got["198.18.1.3"].Conns != 2 {
+		t.Errorf("wlc 3:1 over 8 connections: %+v", got)
+	}
+	if got["198.18.1.2"].Inactive != 6 || got["198.18.1.2"].Active != 0 {
+		t.Errorf("new connections should be inactive: %+v", got["198.18.1.2"])
+	}
+	d.Tick(time.Now().Add(time.Hour))
+	d.Sweep()
+	got = map[string]backend.RealStatus{}
+	d.RealCounters(func(_ lb.ServiceKey, r netip.AddrPort, st backend.RealStatus) { got[r.Addr().String()] = st })
+	if got["198.18.1.2"].Inactive != 0 || got["198.18.1.3"].Inactive != 0 {
+		t.Errorf("after expiry: %+v", got)
+	}
+}
+
+// With -p, a client's new connections keep its real server.
+func TestPersistence(t *testing.T) {
+	d := fnatPair(t, `
+-A -t 198.18.0.100:80 -s rr -p 60
+-a -t 198.18.0.100:80 -r 198.18.1.2 -b
+-a -t 198.18.0.100:80 -r 198.18.1.3 -b
+--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0
+`)
+	d.Tick(time.Now())
+	seen := map[byte]bool{}
+	for port := range uint16(6) {
+		f := segment("198.18.0.2", "198.18.0.100", 31000+port, 80, true)
+		if v, _ := d.Process(0, f); v != Redirect {
+			t.Fatalf("SYN %d: %s", port, v)
+		}
+		seen[f[33]] = true // the real server's last address byte
+	}
+	if len(seen) != 1 {
+		t.Errorf("one client went to %d real servers under persistence", len(seen))
 	}
 }

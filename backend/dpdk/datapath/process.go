@@ -110,6 +110,7 @@ func (d *Datapath) stale(e *entry, now int64) bool {
 }
 
 func (d *Datapath) delete(e *entry, k key) {
+	countState(e.svc.reals[e.real].stats, e.state, flow.StateNone)
 	if !e.single && d.conns.del(e.twin) {
 		d.counters[cntEntryDeleted]++
 	}
@@ -131,6 +132,7 @@ func (d *Datapath) track(e *entry, p flow.Packet) {
 	if next == e.state {
 		return
 	}
+	countState(e.svc.reals[e.real].stats, e.state, next)
 	e.state = next
 	if t := d.conns.get(e.twin); !e.single && t != nil {
 		t.state = next
@@ -145,16 +147,36 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 		d.counters[cntDropNoReal]++
 		return nil, Drop
 	}
-	var n uint32
-	switch s.pick {
-	case lb.PickRoundRobin:
-		n = s.rrPos
-		s.rrPos++
-	default:
-		n = k.SchedHash(int(s.pick), d.opts.HashSeed)
+	ri := -1
+	pk := persistKey{s, k.Src.As4()}
+	if s.persist > 0 {
+		// A client seen within the persistence timeout keeps its real
+		// server while that real server is still in the service.
+		if pe, ok := d.persist[pk]; ok && now-pe.lastSeen < s.persist {
+			for i, r := range s.reals {
+				if netip.AddrPortFrom(r.addr, r.port) == pe.real {
+					ri = i
+				}
+			}
+		}
 	}
-	ri := s.table[n%uint32(len(s.table))]
+	if ri < 0 {
+		var n uint32
+		switch s.pick {
+		case lb.PickRoundRobin:
+			n = s.rrPos
+			s.rrPos++
+		case lb.PickLeast, lb.PickLeastWeighted:
+			n = d.pickLeast(s)
+		default:
+			n = k.SchedHash(int(s.pick), d.opts.HashSeed)
+		}
+		ri = s.table[n%uint32(len(s.table))]
+	}
 	rs := s.reals[ri]
+	if s.persist > 0 {
+		d.persist[pk] = persistEntry{netip.AddrPortFrom(rs.addr, rs.port), now}
+	}
 	state := flow.StateUDP
 	if k.Proto == 6 {
 		state = d.fsm.Next(flow.DirInput, thSYN, flow.StateNone)
@@ -201,6 +223,7 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 			state: state, lastSeen: now, twin: rk}
 		fe.setCsum(ck)
 		s.reals[ri].stats.Conns++
+		countState(s.reals[ri].stats, flow.StateNone, state)
 		d.counters[cntConnNew]++
 		return fe, 0
 	}
@@ -224,6 +247,7 @@ func (d *Datapath) newDirect(ck key, s *service, ri int, state flow.State, now i
 	*fe = entry{src: ck.src, dst: s.reals[ri].addr.As4(), sport: ck.sport, dport: ck.dport, svc: s, real: ri,
 		state: state, mode: modeDR, single: true, lastSeen: now, twin: ck}
 	s.reals[ri].stats.Conns++
+	countState(s.reals[ri].stats, flow.StateNone, state)
 	d.counters[cntConnNew]++
 	return fe
 }
@@ -251,6 +275,7 @@ func (d *Datapath) newMasquerade(ck key, s *service, ri int, state flow.State, n
 		mode: modeNAT, lastSeen: now, twin: nk}
 	fe.setCsum(ck)
 	rs.stats.Conns++
+	countState(rs.stats, flow.StateNone, state)
 	d.counters[cntConnNew]++
 	return fe, 0
 }
@@ -386,6 +411,11 @@ func (d *Datapath) Sweep() int {
 			d.alive(e, k, d.now)
 		}
 	}
+	for k, pe := range d.persist {
+		if d.now-pe.lastSeen >= k.svc.persist {
+			delete(d.persist, k)
+		}
+	}
 	return n - d.conns.len()
 }
 
@@ -399,5 +429,46 @@ func (d *Datapath) account(e *entry, ipLen int) {
 	} else {
 		st.InPkts++
 		st.InBytes += uint64(ipLen)
+	}
+}
+
+// pickLeast is lc/wlc (bpf/mbx.c pick_least): the table position of the
+// real server with the least IPVS overhead (active * 256 + inactive), per
+// weight for wlc; ties go to the first.
+func (d *Datapath) pickLeast(s *service) uint32 {
+	best, bestOv, bestW := 0, int64(-1), int64(1)
+	for i, ri := range s.table {
+		r := s.reals[ri]
+		ov := r.stats.active<<8 + r.stats.inactive
+		w := int64(1)
+		if s.pick == lb.PickLeastWeighted {
+			if w = int64(r.weight); w == 0 {
+				continue
+			}
+		}
+		if bestOv < 0 || ov*bestW < bestOv*w {
+			best, bestOv, bestW = i, ov, w
+		}
+	}
+	return uint32(best)
+}
+
+// countState moves a connection between its real server's active and
+// inactive counts as its state goes from old to next (flow.StateNone:
+// none, for a new or deleted connection).
+func countState(st *realState, old, next flow.State) {
+	if old != flow.StateNone {
+		if old == flow.StateEstablished {
+			st.active--
+		} else {
+			st.inactive--
+		}
+	}
+	if next != flow.StateNone {
+		if next == flow.StateEstablished {
+			st.active++
+		} else {
+			st.inactive++
+		}
 	}
 }
