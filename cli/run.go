@@ -91,6 +91,9 @@ func runCommand() *ucli.Command {
 				return err
 			}
 			defer mon.close()
+			if mon != nil && c.String("backend") == "dpdk" {
+				mon.goTracker = true
+			}
 			if c.Int("conn-max") < 1 {
 				return fmt.Errorf("--conn-max must be positive")
 			}

@@ -23,6 +23,10 @@ type liveMonitor struct {
 	opts       backend.MonitorOptions
 	log        *os.File
 	traceConns float64
+	// goTracker: the backend tracks with the Go tracker (dpdk), which then
+	// applies the stream filter itself; its ports are not attached like
+	// interfaces.
+	goTracker bool
 }
 
 func parseLiveMonitor(c *ucli.Context) (*liveMonitor, error) {
@@ -101,7 +105,7 @@ func parseInlinePairs(vals []string) ([][2]string, error) {
 
 // withIfaces adds the monitor's interfaces to those mbx attaches to.
 func (lm *liveMonitor) withIfaces(ifaces []string) []string {
-	if lm == nil {
+	if lm == nil || lm.goTracker {
 		return ifaces
 	}
 	out := append([]string(nil), ifaces...)
@@ -121,7 +125,7 @@ func (lm *liveMonitor) withIfaces(ifaces []string) []string {
 // events are written as JSON Lines (mbx monitor --events' format).
 func (lm *liveMonitor) start(d *control.Daemon) error {
 	opts := monitor.Options{NoBuffer: true}
-	if f := lm.opts.Filter; f != nil && len(lm.opts.Inline) > 0 {
+	if f := lm.opts.Filter; f != nil && (len(lm.opts.Inline) > 0 || lm.goTracker) {
 		// Inline, the Go tracker sees the filtered connections' packets
 		// themselves; the filter also judges a SYN that reuses ports.
 		opts.Filter = func(p *monitor.Packet) bool { ok, _ := f.Match(p.Frame); return ok }

@@ -47,8 +47,10 @@ func TestDPDKFullNAT(t *testing.T) {
 			saved := mbxBin
 			mbxBin = bin
 			e.daemonEnv = append(e.daemonEnv, "MBX_DPDK_IDLE_SLEEP="+os.Getenv("MBX_DPDK_IDLE_SLEEP"))
+			monLog := filepath.Join(e.dir, "events.jsonl")
 			e.startDaemon("--backend", "dpdk", "--eal", eal, "--conn-max", "65536",
-				"--port", vdev+"0=198.18.0.1/24", "--port", vdev+"1=198.18.1.1/24")
+				"--port", vdev+"0=198.18.0.1/24", "--port", vdev+"1=198.18.1.1/24",
+				"--monitor", vdev+"0", "--monitor-filter", "tcp port 80", "--monitor-log", monLog)
 			mbxBin = saved
 			e.ipvsadm(`
 				-A -t 198.18.0.100:80 -s rr
@@ -59,6 +61,20 @@ func TestDPDKFullNAT(t *testing.T) {
 			c := countFirstWords(out)
 			if c["rs1"] != 5 || c["rs2"] != 5 || !strings.Contains(out, "198.18.1.200:") {
 				t.Fatalf("rr through DPDK: %v, want 5/5 from the LIP:\n%s", c, out)
+			}
+			// The stream monitor (the Go tracker) on the client-side port saw
+			// each connection from start to end, both sides' states.
+			lives := waitAllEnded(t, monLog)
+			if len(lives) != 10 {
+				t.Errorf("the monitor logged %d connections for 10 requests", len(lives))
+			}
+			for id, l := range lives {
+				if l.server != vip+":80" || l.endReason != "fin" {
+					t.Errorf("conn %d: %+v", id, *l)
+				}
+			}
+			if st := e.mustMbx("stat", "--once"); !strings.Contains(st, "10 connections tracked") {
+				t.Errorf("mbx stat:\n%s", st)
 			}
 			if os.Getenv("MBX_DPDK_DOWNLOAD") != "" { // a probe for the known slow transfer
 				got, _ := e.lab.Run("client", "bash", "-c", "curl -sS --max-time 15 -o /dev/null -w '%{size_download} %{speed_download}\n' http://"+vip+"/files/20M.bin; cat /proc/net/softnet_stat; ip -s link show eth0; nstat -az TcpRetransSegs TcpExtTCPTimeouts TcpExtTCPLossProbes TcpExtTCPSackRecovery 2>&1 | tail -5")

@@ -22,7 +22,12 @@ type Worker struct {
 	// exception path); nil: such packets are freed. frame is valid only
 	// during the call.
 	Passed func(port int, frame []byte)
-	swept  time.Time
+	// Observe, when set, sees every packet on a port's wire, both ways:
+	// received (before the datapath) and sent (after it), with the round's
+	// time. The stream monitor uses it.
+	Observe func(port int, frame []byte, now time.Time)
+	now     time.Time
+	swept   time.Time
 	// TxDropped counts packets a port did not take (its tx ring full).
 	TxDropped uint64
 	mp        *rte.Mempool // for the datapath's own packets (ARP requests)
@@ -52,6 +57,7 @@ func (w *Worker) Close() {
 // Poll runs one round over every port; it returns the packets received.
 func (w *Worker) Poll() int {
 	now := time.Now()
+	w.now = now
 	w.dp.Tick(now)
 	if now.Sub(w.swept) >= time.Second {
 		w.swept = now
@@ -68,9 +74,15 @@ func (w *Worker) Poll() int {
 func (w *Worker) PollPort(in int) int {
 	n := w.rx.Rx(w.ports[in], w.queue)
 	for i := range n {
+		if w.Observe != nil {
+			w.Observe(in, w.rx.Data(i), w.now)
+		}
 		v, out := w.dp.Process(in, w.rx.Data(i))
 		switch v {
 		case datapath.Tx, datapath.Redirect:
+			if w.Observe != nil {
+				w.Observe(out, w.rx.Data(i), w.now)
+			}
 			// The output bursts are as large as the input one and are
 			// sent below: Move cannot find them full.
 			w.rx.Move(i, w.tx[out])
