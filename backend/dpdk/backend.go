@@ -133,7 +133,7 @@ func Open(opts backend.Options) (backend.Backend, error) {
 			Addrs: []netip.Addr{s.prefix.Addr()}})
 	}
 	if b.dp, err = datapath.New(dports, datapath.Options{ARP: true, Timeouts: opts.Timeouts, PortLo: opts.PortLo,
-		PortHi: opts.PortHi, HashSeed: opts.HashSeed, ConnMax: opts.ConnMax}); err != nil {
+		PortHi: opts.PortHi, HashSeed: opts.HashSeed, ConnMax: opts.ConnMax, TunnelSrc: opts.TunnelSrc}); err != nil {
 		return fail(err)
 	}
 	b.w = NewWorker(b.ports, 0, b.dp, 32, b.mp)

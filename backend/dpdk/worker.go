@@ -77,7 +77,11 @@ func (w *Worker) PollPort(in int) int {
 		if w.Observe != nil {
 			w.Observe(in, w.rx.Data(i), w.now)
 		}
-		v, out := w.dp.Process(in, w.rx.Data(i))
+		room, off := w.rx.Room(i)
+		v, out, noff, nlen := w.dp.ProcessAt(in, room, off, len(w.rx.Data(i)))
+		if noff != off || nlen != len(w.rx.Data(i)) {
+			w.rx.SetView(i, noff, nlen) // within room: cannot fail
+		}
 		switch v {
 		case datapath.Tx, datapath.Redirect:
 			if w.Observe != nil {

@@ -27,7 +27,7 @@ type entry struct {
 	real         int
 	state        flow.State
 	reply        bool
-	mode         uint8 // modeFNAT, modeDR, modeNAT
+	mode         uint8 // modeFNAT, modeDR, modeNAT, modeTUN
 	single       bool  // no twin (DR: replies do not come back)
 	lastSeen     int64 // unix ns
 	twin         key
@@ -42,6 +42,7 @@ const (
 	modeFNAT = iota
 	modeDR
 	modeNAT
+	modeTUN
 )
 
 // conns is the connection table: entries in a slab (no allocation per

@@ -5,7 +5,8 @@
 // schedules from the tables lb computes for every backend, so a flow gets
 // the same real server, LIP and port on either backend.
 //
-// Built so far: Full-NAT, DR and NAT for TCP and UDP over IPv4, every
+// Built so far: Full-NAT, DR, IP-in-IP tunnel and NAT for TCP and UDP
+// over IPv4, every
 // scheduler (lc/wlc on exact per-real connection counts), persistence,
 // the IPVS TCP state machine and timeouts, connected routes, and ARP. Not
 // yet: tunnel, SNAT, ICMP errors, fragments, the MTU check, IPv6
@@ -59,6 +60,9 @@ type Options struct {
 	// next hops itself (arp.go): on for DPDK, which owns its ports. Off,
 	// ARP goes to the kernel as with XDP (the vector files' semantics).
 	ARP bool
+	// TunnelSrc, when set, gives tunnel outer sources: one address of it
+	// per flow (receivers' RSS spreads flows); unset: the egress port's.
+	TunnelSrc netip.Prefix
 }
 
 type neighbor struct {
@@ -132,7 +136,28 @@ type Datapath struct {
 	resolveBuf []resolveKey
 	asked      map[resolveKey]int64
 	realStats  map[realRef]*realState
-	persist    map[persistKey]persistEntry
+	routes     []staticRoute
+	// The frame being processed and its room (ProcessAt): the tunnel grows
+	// it at the front.
+	buf     []byte
+	off, n  int
+	persist map[persistKey]persistEntry
+}
+
+type staticRoute struct {
+	dst netip.Prefix
+	via netip.Addr
+}
+
+// AddRoute adds a static route: dst through the gateway via, which must be
+// on a port's network.
+func (d *Datapath) AddRoute(dst netip.Prefix, via netip.Addr) error {
+	if _, ok := d.connected(via); !ok || !dst.Addr().Is4() {
+		return fmt.Errorf("route %s via %s: the gateway is on no port's network", dst, via)
+	}
+	d.routes = append(d.routes, staticRoute{dst.Masked(), via})
+	d.gen++
+	return nil
 }
 
 // Tick sets the datapath's clock: the polling loop calls it once per
@@ -224,8 +249,12 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 			switch r.Forward {
 			case lb.FullNAT, lb.Masquerade:
 			case lb.DirectRoute:
-				if _, _, res := d.route(r.Addr); res == noRoute {
+				if _, ok := d.connected(r.Addr); !ok {
 					return fmt.Errorf("service %s: real server %s: DR needs it on a port's network", s.Key, r.AddrPort())
+				}
+			case lb.Tunnel:
+				if _, _, res := d.route(r.Addr); res == noRoute {
+					return fmt.Errorf("service %s: real server %s: no route for the tunnel", s.Key, r.AddrPort())
 				}
 			default:
 				return fmt.Errorf("service %s: real server %s: %s is not in the DPDK datapath yet (Full-NAT, DR and NAT are)",

@@ -122,7 +122,7 @@ func TestSweep(t *testing.T) {
 func TestApplyRefuses(t *testing.T) {
 	d := fnatPair(t, fnatConfig)
 	for _, c := range []string{
-		"-A -t 198.18.0.100:81 -s rr\n-a -t 198.18.0.100:81 -r 198.18.1.2 -i",
+		"-A -t 198.18.0.100:81 -s rr\n-a -t 198.18.0.100:81 -r 198.19.9.9 -i", // a tunnel with no route
 		"-A -t 198.18.0.100:81 -s rr\n-a -t 198.18.0.100:81 -r 198.18.9.9 -g", // DR to a real server on no port's network
 	} {
 		ops, err := ipvsadm.ParseLines(fnatConfig + c)

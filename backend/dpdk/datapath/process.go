@@ -16,8 +16,26 @@ const (
 
 // Process runs one frame received on port in through the datapath,
 // rewriting it in place, and says where it goes (out: the port, for Tx and
-// Redirect). The order of decisions is bpf/mbx.c's process().
+// Redirect). With no room before the frame, a tunnel packet cannot get its
+// outer header and is dropped (drop_fib), as XDP's when adjust_head fails.
 func (d *Datapath) Process(in int, frame []byte) (v Verdict, out int) {
+	v, out, _, _ = d.ProcessAt(in, frame, 0, len(frame))
+	return v, out
+}
+
+// ProcessAt runs the frame buf[off:off+n]; a tunnel packet grows at the
+// front into buf[:off] (an outer IPv4 header) and loses Ethernet padding:
+// the result is buf[newOff:newOff+newN].
+func (d *Datapath) ProcessAt(in int, buf []byte, off, n int) (v Verdict, out, newOff, newN int) {
+	d.buf, d.off, d.n = buf, off, n
+	v, out = d.process(in, buf[off:off+n])
+	newOff, newN = d.off, d.n
+	d.buf = nil
+	return v, out, newOff, newN
+}
+
+// process is bpf/mbx.c's process(), in its order of decisions.
+func (d *Datapath) process(in int, frame []byte) (v Verdict, out int) {
 	d.counters[cntRx]++
 	if d.opts.ARP && len(frame) >= 14 && binary.BigEndian.Uint16(frame[12:]) == etherTypeARP {
 		return d.handleARP(in, frame)
@@ -183,7 +201,7 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 	}
 	ck := keyOf(k)
 	switch rs.mode {
-	case lb.DirectRoute:
+	case lb.DirectRoute, lb.Tunnel:
 		return d.newDirect(ck, s, ri, state, now), 0
 	case lb.Masquerade:
 		return d.newMasquerade(ck, s, ri, state, now)
@@ -240,12 +258,17 @@ func (d *Datapath) addOrReplace(k key) *entry {
 	return d.conns.add(k)
 }
 
-// newDirect is DR's one entry: the packet keeps its addresses, dst names
-// the real server (the next hop).
+// newDirect is DR's and the tunnel's one entry: the packet keeps its
+// addresses, dst names the real server (the next hop, or the outer
+// destination).
 func (d *Datapath) newDirect(ck key, s *service, ri int, state flow.State, now int64) *entry {
 	fe := d.addOrReplace(ck)
+	mode := uint8(modeDR)
+	if s.reals[ri].mode == lb.Tunnel {
+		mode = modeTUN
+	}
 	*fe = entry{src: ck.src, dst: s.reals[ri].addr.As4(), sport: ck.sport, dport: ck.dport, svc: s, real: ri,
-		state: state, mode: modeDR, single: true, lastSeen: now, twin: ck}
+		state: state, mode: mode, single: true, lastSeen: now, twin: ck}
 	s.reals[ri].stats.Conns++
 	countState(s.reals[ri].stats, flow.StateNone, state)
 	d.counters[cntConnNew]++
@@ -299,8 +322,11 @@ func (e *entry) setCsum(k key) {
 // (bpf/nat.h xmit_nat). A packet without a known next hop goes to the
 // kernel translated, as XDP's does.
 func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict, int) {
-	if e.mode == modeDR {
+	switch e.mode {
+	case modeDR:
 		return d.xmitDirect(in, frame, e)
+	case modeTUN:
+		return d.xmitTunnel(in, frame, p, e)
 	}
 	ip := frame[14:]
 	copy(ip[12:16], e.src[:])
@@ -326,7 +352,7 @@ func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict
 			return Pass, 0
 		case noNeighbor:
 			if d.opts.ARP {
-				d.wantNeighbor(out, netip.AddrFrom4(e.dst))
+				d.wantNeighbor(out, d.nextHop(netip.AddrFrom4(e.dst)))
 			}
 			d.counters[cntPassNoNeigh]++
 			return Pass, 0
@@ -340,22 +366,77 @@ func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict
 // no next hop the packet is dropped: it still carries the VIP, and the
 // kernel would deliver it locally (bpf/nat.h next_hop, direct).
 func (d *Datapath) xmitDirect(in int, frame []byte, e *entry) (Verdict, int) {
+	if v, ok := d.directHop(e); !ok {
+		return v, 0
+	}
+	return d.emit(in, frame, e)
+}
+
+// directHop memoizes the next hop toward a direct entry's real server;
+// without one the packet is dropped.
+func (d *Datapath) directHop(e *entry) (Verdict, bool) {
 	if e.nhGen != d.gen {
 		out, mac, r := d.route(netip.AddrFrom4(e.dst))
 		switch r {
 		case noRoute:
 			d.counters[cntDropFIB]++
-			return Drop, 0
+			return Drop, false
 		case noNeighbor:
 			if d.opts.ARP {
-				d.wantNeighbor(out, netip.AddrFrom4(e.dst))
+				d.wantNeighbor(out, d.nextHop(netip.AddrFrom4(e.dst)))
 			}
 			d.counters[cntDropNoNeigh]++
-			return Drop, 0
+			return Drop, false
 		}
 		e.nhGen, e.nhPort, e.nhMAC = d.gen, out, mac
 	}
-	return d.emit(in, frame, e)
+	return 0, true
+}
+
+// xmitTunnel is IP-in-IP (bpf/nat.h xmit_tunnel): the client's packet,
+// unchanged, inside an outer header from the egress port's address (or one
+// of TunnelSrc's, by flow hash) to the real server. The Ethernet header
+// moves 20 bytes to the front; padding after the inner packet is cut.
+func (d *Datapath) xmitTunnel(in int, frame []byte, p *flow.Packet, e *entry) (Verdict, int) {
+	if v, ok := d.directHop(e); !ok {
+		return v, 0
+	}
+	if d.off < 20 {
+		d.counters[cntDropFIB]++
+		return Drop, 0
+	}
+	inner := p.IPLen
+	var src [4]byte
+	if pf := d.opts.TunnelSrc; pf.IsValid() {
+		base := binary.BigEndian.Uint32(pf.Masked().Addr().AsSlice())
+		mask := ^uint32(0) << (32 - pf.Bits())
+		binary.BigEndian.PutUint32(src[:], base|(p.Key.Hash(d.opts.HashSeed)&^mask))
+	} else if a := d.ports[e.nhPort].Addrs; len(a) > 0 {
+		src = a[0].As4()
+	}
+	tos := frame[15]
+	d.off -= 20
+	d.n = 14 + 20 + inner
+	f := d.buf[d.off : d.off+d.n]
+	binary.BigEndian.PutUint16(f[12:], 0x0800)
+	o := f[14:34]
+	o[0], o[1] = 0x45, tos
+	binary.BigEndian.PutUint16(o[2:], uint16(inner+20))
+	clear(o[4:8]) // id, no fragment flags
+	o[8], o[9] = 64, 4
+	clear(o[10:12])
+	copy(o[12:16], src[:])
+	copy(o[16:20], e.dst[:])
+	binary.BigEndian.PutUint16(o[10:], ^fold(sumWords(o)))
+	return d.emit(in, f, e)
+}
+
+func sumWords(b []byte) uint32 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	return s
 }
 
 // emit sets the memoized next hop's MAC addresses and sends.
@@ -379,9 +460,28 @@ const (
 	noNeighbor
 )
 
-// route finds the port toward dst (the longest connected prefix holding
-// it) and dst's Ethernet address.
+// route finds the port toward dst and the next hop's Ethernet address:
+// the longest connected prefix holding dst, else the longest static route
+// (its gateway on a connected network).
 func (d *Datapath) route(dst netip.Addr) (port int, mac [6]byte, r routeResult) {
+	port, ok := d.connected(dst)
+	hop := dst
+	if !ok {
+		hop = d.nextHop(dst)
+		if hop == dst {
+			return 0, mac, noRoute
+		}
+		if port, ok = d.connected(hop); !ok {
+			return 0, mac, noRoute
+		}
+	}
+	if n, found := d.neigh[hop]; found && n.port == port {
+		return port, n.mac, routed
+	}
+	return port, mac, noNeighbor
+}
+
+func (d *Datapath) connected(dst netip.Addr) (port int, ok bool) {
 	best := -1
 	for i, p := range d.ports {
 		for _, pf := range p.Prefixes {
@@ -390,13 +490,21 @@ func (d *Datapath) route(dst netip.Addr) (port int, mac [6]byte, r routeResult) 
 			}
 		}
 	}
-	if best < 0 {
-		return 0, mac, noRoute
+	return port, best >= 0
+}
+
+// nextHop is dst's gateway under the longest static route, or dst.
+func (d *Datapath) nextHop(dst netip.Addr) netip.Addr {
+	if _, ok := d.connected(dst); ok {
+		return dst
 	}
-	if n, found := d.neigh[dst]; found && n.port == port {
-		return port, n.mac, routed
+	best, hop := -1, dst
+	for _, r := range d.routes {
+		if r.dst.Contains(dst) && r.dst.Bits() > best {
+			best, hop = r.dst.Bits(), r.via
+		}
 	}
-	return port, mac, noNeighbor
+	return hop
 }
 
 // Sweep deletes connections idle past their state's timeout (both

@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -14,9 +13,6 @@ import (
 // tests that replay vectors through this datapath directly and through
 // DPDK ports. It returns the port index of each interface name.
 func FromVectorFile(f *vectors.File, opts Options) (*Datapath, map[string]int, error) {
-	if len(f.Routes) > 0 {
-		return nil, nil, errors.New("static routes are not in the DPDK datapath yet")
-	}
 	idx := map[string]int{}
 	var ports []Port
 	for i, ifc := range f.Ifaces {
@@ -28,7 +24,7 @@ func FromVectorFile(f *vectors.File, opts Options) (*Datapath, map[string]int, e
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", ifc.Name, err)
 		}
-		ports = append(ports, Port{Name: ifc.Name, MAC: mac, Prefixes: []netip.Prefix{pf.Masked()}})
+		ports = append(ports, Port{Name: ifc.Name, MAC: mac, Prefixes: []netip.Prefix{pf.Masked()}, Addrs: []netip.Addr{pf.Addr()}})
 		idx[ifc.Name] = i
 	}
 	d, err := New(ports, opts)
@@ -50,6 +46,19 @@ func FromVectorFile(f *vectors.File, opts Options) (*Datapath, map[string]int, e
 			}
 		}
 	}
+	for _, r := range f.Routes {
+		dst, err := netip.ParsePrefix(r.Dst)
+		if err != nil {
+			return nil, nil, fmt.Errorf("route %s: %w", r.Dst, err)
+		}
+		via, err := netip.ParseAddr(r.Via)
+		if err != nil {
+			return nil, nil, fmt.Errorf("route %s: %w", r.Dst, err)
+		}
+		if err := d.AddRoute(dst, via); err != nil {
+			return nil, nil, err
+		}
+	}
 	return d, idx, nil
 }
 
@@ -58,4 +67,5 @@ func FromVectorFile(f *vectors.File, opts Options) (*Datapath, map[string]int, e
 var NotYet = map[string]string{
 	"fragments": "fragments following their flow (bpf/frag.h) are not in the Go datapath yet",
 	"icmp":      "ICMP error translation (bpf/icmp.h) is not in the Go datapath yet",
+	"pmtu":      "the egress MTU check and fragmentation-needed answers are not in the Go datapath yet",
 }

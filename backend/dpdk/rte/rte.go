@@ -349,6 +349,26 @@ func (b *Burst) Data(i int) []byte {
 	return unsafe.Slice((*byte)(p.data), int(p.len)+int(p.tailroom))[:p.len]
 }
 
+// Room is packet i's whole buffer and where its bytes start in it: the
+// packet is room[off:off+len(Data(i))], with headroom before it.
+func (b *Burst) Room(i int) (room []byte, off int) {
+	p := &b.pkts[i]
+	start := unsafe.Add(p.data, -int(p.headroom))
+	return unsafe.Slice((*byte)(start), int(p.headroom)+int(p.len)+int(p.tailroom)), int(p.headroom)
+}
+
+// SetView makes packet i room[off:off+n] of its Room.
+func (b *Burst) SetView(i, off, n int) error {
+	p := &b.pkts[i]
+	total := int(p.headroom) + int(p.len) + int(p.tailroom)
+	if off < 0 || n < 0 || off+n > total {
+		return fmt.Errorf("packet view %d+%d: the buffer holds %d", off, n, total)
+	}
+	p.data = unsafe.Add(p.data, off-int(p.headroom))
+	p.headroom, p.len, p.tailroom = uint16(off), uint16(n), uint16(total-off-n)
+	return nil
+}
+
 // SetLen sets packet i's length (at most its data plus tailroom).
 func (b *Burst) SetLen(i, n int) error {
 	p := &b.pkts[i]

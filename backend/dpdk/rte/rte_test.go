@@ -106,6 +106,24 @@ func TestRingRoundTrip(t *testing.T) {
 	if err := b.SetLen(0, 1<<16); err == nil {
 		t.Error("SetLen past the buffer succeeded")
 	}
+	// Room and SetView: the same bytes, moved within the buffer.
+	if err := b.Alloc(mp, 1); err != nil {
+		t.Fatal(err)
+	}
+	b.SetLen(0, 4)
+	copy(b.Data(0), "abcd")
+	room, off := b.Room(0)
+	if string(room[off:off+4]) != "abcd" || off == 0 {
+		t.Errorf("room offset %d: % x", off, room[off:off+4])
+	}
+	copy(room[off-2:], "xy")
+	if err := b.SetView(0, off-2, 6); err != nil || string(b.Data(0)) != "xyabcd" {
+		t.Errorf("SetView: %v %q", err, b.Data(0))
+	}
+	if err := b.SetView(0, 0, len(room)+1); err == nil {
+		t.Error("SetView past the buffer succeeded")
+	}
+	b.Free()
 }
 
 // net_null receives as many packets as asked and swallows what it sends.
