@@ -4,33 +4,18 @@ package dpdk
 
 import (
 	"fmt"
-	"os"
 	"testing"
 
 	"github.com/mbx-net/mbx/backend/dpdk/datapath"
 	"github.com/mbx-net/mbx/backend/dpdk/rte"
+	"github.com/mbx-net/mbx/backend/dpdk/rte/rtetest"
 	"github.com/mbx-net/mbx/backend/vectors"
 	"github.com/mbx-net/mbx/lb"
 )
 
-// The EAL runs once per process. Two net_ring ports (each loops what it
-// sends back to its receive queue) stand for a vector file's two
-// interfaces; net_null serves the benchmark.
-func TestMain(m *testing.M) {
-	if os.Getuid() != 0 {
-		fmt.Println("skipping: DPDK's EAL needs root")
-		os.Exit(0)
-	}
-	err := rte.Init([]string{"-l", "0", "--no-huge", "--no-pci", "-m", "256", "--no-shconf", "--no-telemetry",
-		"--log-level", "lib.eal:error", "--vdev=net_ring0", "--vdev=net_ring1", "--vdev=net_null0"})
-	if err != nil {
-		fmt.Println(err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	rte.Cleanup()
-	os.Exit(code)
-}
+// Two net_ring ports (each loops what it sends back to its receive queue)
+// stand for a vector file's two interfaces.
+func TestMain(m *testing.M) { rtetest.Main(m, "net_ring0", "net_ring1") }
 
 // ringDatapath replays a vector step through real mbufs: the input frame is
 // sent on the input interface's ring (it comes back as received), the
@@ -84,22 +69,7 @@ func (r *ringDatapath) Counters() (map[string]uint64, error) { return r.dp.Count
 // The vector files the Go datapath runs, replayed through DPDK ports and a
 // worker: the same verdicts, bytes and counters as XDP's.
 func TestVectorsOnRings(t *testing.T) {
-	mp, err := rte.NewMempool("vectors", 1023)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rings []rte.Port
-	for _, name := range []string{"net_ring0", "net_ring1"} {
-		p, err := rte.PortByName(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Setup(1, 1, 256, mp); err != nil {
-			t.Fatal(err)
-		}
-		defer p.Stop()
-		rings = append(rings, p)
-	}
+	rings, mp := rtetest.Ports(t, 1023, 256, "net_ring0", "net_ring1")
 	ran := 0
 	vectors.Replay(t, func(t *testing.T, f *vectors.File, cfg *lb.Config) vectors.Datapath {
 		if why, ok := datapath.NotYet[f.Name]; ok {
@@ -135,23 +105,7 @@ func TestVectorsOnRings(t *testing.T) {
 // and drained from there; per packet, the datapath plus DPDK's rx/tx
 // (the budget: DPVS's 2.9 Mpps per worker, ~340 ns).
 func BenchmarkWorkerRing(b *testing.B) {
-	benchRuns++
-	mp, err := rte.NewMempool(fmt.Sprintf("bench%d", benchRuns), 4095)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var rings []rte.Port
-	for _, name := range []string{"net_ring0", "net_ring1"} {
-		p, err := rte.PortByName(name)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := p.Setup(1, 1, 256, mp); err != nil {
-			b.Fatal(err)
-		}
-		defer p.Stop()
-		rings = append(rings, p)
-	}
+	rings, mp := rtetest.Ports(b, 4095, 256, "net_ring0", "net_ring1")
 	f, err := vectors.Find("fnat-tcp")
 	if err != nil {
 		b.Fatal(err)
@@ -209,6 +163,3 @@ func BenchmarkWorkerRing(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(pkts), "ns/pkt")
 }
-
-// benchRuns names each run's pool (DPDK pool names are process-wide).
-var benchRuns int
