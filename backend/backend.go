@@ -39,6 +39,9 @@ type Options struct {
 	// connected network).
 	EAL   []string
 	Ports []string
+	// Routes are the DPDK backend's static routes, each "DST/LEN=GATEWAY"
+	// (DPDK owns its ports: the kernel's routes do not apply).
+	Routes []string
 }
 
 // Defaults fills zero fields with mbx's defaults.

@@ -31,6 +31,7 @@ func runCommand() *ucli.Command {
 			&ucli.StringSliceFlag{Name: "iface", Usage: "interface to attach to (repeat)"},
 			&ucli.StringFlag{Name: "eal", Usage: `dpdk backend: the EAL's arguments, e.g. "-l 0 --no-huge --no-pci -m 512 --vdev=net_af_xdp0,iface=eth0"`},
 			&ucli.StringSliceFlag{Name: "port", Usage: "dpdk backend: a DPDK port mbx runs on and its address, NAME=A.B.C.D/LEN (repeat)"},
+			&ucli.StringSliceFlag{Name: "route", Usage: "dpdk backend: a static route, DST/LEN=GATEWAY (repeat; e.g. to real servers behind a router)"},
 			&ucli.StringFlag{Name: "config", Usage: "YAML configuration file"},
 			&ucli.StringFlag{Name: "keepalived-conf", Usage: "keepalived.conf (virtual_server blocks) instead of --config"},
 			&ucli.StringFlag{Name: "socket", EnvVars: []string{"MBX_SOCKET"}, Value: control.DefaultSocket, Usage: "control socket"},
@@ -127,6 +128,7 @@ func runCommand() *ucli.Command {
 				Logger:    log,
 				EAL:       strings.Fields(c.String("eal")),
 				Ports:     c.StringSlice("port"),
+				Routes:    c.StringSlice("route"),
 			})
 			if err != nil {
 				return err

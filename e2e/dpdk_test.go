@@ -115,6 +115,8 @@ func TestDPDKBadInput(t *testing.T) {
 		{"bad eal", []string{"--eal", "-l 0 --no-huge --bogus", "--port", "net_null0=198.18.0.1/24"}, "EAL initialisation"},
 		{"missing port", []string{"--eal", noHuge, "--port", "net_null7=198.18.0.1/24"}, "--vdev=net_null7"},
 		{"no hugepages", []string{"--eal", "-l 0 --no-pci -m 256", "--port", "net_null0=198.18.0.1/24"}, "--no-huge"},
+		{"bad route", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--route", "198.18.5.0/24"}, "DST/LEN=GATEWAY"},
+		{"gateway off-link", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--route", "198.18.5.0/24=198.18.9.1"}, "on no port's network"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			args := append([]string{"run", "--backend", "dpdk", "--socket", filepath.Join(dir, "mbx.sock")}, c.args...)

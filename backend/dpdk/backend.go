@@ -136,6 +136,17 @@ func Open(opts backend.Options) (backend.Backend, error) {
 		PortHi: opts.PortHi, HashSeed: opts.HashSeed, ConnMax: opts.ConnMax, TunnelSrc: opts.TunnelSrc}); err != nil {
 		return fail(err)
 	}
+	for _, r := range opts.Routes {
+		dst, via, _ := strings.Cut(r, "=")
+		pf, err1 := netip.ParsePrefix(dst)
+		gw, err2 := netip.ParseAddr(via)
+		if err1 != nil || err2 != nil {
+			return fail(fmt.Errorf("--route %q: give DST/LEN=GATEWAY (e.g. 198.18.5.0/24=198.18.1.254)", r))
+		}
+		if err := b.dp.AddRoute(pf, gw); err != nil {
+			return fail(fmt.Errorf("--route %q: %w", r, err))
+		}
+	}
 	b.w = NewWorker(b.ports, 0, b.dp, 32, b.mp)
 	go b.run()
 	return b, nil
