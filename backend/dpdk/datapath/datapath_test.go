@@ -10,6 +10,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/mbx-net/mbx/backend"
+	"github.com/mbx-net/mbx/backend/vectors"
 	"github.com/mbx-net/mbx/cli/ipvsadm"
 	"github.com/mbx-net/mbx/lb"
 )
@@ -313,5 +314,46 @@ func TestPersistence(t *testing.T) {
 	}
 	if len(seen) != 1 {
 		t.Errorf("one client went to %d real servers under persistence", len(seen))
+	}
+}
+
+// With ARP on, an echo request to a VIP, a LIP or a port's address is
+// answered in place (valid checksums); one to another address is passed.
+func TestEchoReply(t *testing.T) {
+	d := fnatPairOpts(t, fnatConfig, Options{ARP: true})
+	for _, c := range []struct {
+		dst    string
+		answer bool
+	}{{"198.18.0.100", true}, {"198.18.1.200", true}, {"198.18.0.1", true}, {"198.18.0.77", false}} {
+		ip := &layers.IPv4{Version: 4, TTL: 9, Protocol: layers.IPProtocolICMPv4,
+			SrcIP: net.ParseIP("198.18.0.2").To4(), DstIP: net.ParseIP(c.dst).To4()}
+		icmp := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0), Id: 7, Seq: 1}
+		buf := gopacket.NewSerializeBuffer()
+		_ = gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+			&layers.Ethernet{SrcMAC: mac("02:00:00:00:0a:0b"), DstMAC: mac("02:00:00:00:00:01"), EthernetType: layers.EthernetTypeIPv4},
+			ip, icmp, gopacket.Payload("ping"))
+		f := buf.Bytes()
+		v, out := d.Process(0, f)
+		if !c.answer {
+			if v != Pass {
+				t.Errorf("echo to %s: %s, want pass", c.dst, v)
+			}
+			continue
+		}
+		if v != Tx || out != 0 {
+			t.Fatalf("echo to %s: %s out %d", c.dst, v, out)
+		}
+		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
+		rip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		ric, _ := p.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+		if rip == nil || ric == nil || ric.TypeCode.Type() != 0 || rip.SrcIP.String() != c.dst || rip.DstIP.String() != "198.18.0.2" {
+			t.Fatalf("reply to %s: % x", c.dst, f)
+		}
+		if err := vectors.VerifyChecksums(f); err != nil {
+			t.Errorf("reply to %s: %v", c.dst, err)
+		}
+		if sum := fold(sumWords(f[34:])); sum != 0xffff { // the ICMP message sums to all ones
+			t.Errorf("reply to %s: ICMP checksum off (sum %#x)", c.dst, sum)
+		}
 	}
 }

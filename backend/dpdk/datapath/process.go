@@ -44,6 +44,10 @@ func (d *Datapath) process(in int, frame []byte) (v Verdict, out int) {
 	switch r {
 	case flow.ParseOK:
 	case flow.ParseNotIP, flow.ParseOtherL4:
+		if d.opts.ARP && r == flow.ParseOtherL4 && d.echoReply(in, frame) {
+			d.counters[cntTx]++
+			return Tx, in
+		}
 		d.counters[cntPassNotOurs]++
 		return Pass, 0
 	case flow.ParseBadL3:
