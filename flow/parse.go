@@ -15,7 +15,7 @@ const (
 	ParseNotIP                // not IPv4: the kernel's business
 	ParseBadL3                // truncated or inconsistent IPv4 header
 	ParseOtherL4              // IPv4, not TCP/UDP
-	ParseFragment             // IPv4 fragment
+	ParseFragment             // a later IPv4 fragment (offset > 0)
 	ParseBadL4                // TCP/UDP header truncated or inconsistent
 )
 
@@ -28,8 +28,11 @@ type Packet struct {
 	Key      Key
 	TCPFlags uint8
 	IPLen    int // IPv4 total length
-	L4Off    int // offset of the TCP/UDP header in the frame
-	UDPCsum  bool
+	// FirstFragment: a datagram's first fragment (MF set, offset 0); it
+	// has the ports, its later fragments do not.
+	FirstFragment bool
+	L4Off         int // offset of the TCP/UDP header in the frame
+	UDPCsum       bool
 }
 
 const (
@@ -61,8 +64,13 @@ func Parse(frame []byte) (p Packet, r ParseResult) {
 	if p.Key.Proto != protoTC && p.Key.Proto != protoUD {
 		return p, ParseOtherL4
 	}
-	if binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 {
+	// A fragment offset: no transport header (the datapath finds the
+	// ports from the first fragment). A first fragment (MF, offset 0) has
+	// it and is parsed on.
+	if fo := binary.BigEndian.Uint16(ip[6:]); fo&0x1fff != 0 {
 		return p, ParseFragment
+	} else if fo&0x2000 != 0 {
+		p.FirstFragment = true
 	}
 	l4 := ip[hlen:tot]
 	p.L4Off = ethLen + hlen

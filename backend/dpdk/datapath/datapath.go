@@ -136,6 +136,7 @@ type Datapath struct {
 	resolveBuf []resolveKey
 	asked      map[resolveKey]int64
 	realStats  map[realRef]*realState
+	frags      map[fragKey]fragPorts // first fragments' ports (frag.go)
 	routes     []staticRoute
 	// The frame being processed and its room (ProcessAt): the tunnel grows
 	// it at the front.
@@ -185,6 +186,9 @@ const (
 	cntEntryDeleted
 	cntDropTooBig
 	cntDropNoNeigh
+	cntICMPError
+	cntICMPTooBig
+	cntFragment
 )
 
 // New makes a datapath for ports (indexed as Process's in and out).
@@ -204,7 +208,7 @@ func New(ports []Port, opts Options) (*Datapath, error) {
 	d := &Datapath{gen: 1, now: time.Now().UnixNano(), opts: opts, fsm: flow.IPVSFSM(), ports: ports, neigh: map[netip.Addr]neighbor{},
 		services: map[svcKey]*service{}, local: map[netip.Addr]bool{},
 		conns: newConns(2 * opts.ConnMax), counters: make([]uint64, len(backend.DatapathCounters)),
-		asked: map[resolveKey]int64{}, persist: map[persistKey]persistEntry{}}
+		asked: map[resolveKey]int64{}, persist: map[persistKey]persistEntry{}, frags: map[fragKey]fragPorts{}}
 	d.resolveBuf = make([]resolveKey, 0, 64)
 	d.resolve = d.resolveBuf
 	for _, p := range ports {

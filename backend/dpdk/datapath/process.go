@@ -54,10 +54,8 @@ func (d *Datapath) process(in int, frame []byte) (v Verdict, out int) {
 		d.counters[cntPassMalformed]++
 		return Pass, 0
 	case flow.ParseFragment:
-		if d.local[p.Key.Dst] {
-			// Fragments do not follow their flow here yet (XDP: bpf/frag.h).
-			d.counters[cntDropFragment]++
-			return Drop, 0
+		if d.local[p.Key.Dst] || d.natReals[p.Key.Src] {
+			return d.laterFragment(in, frame, &p)
 		}
 		d.counters[cntPassNotOurs]++
 		return Pass, 0
@@ -109,6 +107,9 @@ func (d *Datapath) process(in int, frame []byte) (v Verdict, out int) {
 			return verdict, 0
 		}
 		d.account(e, p.IPLen)
+	}
+	if p.FirstFragment {
+		d.rememberFrag(frame, p.Key)
 	}
 	return d.xmit(in, frame, &p, e)
 }
@@ -336,6 +337,10 @@ func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict
 	copy(ip[12:16], e.src[:])
 	copy(ip[16:20], e.dst[:])
 	csumApply(ip[10:12], e.csumL3)
+	if p.L4Off == 0 {
+		// A later fragment: no transport header, addresses only.
+		return d.natHop(in, frame, e)
+	}
 	l4 := frame[p.L4Off:]
 	binary.BigEndian.PutUint16(l4[0:], e.sport)
 	binary.BigEndian.PutUint16(l4[2:], e.dport)
@@ -348,6 +353,12 @@ func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict
 			l4[6], l4[7] = 0xff, 0xff
 		}
 	}
+	return d.natHop(in, frame, e)
+}
+
+// natHop sends a translated packet to its memoized next hop; without one
+// it goes to the kernel translated (pass_fib, pass_no_neigh).
+func (d *Datapath) natHop(in int, frame []byte, e *entry) (Verdict, int) {
 	if e.nhGen != d.gen {
 		out, mac, r := d.route(netip.AddrFrom4(e.dst))
 		switch r {
