@@ -5,7 +5,8 @@
 // schedules from the tables lb computes for every backend, so a flow gets
 // the same real server, LIP and port on either backend.
 //
-// Built so far: Full-NAT, DR, IP-in-IP tunnel and NAT for TCP and UDP
+// Built so far: Full-NAT, DR, IP-in-IP tunnel, NAT and SNAT (with pings)
+// for TCP and UDP
 // over IPv4, every
 // scheduler (lc/wlc on exact per-real connection counts), persistence,
 // the IPVS TCP state machine and timeouts, connected routes, and ARP. Not
@@ -20,6 +21,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/mbx-net/mbx/backend"
@@ -126,6 +128,7 @@ type Datapath struct {
 	services map[svcKey]*service
 	local    map[netip.Addr]bool // VIPs and LIPs
 	natReals map[netip.Addr]bool // NAT real servers: their replies are addressed to clients
+	snat     []snatRule          // match services, in lb's order (snat.go)
 	conns    *conns
 	counters []uint64
 	now      int64  // Unix ns, set per burst (Tick)
@@ -234,12 +237,37 @@ func (d *Datapath) SetNeighbor(port int, ip netip.Addr, mac net.HardwareAddr) er
 // rewrite. A configuration this datapath cannot run is refused whole.
 func (d *Datapath) Apply(cfg *lb.Config) error {
 	services := map[svcKey]*service{}
-	local := map[netip.Addr]bool{}
 	stats := map[realRef]*realState{}
 	natReals := map[netip.Addr]bool{}
+	local := map[netip.Addr]bool{}
+	var snat []snatRule
+	for _, s := range cfg.MatchServices() {
+		sch, ok := lb.LookupScheduler(s.Scheduler)
+		if !ok {
+			return fmt.Errorf("service %s: unknown scheduler %q", s.Key, s.Scheduler)
+		}
+		m := s.Key.ParsedMatch()
+		for _, name := range []string{m.IIF, m.OIF} {
+			if name != "" && !slices.ContainsFunc(d.ports, func(p Port) bool { return p.Name == name }) {
+				return fmt.Errorf("service %s: %s is not a port of this mbx", s.Key, name)
+			}
+		}
+		ns := &service{key: s.Key, pick: sch.Pick(), table: sch.Table(s.Reals, cfg.Maglev)}
+		for _, r := range s.Reals {
+			ref := realRef{s.Key, netip.AddrPortFrom(r.Addr, r.Port)}
+			st := d.realStats[ref]
+			if st == nil {
+				st = &realState{}
+			}
+			stats[ref] = st
+			ns.reals = append(ns.reals, real{addr: r.Addr, port: r.Port, mode: lb.SNAT, weight: r.Weight, stats: st})
+			local[r.Addr] = true // replies come back to the WAN addresses
+		}
+		snat = append(snat, newSNATRule(m, ns))
+	}
 	for _, s := range cfg.Services {
 		if s.Key.IsMatch() {
-			return fmt.Errorf("service %s: SNAT is not in the DPDK datapath yet", s.Key)
+			continue
 		}
 		if !s.Key.Addr.Is4() {
 			return fmt.Errorf("service %s: IPv6 is not in the DPDK datapath yet", s.Key)
@@ -288,7 +316,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 	if to := cfg.Timeouts.Effective(d.opts.Timeouts); to != d.opts.Timeouts {
 		d.opts.Timeouts = to
 	}
-	d.services, d.local, d.realStats, d.natReals = services, local, stats, natReals
+	d.services, d.local, d.realStats, d.natReals, d.snat = services, local, stats, natReals, snat
 	return nil
 }
 

@@ -48,6 +48,9 @@ func (d *Datapath) process(in int, frame []byte) (v Verdict, out int) {
 			d.counters[cntTx]++
 			return Tx, in
 		}
+		if r == flow.ParseOtherL4 && parseEcho(frame, &p) {
+			break // a flow like any other (SNAT of pings)
+		}
 		d.counters[cntPassNotOurs]++
 		return Pass, 0
 	case flow.ParseBadL3:
@@ -68,6 +71,9 @@ func (d *Datapath) process(in int, frame []byte) (v Verdict, out int) {
 		return Pass, 0
 	}
 	if !d.local[p.Key.Dst] && !d.natReals[p.Key.Src] {
+		if len(d.snat) > 0 {
+			return d.snatOut(in, frame, &p)
+		}
 		d.counters[cntPassNotOurs]++
 		return Pass, 0
 	}
@@ -211,14 +217,23 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 	case lb.Masquerade:
 		return d.newMasquerade(ck, s, ri, state, now)
 	}
-	if len(s.laddrs) == 0 {
+	snat := rs.mode == lb.SNAT
+	if len(s.laddrs) == 0 && !snat {
 		d.counters[cntDropNoLaddr]++
 		return nil, Drop
 	}
 	h := k.Hash(d.opts.HashSeed)
 	for i := range portTries {
-		li, lport := flow.LocalCandidate(h, i, len(s.laddrs), d.opts.PortLo, d.opts.PortHi)
-		rk := key{rs.addr.As4(), s.laddrs[li].As4(), rs.port, lport, k.Proto}
+		li, lport := flow.LocalCandidate(h, i, max(len(s.laddrs), 1), d.opts.PortLo, d.opts.PortHi)
+		// The reply comes from the real server to a LIP and port; for SNAT
+		// from the flow's own destination to the WAN address (the "real
+		// server" scheduled) and port.
+		var rk key
+		if snat {
+			rk = key{ck.dst, rs.addr.As4(), ck.dport, lport, k.Proto}
+		} else {
+			rk = key{rs.addr.As4(), s.laddrs[li].As4(), rs.port, lport, k.Proto}
+		}
 		re := d.conns.add(rk)
 		if re == nil {
 			if old := d.conns.get(rk); old == nil || d.alive(old, rk, now) {
@@ -339,6 +354,17 @@ func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict
 	csumApply(ip[10:12], e.csumL3)
 	if p.L4Off == 0 {
 		// A later fragment: no transport header, addresses only.
+		return d.natHop(in, frame, e)
+	}
+	if p.Key.Proto == 1 {
+		// An echo (SNAT of a ping): the identifier is the port.
+		ic := frame[p.L4Off:]
+		nid := e.sport
+		if e.reply {
+			nid = e.dport
+		}
+		csumApply(ic[2:4], csumAdd16(0, binary.BigEndian.Uint16(ic[4:6]), nid))
+		binary.BigEndian.PutUint16(ic[4:6], nid)
 		return d.natHop(in, frame, e)
 	}
 	l4 := frame[p.L4Off:]
