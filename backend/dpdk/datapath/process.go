@@ -51,6 +51,11 @@ func (d *Datapath) process(in int, frame []byte) (v Verdict, out int) {
 		if r == flow.ParseOtherL4 && parseEcho(frame, &p) {
 			break // a flow like any other (SNAT of pings)
 		}
+		if r == flow.ParseOtherL4 && p.Key.Proto == 1 && (d.local[p.Key.Dst] || d.natReals[p.Key.Src]) {
+			if v, out := d.icmpError(in, frame, &p); v != Pass {
+				return v, out
+			}
+		}
 		d.counters[cntPassNotOurs]++
 		return Pass, 0
 	case flow.ParseBadL3:

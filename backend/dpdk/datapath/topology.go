@@ -65,6 +65,5 @@ func FromVectorFile(f *vectors.File, opts Options) (*Datapath, map[string]int, e
 // NotYet names the vector files whose configuration Apply takes but whose
 // packets need what is not built here yet (replays skip them with this).
 var NotYet = map[string]string{
-	"icmp": "ICMP error translation (bpf/icmp.h) is not in the Go datapath yet",
 	"pmtu": "the egress MTU check and fragmentation-needed answers are not in the Go datapath yet",
 }
