@@ -130,7 +130,7 @@ func Open(opts backend.Options) (backend.Backend, error) {
 			return fail(err)
 		}
 		dports = append(dports, datapath.Port{Name: s.name, MAC: mac, Prefixes: []netip.Prefix{s.prefix.Masked()},
-			Addrs: []netip.Addr{s.prefix.Addr()}})
+			Addrs: []netip.Addr{s.prefix.Addr()}, MTU: p.MTU()})
 	}
 	if b.dp, err = datapath.New(dports, datapath.Options{ARP: true, Timeouts: opts.Timeouts, PortLo: opts.PortLo,
 		PortHi: opts.PortHi, HashSeed: opts.HashSeed, ConnMax: opts.ConnMax, TunnelSrc: opts.TunnelSrc}); err != nil {

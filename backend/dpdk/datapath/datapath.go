@@ -49,6 +49,7 @@ type Port struct {
 	MAC      net.HardwareAddr
 	Prefixes []netip.Prefix // connected networks (routes out of this port)
 	Addrs    []netip.Addr   // the port's own addresses (ARP answers, requests' source)
+	MTU      int            // 0: 1500
 }
 
 // Options configure a Datapath (backend.Options' fields that apply).

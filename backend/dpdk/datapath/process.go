@@ -353,13 +353,42 @@ func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict
 	case modeTUN:
 		return d.xmitTunnel(in, frame, p, e)
 	}
+	// The next hop and the egress MTU first, on the packet as received
+	// (bpf/nat.h xmit_nat_): a packet that does not fit is answered with
+	// "fragmentation needed" quoting it as its sender sent it, or (no DF,
+	// or a later fragment) goes to the kernel translated, to be fragmented.
+	hopOK := d.refreshHop(e)
+	tooBig := false
+	if hopOK {
+		if mtu := d.portMTU(e.nhPort); p.IPLen > mtu {
+			ip := frame[14:]
+			if p.L4Off != 0 && ip[6]&0x40 != 0 {
+				from := [4]byte(ip[16:20])
+				if e.mode == modeNAT && e.reply {
+					from = d.ownAddrTo(in)
+				}
+				return d.icmpTooBig(in, frame, mtu, from)
+			}
+			d.counters[cntPassFIB]++
+			tooBig = true
+		}
+	}
+	d.rewrite(frame, p, e)
+	if !hopOK || tooBig {
+		return Pass, 0
+	}
+	return d.emit(in, frame, e)
+}
+
+// rewrite translates a packet for its entry: addresses and IP checksum,
+// then ports (or an echo's identifier) and the transport checksum.
+func (d *Datapath) rewrite(frame []byte, p *flow.Packet, e *entry) {
 	ip := frame[14:]
 	copy(ip[12:16], e.src[:])
 	copy(ip[16:20], e.dst[:])
 	csumApply(ip[10:12], e.csumL3)
 	if p.L4Off == 0 {
-		// A later fragment: no transport header, addresses only.
-		return d.natHop(in, frame, e)
+		return // a later fragment: no transport header, addresses only
 	}
 	if p.Key.Proto == 1 {
 		// An echo (SNAT of a ping): the identifier is the port.
@@ -370,7 +399,7 @@ func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict
 		}
 		csumApply(ic[2:4], csumAdd16(0, binary.BigEndian.Uint16(ic[4:6]), nid))
 		binary.BigEndian.PutUint16(ic[4:6], nid)
-		return d.natHop(in, frame, e)
+		return
 	}
 	l4 := frame[p.L4Off:]
 	binary.BigEndian.PutUint16(l4[0:], e.sport)
@@ -384,26 +413,35 @@ func (d *Datapath) xmit(in int, frame []byte, p *flow.Packet, e *entry) (Verdict
 			l4[6], l4[7] = 0xff, 0xff
 		}
 	}
-	return d.natHop(in, frame, e)
+}
+
+// refreshHop memoizes a NAT entry's next hop; false (counted) when there
+// is none and the packet goes to the kernel.
+func (d *Datapath) refreshHop(e *entry) bool {
+	if e.nhGen == d.gen {
+		return true
+	}
+	out, mac, r := d.route(netip.AddrFrom4(e.dst))
+	switch r {
+	case noRoute:
+		d.counters[cntPassFIB]++
+		return false
+	case noNeighbor:
+		if d.opts.ARP {
+			d.wantNeighbor(out, d.nextHop(netip.AddrFrom4(e.dst)))
+		}
+		d.counters[cntPassNoNeigh]++
+		return false
+	}
+	e.nhGen, e.nhPort, e.nhMAC = d.gen, out, mac
+	return true
 }
 
 // natHop sends a translated packet to its memoized next hop; without one
 // it goes to the kernel translated (pass_fib, pass_no_neigh).
 func (d *Datapath) natHop(in int, frame []byte, e *entry) (Verdict, int) {
-	if e.nhGen != d.gen {
-		out, mac, r := d.route(netip.AddrFrom4(e.dst))
-		switch r {
-		case noRoute:
-			d.counters[cntPassFIB]++
-			return Pass, 0
-		case noNeighbor:
-			if d.opts.ARP {
-				d.wantNeighbor(out, d.nextHop(netip.AddrFrom4(e.dst)))
-			}
-			d.counters[cntPassNoNeigh]++
-			return Pass, 0
-		}
-		e.nhGen, e.nhPort, e.nhMAC = d.gen, out, mac
+	if !d.refreshHop(e) {
+		return Pass, 0
 	}
 	return d.emit(in, frame, e)
 }
@@ -415,7 +453,29 @@ func (d *Datapath) xmitDirect(in int, frame []byte, e *entry) (Verdict, int) {
 	if v, ok := d.directHop(e); !ok {
 		return v, 0
 	}
+	if v, ok := d.directFits(in, frame, e, 0); !ok {
+		return v, 0
+	}
 	return d.emit(in, frame, e)
+}
+
+// directFits applies the egress MTU to a direct packet that grows by
+// overhead: one that does not fit is answered with "fragmentation needed"
+// when its sender forbade fragments (the MTU it can use: minus the
+// overhead), else dropped (drop_too_big): it carries the VIP.
+func (d *Datapath) directFits(in int, frame []byte, e *entry, overhead int) (Verdict, bool) {
+	ip := frame[14:]
+	ipLen := int(binary.BigEndian.Uint16(ip[2:]))
+	mtu := d.portMTU(e.nhPort)
+	if ipLen+overhead <= mtu {
+		return 0, true
+	}
+	if ip[6]&0x40 != 0 && binary.BigEndian.Uint16(ip[6:])&0x1fff == 0 {
+		v, _ := d.icmpTooBig(in, frame, mtu-overhead, [4]byte(ip[16:20]))
+		return v, false
+	}
+	d.counters[cntDropTooBig]++
+	return Drop, false
 }
 
 // directHop memoizes the next hop toward a direct entry's real server;
@@ -445,6 +505,9 @@ func (d *Datapath) directHop(e *entry) (Verdict, bool) {
 // moves 20 bytes to the front; padding after the inner packet is cut.
 func (d *Datapath) xmitTunnel(in int, frame []byte, p *flow.Packet, e *entry) (Verdict, int) {
 	if v, ok := d.directHop(e); !ok {
+		return v, 0
+	}
+	if v, ok := d.directFits(in, frame, e, 20); !ok {
 		return v, 0
 	}
 	if d.off < 20 {

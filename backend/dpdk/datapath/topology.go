@@ -24,7 +24,7 @@ func FromVectorFile(f *vectors.File, opts Options) (*Datapath, map[string]int, e
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", ifc.Name, err)
 		}
-		ports = append(ports, Port{Name: ifc.Name, MAC: mac, Prefixes: []netip.Prefix{pf.Masked()}, Addrs: []netip.Addr{pf.Addr()}})
+		ports = append(ports, Port{Name: ifc.Name, MAC: mac, Prefixes: []netip.Prefix{pf.Masked()}, Addrs: []netip.Addr{pf.Addr()}, MTU: ifc.MTU})
 		idx[ifc.Name] = i
 	}
 	d, err := New(ports, opts)
@@ -64,6 +64,4 @@ func FromVectorFile(f *vectors.File, opts Options) (*Datapath, map[string]int, e
 
 // NotYet names the vector files whose configuration Apply takes but whose
 // packets need what is not built here yet (replays skip them with this).
-var NotYet = map[string]string{
-	"pmtu": "the egress MTU check and fragmentation-needed answers are not in the Go datapath yet",
-}
+var NotYet = map[string]string{}

@@ -270,6 +270,15 @@ func (p Port) Stop() { C.rte_eth_dev_stop(C.uint16_t(p)) }
 // Close releases a stopped port (a vdev's port is gone after it).
 func (p Port) Close() { C.rte_eth_dev_close(C.uint16_t(p)) }
 
+// MTU is the port's MTU (0 when the PMD does not say).
+func (p Port) MTU() int {
+	var m C.uint16_t
+	if C.rte_eth_dev_get_mtu(C.uint16_t(p), &m) < 0 {
+		return 0
+	}
+	return int(m)
+}
+
 // MAC is the port's Ethernet address.
 func (p Port) MAC() (net.HardwareAddr, error) {
 	var a C.struct_rte_ether_addr
