@@ -116,7 +116,14 @@ func Open(opts backend.Options) (backend.Backend, error) {
 			return fail(err)
 		}
 		// A pool per port: an AF_XDP port's UMEM is its pool's memory.
-		pool, err := rte.NewMempool(fmt.Sprintf("mbx_rx%d", i), 16383)
+		// Without hugepages, buffers one 4 KB page each: AF_XDP drops
+		// those that cross a page (rte.NewMempoolTiled).
+		var pool *rte.Mempool
+		if hasArg(eal, "--no-huge") {
+			pool, err = rte.NewMempoolTiled(fmt.Sprintf("mbx_rx%d", i), 16383)
+		} else {
+			pool, err = rte.NewMempool(fmt.Sprintf("mbx_rx%d", i), 16383)
+		}
 		if err != nil {
 			return fail(err)
 		}
