@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -199,7 +200,7 @@ func (b *Backend) run() {
 func (b *Backend) Apply(cfg *lb.Config) error {
 	for _, s := range cfg.Services {
 		for _, la := range s.LocalAddrs {
-			if la.Dev != "" && !containsName(b.names, la.Dev) {
+			if la.Dev != "" && !slices.Contains(b.names, la.Dev) {
 				return fmt.Errorf("service %s: LIP %s on %s: not a DPDK port of this mbx (%s)", s.Key, la.Addr, la.Dev, strings.Join(b.names, ", "))
 			}
 		}
@@ -207,15 +208,6 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.dp.Apply(cfg)
-}
-
-func containsName(names []string, n string) bool {
-	for _, x := range names {
-		if x == n {
-			return true
-		}
-	}
-	return false
 }
 
 // Snapshot reads the datapath's counters, per real server and per service.

@@ -5,6 +5,7 @@ package dpdk
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,7 +57,7 @@ func (b *Backend) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) 
 	lm := &liveMonitor{b: b, m: m, ports: map[int]bool{}, queue: make(chan monFrame, monQueue),
 		free: make(chan []byte, monQueue), stopCh: make(chan struct{})}
 	for _, name := range opts.Ifaces {
-		i := indexOf(b.names, name)
+		i := slices.Index(b.names, name)
 		if i < 0 {
 			return nil, fmt.Errorf("monitor on %s: not a DPDK port of this mbx (%v)", name, b.names)
 		}
@@ -69,15 +70,6 @@ func (b *Backend) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) 
 	b.w.Observe = lm.observe
 	b.mu.Unlock()
 	return lm, nil
-}
-
-func indexOf(names []string, n string) int {
-	for i, x := range names {
-		if x == n {
-			return i
-		}
-	}
-	return -1
 }
 
 // observe runs on the worker for every received packet.

@@ -78,8 +78,9 @@ func (w *Worker) PollPort(in int) int {
 			w.Observe(in, w.rx.Data(i), w.now)
 		}
 		room, off := w.rx.Room(i)
-		v, out, noff, nlen := w.dp.ProcessAt(in, room, off, len(w.rx.Data(i)))
-		if noff != off || nlen != len(w.rx.Data(i)) {
+		plen := len(w.rx.Data(i))
+		v, out, noff, nlen := w.dp.ProcessAt(in, room, off, plen)
+		if noff != off || nlen != plen {
 			w.rx.SetView(i, noff, nlen) // within room: cannot fail
 		}
 		switch v {

@@ -141,6 +141,7 @@ func (b *Backend) StartTracker(m *monitor.Monitor, opts MonitorOptions) (*LiveMo
 	}
 	lm := &LiveMonitor{b: b, m: m, opts: opts, stopCh: make(chan struct{})}
 	lm.re.prog = b.reinjectProgram
+	lm.re.defrag.MaxDatagrams = maxPendingDatagrams
 	for ev := monitor.EvPktIn; ev <= monitor.EvError; ev++ {
 		if m.Wants(ev) {
 			lm.want |= 1 << ev

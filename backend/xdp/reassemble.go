@@ -39,7 +39,6 @@ type reassembler struct {
 // fragment takes one fragment record's frame; when it completes a
 // datagram, the datagram is run through the tracker.
 func (r *reassembler) fragment(frame []byte, ifindex uint32, now int64) error {
-	r.defrag.MaxDatagrams = maxPendingDatagrams
 	r.pkt = monitor.Packet{Time: now}
 	if err := monitor.Decode(monitor.LinkEthernet, frame, &r.pkt); err != nil || !r.pkt.Frag {
 		return nil // BPF judged it a fragment; a broken one is dropped here

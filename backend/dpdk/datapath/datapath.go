@@ -140,8 +140,10 @@ type Datapath struct {
 	resolveBuf []resolveKey
 	asked      map[resolveKey]int64
 	realStats  map[realRef]*realState
-	frags      map[fragKey]fragPorts // first fragments' ports (frag.go)
-	routes     []staticRoute
+	// TunnelSrc as numbers: outer source = tunBase | (flow hash &^ tunMask).
+	tunBase, tunMask uint32
+	frags            map[fragKey]fragPorts // first fragments' ports (frag.go)
+	routes           []staticRoute
 	// The frame being processed and its room (ProcessAt): the tunnel grows
 	// it at the front.
 	buf     []byte
@@ -213,6 +215,10 @@ func New(ports []Port, opts Options) (*Datapath, error) {
 		services: map[svcKey]*service{}, local: map[netip.Addr]bool{},
 		conns: newConns(2 * opts.ConnMax), counters: make([]uint64, len(backend.DatapathCounters)),
 		asked: map[resolveKey]int64{}, persist: map[persistKey]persistEntry{}, frags: map[fragKey]fragPorts{}}
+	if pf := opts.TunnelSrc; pf.IsValid() {
+		d.tunBase = addrU32(pf.Masked().Addr(), 0)
+		d.tunMask = ^uint32(0) << (32 - pf.Bits())
+	}
 	d.resolveBuf = make([]resolveKey, 0, 64)
 	d.resolve = d.resolveBuf
 	for _, p := range ports {

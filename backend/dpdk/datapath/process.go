@@ -516,10 +516,8 @@ func (d *Datapath) xmitTunnel(in int, frame []byte, p *flow.Packet, e *entry) (V
 	}
 	inner := p.IPLen
 	var src [4]byte
-	if pf := d.opts.TunnelSrc; pf.IsValid() {
-		base := binary.BigEndian.Uint32(pf.Masked().Addr().AsSlice())
-		mask := ^uint32(0) << (32 - pf.Bits())
-		binary.BigEndian.PutUint32(src[:], base|(p.Key.Hash(d.opts.HashSeed)&^mask))
+	if d.opts.TunnelSrc.IsValid() {
+		binary.BigEndian.PutUint32(src[:], d.tunBase|(p.Key.Hash(d.opts.HashSeed)&^d.tunMask))
 	} else if a := d.ports[e.nhPort].Addrs; len(a) > 0 {
 		src = a[0].As4()
 	}

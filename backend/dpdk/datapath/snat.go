@@ -27,7 +27,8 @@ func addrU32(a netip.Addr, def uint32) uint32 {
 	if !a.IsValid() {
 		return def
 	}
-	return binary.BigEndian.Uint32(a.AsSlice())
+	v4 := a.As4()
+	return binary.BigEndian.Uint32(v4[:])
 }
 
 func newSNATRule(m lb.Match, s *service) snatRule {
