@@ -47,6 +47,11 @@ enum fwd_mode {
 #define CONN_F_TUN 0x4   /* tunnel: forward only, daddr is the real server (IPIP) */
 #define CONN_F_MASQ 0x8  /* NAT (masquerading): the reply entry is keyed RS -> client */
 
+/* config.lb6: IPv6 services exist (IPv6 packets go to mbx_lb6); NAT64
+ * services exist (IPv4 packets of no IPv4 flow or service go there too). */
+#define LB6_V6 0x1
+#define LB6_NAT64 0x2
+
 /* TCP state machine dimensions; the table itself comes from Go (flow/). */
 #define TCP_STATES 16
 #define TCP_EVENTS 4 /* syn, fin, ack, rst */

@@ -128,6 +128,8 @@ struct config {
 	__u8 fsm[2][TCP_EVENTS][TCP_STATES];
 	__u32 tun_src_mask; /* network order; 0: the egress interface's address */
 	__u32 snat_rules;   /* rules in use in snat_rules (snat.h) */
+	__u32 lb6;          /* LB6_* (lb6.h): which packets mbx_xdp hands to mbx_lb6 */
+	__u32 pad3;
 };
 
 struct {

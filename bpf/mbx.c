@@ -19,6 +19,8 @@
 #include "snat.h"
 #include "monitor.h"
 #include "inline.h"
+#include "lb6.h"
+#include "nat6.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -114,30 +116,23 @@ static __always_inline __u32 pick_least(const struct svc *s)
 	return c.best;
 }
 
-/* Not inlined: the slow path gets its own stack frame. On success fills fc
- * with the client-side entry and returns NEW_CONN_OK, else a verdict. */
-__attribute__((noinline)) int mbx_new_conn(const struct flow_key *key, const struct svc *s,
-					   const struct config *cfg, __u64 now, struct conn *fc)
+/* pick_real chooses the real server of a new flow of service s (h: the
+ * flow hash; src and dst: the client and virtual address, an IPv6 one
+ * folded to a word): PICK_OK with *real_id, or a verdict. Shared by the
+ * IPv4 and IPv6 load balancers. */
+#define PICK_OK -1
+static __always_inline int pick_real(const struct svc *s, const struct config *cfg, __u32 h,
+				     __u32 src, __u32 dst, __u64 now, __u32 *real_id)
 {
-	/* A global function (verified once, not per caller): its pointer
-	 * arguments may be NULL as far as the verifier knows. */
-	if (!key || !s || !cfg || !fc)
-		return XDP_DROP;
-	if (s->sched_len == 0) {
-		count(CNT_DROP_NO_REAL);
-		return XDP_DROP;
-	}
-	__u32 h = flow_hash(key, cfg->hash_seed);
-	__u32 real_id;
 	struct real *rs;
-	struct persist_key pk = {.svc_id = s->id, .client = key->saddr};
+	struct persist_key pk = {.svc_id = s->id, .client = src};
 	if (s->persist_s) {
 		/* A client seen within the persistence timeout keeps its real
 		 * server, while that real server is still in the service. */
 		struct persist_val *pv = bpf_map_lookup_elem(&persist, &pk);
 		if (pv && (__s64)(now - pv->last_seen) < (__s64)s->persist_s * 1000000000LL) {
-			real_id = pv->real_id;
-			rs = bpf_map_lookup_elem(&reals, &real_id);
+			*real_id = pv->real_id;
+			rs = bpf_map_lookup_elem(&reals, real_id);
 			if (rs && rs->mode) {
 				pv->last_seen = now;
 				goto picked;
@@ -147,10 +142,10 @@ __attribute__((noinline)) int mbx_new_conn(const struct flow_key *key, const str
 	__u32 n;
 	switch (s->flags & PICK_MASK) {
 	case PICK_SRC:
-		n = sched_hash(key->saddr, cfg->hash_seed);
+		n = sched_hash(src, cfg->hash_seed);
 		break;
 	case PICK_DST:
-		n = sched_hash(key->daddr, cfg->hash_seed);
+		n = sched_hash(dst, cfg->hash_seed);
 		break;
 	case PICK_FLOW:
 		n = hash_final(h ^ SCHED_SALT);
@@ -166,23 +161,47 @@ __attribute__((noinline)) int mbx_new_conn(const struct flow_key *key, const str
 		n = __sync_fetch_and_add(pos, 1);
 	}
 	}
-	if (slot_real(s->sched_base + n % s->sched_len, &real_id))
+	if (slot_real(s->sched_base + n % s->sched_len, real_id))
 		return XDP_DROP;
-	rs = bpf_map_lookup_elem(&reals, &real_id);
+	rs = bpf_map_lookup_elem(&reals, real_id);
 	if (!rs) {
 		count(CNT_DROP_NO_REAL);
 		return XDP_DROP;
 	}
 	if (s->persist_s) {
-		struct persist_val pv = {.real_id = real_id, .last_seen = now};
+		struct persist_val pv = {.real_id = *real_id, .last_seen = now};
 		bpf_map_update_elem(&persist, &pk, &pv, BPF_ANY);
 	}
 picked:
 	if ((s->flags & PICK_MASK) == PICK_LEAST) {
-		struct real_load *l = bpf_map_lookup_elem(&loads, &real_id);
+		struct real_load *l = bpf_map_lookup_elem(&loads, real_id);
 		if (l)
 			__sync_fetch_and_add(&l->recent, 1);
 	}
+	return PICK_OK;
+}
+
+/* Not inlined: the slow path gets its own stack frame. On success fills fc
+ * with the client-side entry and returns NEW_CONN_OK, else a verdict. */
+__attribute__((noinline)) int mbx_new_conn(const struct flow_key *key, const struct svc *s,
+					   const struct config *cfg, __u64 now, struct conn *fc)
+{
+	/* A global function (verified once, not per caller): its pointer
+	 * arguments may be NULL as far as the verifier knows. */
+	if (!key || !s || !cfg || !fc)
+		return XDP_DROP;
+	if (s->sched_len == 0) {
+		count(CNT_DROP_NO_REAL);
+		return XDP_DROP;
+	}
+	__u32 h = flow_hash(key, cfg->hash_seed);
+	__u32 real_id;
+	int pv = pick_real(s, cfg, h, key->saddr, key->daddr, now, &real_id);
+	if (pv != PICK_OK)
+		return pv;
+	struct real *rs = bpf_map_lookup_elem(&reals, &real_id);
+	if (!rs)
+		return XDP_DROP;
 	__u8 state = key->proto == IPPROTO_TCP ? cfg->fsm[DIR_INPUT][0][TCPS_NONE] : UDP_STATE;
 	fc->real_id = real_id;
 	fc->svc_id = s->id;
@@ -358,9 +377,16 @@ static __always_inline int process(struct xdp_md *ctx)
 	switch (parse_ipv4(data, data_end, &p)) {
 	case PARSE_OK:
 		break;
-	case PARSE_NOT_IP:
+	case PARSE_NOT_IP: {
+		struct ethhdr *eth = data;
+		if ((void *)(eth + 1) <= data_end && eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+			struct config *c6 = get_config();
+			if (c6 && (c6->lb6 & LB6_V6))
+				return VERDICT_LB6;
+		}
 		count(CNT_PASS_NOT_OURS);
 		return XDP_PASS;
+	}
 	case PARSE_OTHER_L4:
 		if (parse_icmp_echo(data_end, &p))
 			break; /* a flow like any other (SNAT of pings) */
@@ -426,6 +452,8 @@ static __always_inline int process(struct xdp_md *ctx)
 		sk.family = AF_INET_;
 		struct svc *s = bpf_map_lookup_elem(&services, &sk);
 		if (!s) {
+			if (cfg->lb6 & LB6_NAT64)
+				return VERDICT_LB6; /* perhaps a NAT64 reply */
 			count(CNT_PASS_NOT_OURS);
 			return XDP_PASS;
 		}
@@ -485,6 +513,19 @@ int mbx_xdp(struct xdp_md *ctx)
 	int verdict = XDP_PASS;
 	if (!engine || !(engine->flags & ENGINE_F_NO_LB))
 		verdict = process(ctx);
+	if (verdict == VERDICT_LB6) {
+		/* An IPv6 service's packet (or a NAT64 reply): mbx_lb6 decides,
+		 * counts and captures it as the code below would. */
+		if (cap) {
+			__u32 zero = 0;
+			struct brick_scratch *s = bpf_map_lookup_elem(&brick_handoff, &zero);
+			if (s)
+				s->capture_matched = matched;
+		}
+		bpf_tail_call(ctx, &lb6_prog, 0);
+		count(CNT_PASS_NOT_OURS);
+		verdict = XDP_PASS;
+	}
 	if (verdict == XDP_PASS && engine) {
 		/* What the load balancer leaves goes to the bricks (bricks.h). */
 		if (cap) {
@@ -527,4 +568,210 @@ int mbx_monitor_reinject(struct xdp_md *ctx)
 {
 	mbx_monitor(ctx, 1);
 	return XDP_DROP;
+}
+
+static __always_inline int is_local6(const struct flow_key6 *k)
+{
+	struct local_key lk = {};
+	__builtin_memcpy(lk.addr, k->daddr, 16);
+	lk.family = AF_INET6_;
+	return bpf_map_lookup_elem(&local_addrs, &lk) != 0;
+}
+
+/* mbx_new_conn's twin for IPv6 services: the same scheduling (pick_real),
+ * then DR/tunnel (one entry) or Full-NAT to a LIP of the real server's
+ * family (IPv6, or IPv4 for NAT64) and a local port, probed as for IPv4. */
+__attribute__((noinline)) int mbx_new_conn6(const struct flow_key6 *key, const struct svc *s,
+					    const struct config *cfg, __u64 now, struct conn6 *fc)
+{
+	if (!key || !s || !cfg || !fc)
+		return XDP_DROP;
+	if (s->sched_len == 0) {
+		count(CNT_DROP_NO_REAL);
+		return XDP_DROP;
+	}
+	__u32 h = flow_hash6(key, cfg->hash_seed);
+	__u32 real_id;
+	int pv = pick_real(s, cfg, h, fold6(key->saddr), fold6(key->daddr), now, &real_id);
+	if (pv != PICK_OK)
+		return pv;
+	struct real *rs = bpf_map_lookup_elem(&reals, &real_id);
+	if (!rs)
+		return XDP_DROP;
+	fc->real_id = real_id;
+	fc->svc_id = s->id;
+	fc->state = key->proto == IPPROTO_TCP ? cfg->fsm[DIR_INPUT][0][TCPS_NONE] : UDP_STATE;
+	fc->last_seen = now;
+	fc->nh_out = 0;
+	if (rs->mode == FWD_DR || rs->mode == FWD_TUN) {
+		__builtin_memcpy(fc->saddr, key->saddr, 16);
+		__builtin_memcpy(fc->daddr, rs->addr, 16);
+		fc->sport = key->sport;
+		fc->dport = key->dport;
+		fc->flags = rs->mode == FWD_DR ? CONN_F_DR : CONN_F_TUN;
+		fc->out_family = AF_INET6_;
+		fc->csum_l4 = 0;
+		goto insert;
+	}
+	if (rs->mode != FWD_FNAT) {
+		count(CNT_DROP_NO_REAL); /* Go refuses other modes for IPv6 */
+		return XDP_DROP;
+	}
+	if (s->laddr_len == 0) {
+		count(CNT_DROP_NO_LADDR);
+		return XDP_DROP;
+	}
+	__u32 range = (__u32)cfg->port_hi - cfg->port_lo + 1;
+	__u8 out = rs->family == AF_INET_ ? AF_INET_ : AF_INET6_;
+
+	/* The reply comes from the real server to a LIP and port, in the
+	 * real server's family. fc holds the reply entry first (nat.h). */
+	struct flow_key6 rk = {};
+	__builtin_memcpy(rk.saddr, rs->addr, 16);
+	rk.sport = rs->port ? rs->port : key->dport;
+	rk.proto = key->proto;
+	rk.family = out;
+	__builtin_memcpy(fc->saddr, key->daddr, 16);
+	__builtin_memcpy(fc->daddr, key->saddr, 16);
+	fc->sport = key->dport;
+	fc->dport = key->sport;
+	fc->flags = CONN_F_REPLY;
+	fc->out_family = AF_INET6_;
+
+	int ok = 0;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < PORT_TRIES; i++) {
+		__u32 cand = h + (__u32)i * PORT_CAND_STEP;
+		__u32 li = s->laddr_base + cand % s->laddr_len;
+		struct laddr *la = bpf_map_lookup_elem(&laddrs, &li);
+		if (!la)
+			break;
+		__builtin_memcpy(rk.daddr, la->addr, 16);
+		rk.dport = bpf_htons((__u16)(cfg->port_lo + (cand >> 8) % range));
+		conn6_set_csum(fc, &rk);
+		if (bpf_map_update_elem(&conns6, &rk, fc, BPF_NOEXIST) == 0) {
+			ok = 1;
+			break;
+		}
+		struct conn6 *old = bpf_map_lookup_elem(&conns6, &rk);
+		if (old && !conn6_alive(cfg, old, &rk, now) &&
+		    bpf_map_update_elem(&conns6, &rk, fc, BPF_NOEXIST) == 0) {
+			ok = 1;
+			break;
+		}
+		__u64 *cf = bpf_map_lookup_elem(&laddr_conflicts, &li);
+		if (cf)
+			*cf += 1;
+	}
+	if (!ok) {
+		count(CNT_DROP_NO_PORT);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(fc->saddr, rk.daddr, 16);
+	__builtin_memcpy(fc->daddr, rk.saddr, 16);
+	fc->sport = rk.dport;
+	fc->dport = rk.sport;
+	fc->flags = 0;
+	fc->out_family = out;
+	fc->nh_out = 0;
+	conn6_set_csum(fc, key);
+insert:
+	bpf_map_update_elem(&conns6, key, fc, BPF_ANY);
+	struct real_stats *st = bpf_map_lookup_elem(&stats, &real_id);
+	if (st)
+		st->conns++;
+	count(CNT_CONN_NEW);
+	return NEW_CONN_OK;
+}
+
+/* process() for IPv6 services and NAT64 replies. */
+static __always_inline int process6(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct pkt6 p = {};
+
+	int r = parse6(data, data_end, &p);
+	if (r != PARSE_OK) {
+		if (r == PARSE_BAD_L4 && p.key.family == AF_INET6_ && is_local6(&p.key)) {
+			count(CNT_DROP_MALFORMED);
+			return XDP_DROP;
+		}
+		count(r == PARSE_BAD_L3 || r == PARSE_BAD_L4 ? CNT_PASS_MALFORMED : CNT_PASS_NOT_OURS);
+		return XDP_PASS;
+	}
+	struct config *cfg = get_config();
+	if (!cfg)
+		return XDP_PASS;
+	__u64 now = bpf_ktime_get_coarse_ns();
+
+	struct conn6 *c = bpf_map_lookup_elem(&conns6, &p.key);
+	if (c) {
+		if (!conn6_alive(cfg, c, &p.key, now)) {
+			c = 0;
+		} else if (!(c->flags & CONN_F_REPLY) && is_new_syn6(&p) && p.key.proto == IPPROTO_TCP &&
+			   (c->state == TCPS_TIME_WAIT || c->state == TCPS_CLOSE)) {
+			conn6_delete(c, &p.key);
+			count(CNT_CONN_REUSE);
+			c = 0;
+		}
+	}
+	if (c) {
+		if (now - c->last_seen > (1 << 20))
+			c->last_seen = now;
+		conn6_track(cfg, c, &p);
+	} else {
+		if (!p.ip6) {
+			count(CNT_PASS_NOT_OURS); /* IPv4, and not a NAT64 reply */
+			return XDP_PASS;
+		}
+		struct svc_key sk = {};
+		__builtin_memcpy(sk.addr, p.key.daddr, 16);
+		sk.port = p.key.dport;
+		sk.proto = p.key.proto;
+		sk.family = AF_INET6_;
+		struct svc *s = bpf_map_lookup_elem(&services, &sk);
+		if (!s) {
+			count(CNT_PASS_NOT_OURS);
+			return XDP_PASS;
+		}
+		if (!is_new_syn6(&p)) {
+			count(CNT_DROP_NO_CONN);
+			return XDP_DROP;
+		}
+		__u32 zero = 0;
+		struct conn6 *fresh = bpf_map_lookup_elem(&conn6_scratch, &zero);
+		if (!fresh)
+			return XDP_DROP;
+		int v = mbx_new_conn6(&p.key, s, cfg, now, fresh);
+		if (v != NEW_CONN_OK)
+			return v;
+		c = fresh;
+	}
+	account6(c, &p);
+	if (c->flags & CONN_F_DR)
+		return xmit_dr6(ctx, &p, c, cfg, now);
+	if (c->flags & CONN_F_TUN)
+		return xmit_tunnel6(ctx, &p, c, cfg, now);
+	return xmit_fnat6(ctx, &p, c, cfg, now);
+}
+
+/* The IPv6 load balancer (lb6.h), reached by tail call from mbx_xdp. */
+SEC("xdp")
+int mbx_lb6(struct xdp_md *ctx)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	int verdict = process6(ctx);
+	struct brick_engine *engine = brick_engine_on(ifindex);
+	if (verdict == XDP_PASS && engine)
+		bpf_tail_call(ctx, &brick_prog, 0);
+	count_verdict(ifindex, verdict);
+	struct capture_cfg *cap = capture_on(ifindex);
+	if (cap && (cap->points & CAPTURE_EXIT)) {
+		__u32 zero = 0;
+		struct brick_scratch *s = bpf_map_lookup_elem(&brick_handoff, &zero);
+		if (s && s->capture_matched)
+			capture_emit(ctx, cap, CAPTURE_EXIT, verdict);
+	}
+	return verdict;
 }

@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/mbx-net/mbx/lb"
 )
@@ -34,7 +35,13 @@ func wantedAddrs(cfg *lb.Config) map[ifAddr]bool {
 }
 
 func nlAddr(p netip.Prefix) *netlink.Addr {
-	return &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		// No duplicate address detection: a VIP or LIP must answer at once
+		// (a tentative address is neither answered for nor a source).
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
 }
 
 // checkDevices fails if a device an address needs does not exist.

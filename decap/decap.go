@@ -1,6 +1,6 @@
 // Package decap is the real-server side of mbx's tunnel mode: an XDP
-// program (bpf/decap.c) that strips the outer header of IP-in-IP packets
-// for local VIPs and hands the inner packet to the stack, since this kernel
+// program (bpf/decap.c) that strips the outer header of IP-in-IP and
+// ip6ip6 packets for local VIPs and hands the inner packet to the stack, since this kernel
 // has no ipip device (Katran ships the same for the same reason).
 package decap
 
@@ -45,11 +45,13 @@ func Attach(iface string, vips []netip.Addr, generic bool) error {
 		return err
 	}
 	for _, v := range vips {
-		if !v.Is4() {
-			return fmt.Errorf("VIP %s: IPv4 only (IPv6 tunnels are not built yet)", v)
+		if v.Is6() {
+			if err := objs.DecapVips6.Put(v.As16(), uint32(1)); err != nil {
+				return err
+			}
+			continue
 		}
-		a := v.As4()
-		if err := objs.DecapVips.Put(a, uint32(1)); err != nil {
+		if err := objs.DecapVips.Put(v.As4(), uint32(1)); err != nil {
 			return err
 		}
 	}

@@ -18,6 +18,14 @@ type decapDecapCfg struct {
 	AnyVip uint32
 }
 
+type decapIn6Addr struct {
+	_    structs.HostLayout
+	In6U struct {
+		_       structs.HostLayout
+		U6Addr8 [16]uint8
+	}
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -25,6 +33,7 @@ const (
 	decapMapDecapConfig = "decap_config"
 	decapMapDecapStats  = "decap_stats"
 	decapMapDecapVips   = "decap_vips"
+	decapMapDecapVips6  = "decap_vips6"
 	decapProgMbxDecap   = "mbx_decap"
 )
 
@@ -80,6 +89,7 @@ type decapMapSpecs struct {
 	DecapConfig *ebpf.MapSpec `ebpf:"decap_config"`
 	DecapStats  *ebpf.MapSpec `ebpf:"decap_stats"`
 	DecapVips   *ebpf.MapSpec `ebpf:"decap_vips"`
+	DecapVips6  *ebpf.MapSpec `ebpf:"decap_vips6"`
 }
 
 // decapVariableSpecs contains global variables before they are loaded into the kernel.
@@ -111,6 +121,7 @@ type decapMaps struct {
 	DecapConfig *ebpf.Map `ebpf:"decap_config"`
 	DecapStats  *ebpf.Map `ebpf:"decap_stats"`
 	DecapVips   *ebpf.Map `ebpf:"decap_vips"`
+	DecapVips6  *ebpf.Map `ebpf:"decap_vips6"`
 }
 
 func (m *decapMaps) Close() error {
@@ -118,6 +129,7 @@ func (m *decapMaps) Close() error {
 		m.DecapConfig,
 		m.DecapStats,
 		m.DecapVips,
+		m.DecapVips6,
 	)
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Prefix starts every namespace the lab creates: mbxl-<owner pid>-<lab>-<host>.
@@ -290,7 +291,11 @@ func (l *Lab) placeEnd(tmp string, e End, isSwitch bool) error {
 		if err != nil {
 			return err
 		}
-		if err := hd.AddrAdd(lk, &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}); err != nil {
+		na := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+		if p.Addr().Is6() {
+			na.Flags = unix.IFA_F_NODAD // tests start at once
+		}
+		if err := hd.AddrAdd(lk, na); err != nil {
 			return fmt.Errorf("address %s on %s/%s: %w", a, e.Host, e.Iface, err)
 		}
 	}

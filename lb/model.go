@@ -236,8 +236,8 @@ func (s *Service) validate() error {
 	if !k.Addr.IsValid() || k.Addr.IsUnspecified() {
 		return fmt.Errorf("service %s: invalid virtual address", k)
 	}
-	if !k.Addr.Is4() {
-		return fmt.Errorf("service %s: IPv6 virtual services are not supported yet", k)
+	if k.Addr.Is4In6() {
+		return fmt.Errorf("service %s: write the IPv4-mapped address %s as IPv4", k, k.Addr)
 	}
 	if k.Port == 0 {
 		return fmt.Errorf("service %s: port 0 (all ports) is not supported", k)
@@ -261,17 +261,61 @@ func (s *Service) validate() error {
 			return fmt.Errorf("service %s: real server %s: %w", k, r.AddrPort(), err)
 		}
 	}
+	if err := s.validateFamilies(); err != nil {
+		return err
+	}
 	lseen := map[netip.Addr]bool{}
 	for _, la := range s.LocalAddrs {
 		if lseen[la.Addr] {
 			return fmt.Errorf("service %s: duplicate local address %s", k, la.Addr)
 		}
 		lseen[la.Addr] = true
-		if !la.Addr.IsValid() || la.Addr.Is4() != k.Addr.Is4() {
-			return fmt.Errorf("service %s: local address %s has the wrong family", k, la.Addr)
+		if !la.Addr.IsValid() || la.Addr.Is4() != s.RealFamily4() {
+			return fmt.Errorf("service %s: local address %s has the wrong family (LIPs are in the real servers' family)", k, la.Addr)
 		}
 		if la.Dev == "" {
 			return fmt.Errorf("service %s: local address %s needs a device (-F DEV)", k, la.Addr)
+		}
+	}
+	return nil
+}
+
+// RealFamily4 reports whether the service's real servers (and so its LIPs)
+// are IPv4: an IPv4 service's always are; an IPv6 service's are for NAT64.
+func (s *Service) RealFamily4() bool {
+	if len(s.Reals) > 0 {
+		return s.Reals[0].Addr.Is4()
+	}
+	if len(s.LocalAddrs) > 0 {
+		return s.LocalAddrs[0].Addr.Is4()
+	}
+	return s.Key.Addr.Is4()
+}
+
+// IsNAT64 reports whether s is an IPv6 service of IPv4 real servers.
+func (s *Service) IsNAT64() bool { return !s.Key.IsMatch() && s.Key.Addr.Is6() && s.RealFamily4() }
+
+// validateFamilies checks what IPv6 services may do: Full-NAT, DR and
+// tunnel to IPv6 real servers, or NAT64 Full-NAT to IPv4 ones with IPv4
+// LIPs; one family of real servers per service (it has one LIP pool).
+func (s *Service) validateFamilies() error {
+	k := s.Key
+	if k.Addr.Is4() {
+		return nil
+	}
+	for _, r := range s.Reals {
+		if r.Addr.Is4() != s.RealFamily4() {
+			return fmt.Errorf("service %s: real servers of both families (%s and %s): one family per service", k, s.Reals[0].Addr, r.Addr)
+		}
+		if r.Forward == Masquerade {
+			return fmt.Errorf("service %s: real server %s: NAT (-m) is IPv4 only; use -b (Full-NAT), -g or -i", k, r.AddrPort())
+		}
+	}
+	if s.IsNAT64() {
+		for _, la := range s.LocalAddrs {
+			if !la.Addr.Is4() {
+				return fmt.Errorf("service %s: NAT64 (IPv6 service, IPv4 real servers) needs IPv4 LIPs, not %s", k, la.Addr)
+			}
 		}
 	}
 	return nil
@@ -281,8 +325,8 @@ func (r Real) validate(k ServiceKey) error {
 	if !r.Addr.IsValid() || r.Addr.IsUnspecified() {
 		return errors.New("invalid address")
 	}
-	if r.Addr.Is4() != k.Addr.Is4() {
-		return errors.New("address family differs from the service's")
+	if r.Addr.Is4() != k.Addr.Is4() && (k.Addr.Is4() || r.Forward != FullNAT) {
+		return errors.New("address family differs from the service's (only Full-NAT (-b) of an IPv6 service may reach IPv4 real servers: NAT64)")
 	}
 	if r.Weight < 0 || r.Weight > 65535 {
 		return fmt.Errorf("weight %d out of range 0..65535", r.Weight)

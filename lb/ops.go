@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // OpKind names a change to the desired state.
@@ -176,7 +177,7 @@ func ParseAddrPort(s string, defPort int) (netip.Addr, uint16, error) {
 		return ap.Addr().Unmap(), ap.Port(), nil
 	}
 	if defPort >= 0 {
-		if a, err := netip.ParseAddr(s); err == nil {
+		if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); err == nil {
 			return a.Unmap(), uint16(defPort), nil
 		}
 	}

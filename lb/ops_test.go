@@ -29,7 +29,20 @@ func TestOpsErrorsLeaveConfigUnchanged(t *testing.T) {
 		{"unknown scheduler", []Op{{Kind: OpAddService, Service: other, Scheduler: "magic"}}, "unknown scheduler"},
 		{"bad weight", []Op{{Kind: OpEditReal, Service: svc, Real: Real{Addr: rs1.Addr, Port: 80, Weight: 70000, Forward: FullNAT}}}, "weight"},
 		{"family mismatch", []Op{{Kind: OpAddReal, Service: svc, Real: Real{Addr: netip.MustParseAddr("fd00:198::2"), Port: 80, Weight: 1, Forward: FullNAT}}}, "family"},
-		{"ipv6 service", []Op{{Kind: OpAddService, Service: v6, Scheduler: "rr"}}, "IPv6"},
+		{"nat64 with an ipv6 LIP", []Op{
+			{Kind: OpAddService, Service: v6, Scheduler: "rr"},
+			{Kind: OpAddReal, Service: v6, Real: rs1},
+			{Kind: OpAddLaddr, Service: v6, Laddr: LocalAddr{Addr: netip.MustParseAddr("fd00:198::200"), Dev: "lan0"}}}, "NAT64"},
+		{"nat64 by DR", []Op{
+			{Kind: OpAddService, Service: v6, Scheduler: "rr"},
+			{Kind: OpAddReal, Service: v6, Real: Real{Addr: rs1.Addr, Port: 80, Weight: 1, Forward: DirectRoute}}}, "NAT64"},
+		{"ipv6 NAT", []Op{
+			{Kind: OpAddService, Service: v6, Scheduler: "rr"},
+			{Kind: OpAddReal, Service: v6, Real: Real{Addr: netip.MustParseAddr("fd00:198::2"), Port: 80, Weight: 1, Forward: Masquerade}}}, "IPv4 only"},
+		{"both families", []Op{
+			{Kind: OpAddService, Service: v6, Scheduler: "rr"},
+			{Kind: OpAddReal, Service: v6, Real: rs1},
+			{Kind: OpAddReal, Service: v6, Real: Real{Addr: netip.MustParseAddr("fd00:198::2"), Port: 80, Weight: 1, Forward: FullNAT}}}, "both families"},
 		{"laddr without device", []Op{{Kind: OpAddLaddr, Service: svc, Laddr: LocalAddr{Addr: netip.MustParseAddr("198.18.1.200")}}}, "device"},
 		{"laddr equal to a VIP", []Op{
 			{Kind: OpAddService, Service: other, Scheduler: "rr"},

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/gopacket/gopacket"
@@ -114,8 +115,18 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 			return nil, fmt.Errorf("outer.dst: %w", err)
 		}
 		ttl, _ := num(p.Outer, "ttl", 64)
-		ls = append(ls, &layers.IPv4{Version: 4, TTL: uint8(ttl), Protocol: layers.IPProtocolIPv4,
-			SrcIP: src.AsSlice(), DstIP: dst.AsSlice()})
+		if src.Is6() { // ip6ip6: the flow label may be a $variable the output binds
+			eth.EthernetType = layers.EthernetTypeIPv6
+			label, err := num(p.Outer, "flow", 0)
+			if err != nil {
+				return nil, fmt.Errorf("outer.flow: %w", err)
+			}
+			ls = append(ls, &layers.IPv6{Version: 6, HopLimit: uint8(ttl), NextHeader: layers.IPProtocolIPv6,
+				FlowLabel: uint32(label), SrcIP: src.AsSlice(), DstIP: dst.AsSlice()})
+		} else {
+			ls = append(ls, &layers.IPv4{Version: 4, TTL: uint8(ttl), Protocol: layers.IPProtocolIPv4,
+				SrcIP: src.AsSlice(), DstIP: dst.AsSlice()})
+		}
 	}
 
 	var netLayer gopacket.NetworkLayer
@@ -145,6 +156,18 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 			return nil, fmt.Errorf("ip.dst: %w", err)
 		}
 		ttl, _ := num(p.IP, "ttl", 64)
+		if src.Is6() {
+			ip6, err := f.ipv6(p, src, dst, num)
+			if err != nil {
+				return nil, err
+			}
+			if p.Outer == nil {
+				eth.EthernetType = layers.EthernetTypeIPv6
+			}
+			netLayer = ip6
+			ls = append(ls, ip6)
+			break
+		}
 		id, _ := num(p.IP, "id", 1)
 		tos, _ := num(p.IP, "tos", 0)
 		frag, _ := num(p.IP, "frag", 0)
@@ -244,7 +267,7 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 		return nil, err
 	}
 	b := buf.Bytes()
-	if p.UDP != nil {
+	if p.UDP != nil && b[12] == 0x08 && b[13] == 0x00 {
 		if nc, _ := p.UDP["nocsum"].(bool); nc {
 			off := 14 + int(b[14]&0xf)*4 + 6
 			b[off], b[off+1] = 0, 0
@@ -261,6 +284,27 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 		b = b[:p.Truncate]
 	}
 	return append([]byte(nil), b...), nil
+}
+
+// ipv6 builds an IPv6 header: ttl is the hop limit, tos the traffic class.
+func (f *File) ipv6(p Packet, src, dst netip.Addr, num func(map[string]any, string, uint64) (uint64, error)) (*layers.IPv6, error) {
+	if !dst.Is6() {
+		return nil, fmt.Errorf("ip: %s and %s are of different families", src, dst)
+	}
+	ttl, _ := num(p.IP, "ttl", 64)
+	tos, _ := num(p.IP, "tos", 0)
+	label, _ := num(p.IP, "flow", 0)
+	ip6 := &layers.IPv6{Version: 6, HopLimit: uint8(ttl), TrafficClass: uint8(tos), FlowLabel: uint32(label),
+		SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	switch {
+	case p.TCP != nil:
+		ip6.NextHeader = layers.IPProtocolTCP
+	case p.UDP != nil:
+		ip6.NextHeader = layers.IPProtocolUDP
+	default:
+		return nil, fmt.Errorf("ip: IPv6 vectors carry TCP or UDP")
+	}
+	return ip6, nil
 }
 
 // bind learns unbound $variables of an expected packet's ports from the
@@ -281,6 +325,9 @@ func bind(p Packet, actual []byte, v vars) {
 	if u, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && p.UDP != nil {
 		set(p.UDP, "sport", uint64(u.SrcPort))
 		set(p.UDP, "dport", uint64(u.DstPort))
+	}
+	if o, ok := pkt.Layer(layers.LayerTypeIPv6).(*layers.IPv6); ok && p.Outer != nil && o.NextHeader == layers.IPProtocolIPv6 {
+		set(p.Outer, "flow", uint64(o.FlowLabel))
 	}
 	if ic, ok := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4); ok && p.ICMP != nil {
 		set(p.ICMP, "id", uint64(ic.Id))

@@ -25,6 +25,9 @@ func fold(sum uint32) uint16 {
 // VerifyChecksums recomputes an Ethernet/IPv4 frame's IP and TCP/UDP
 // checksums from scratch; independent of gopacket.
 func VerifyChecksums(frame []byte) error {
+	if len(frame) >= 54 && binary.BigEndian.Uint16(frame[12:]) == 0x86dd {
+		return verifyIPv6(frame[14:])
+	}
 	if len(frame) < 34 || binary.BigEndian.Uint16(frame[12:]) != 0x0800 {
 		return nil
 	}
@@ -52,6 +55,33 @@ func VerifyChecksums(frame []byte) error {
 	sum += uint32(proto) + uint32(len(l4))
 	if fold(onesSum(l4, sum)) != 0xffff {
 		return fmt.Errorf("bad %s checksum", map[byte]string{6: "TCP", 17: "UDP"}[proto])
+	}
+	return nil
+}
+
+// verifyIPv6 checks a TCP or UDP checksum right after an IPv6 header (an
+// ip6ip6 packet's inner one too).
+func verifyIPv6(ip []byte) error {
+	plen := int(binary.BigEndian.Uint16(ip[4:]))
+	next := ip[6]
+	if 40+plen > len(ip) {
+		return nil
+	}
+	l4 := ip[40 : 40+plen]
+	switch next {
+	case 41:
+		if len(l4) >= 40 {
+			return verifyIPv6(l4)
+		}
+		return nil
+	case 6, 17:
+	default:
+		return nil
+	}
+	sum := onesSum(ip[8:40], 0)
+	sum += uint32(next) + uint32(len(l4))
+	if fold(onesSum(l4, sum)) != 0xffff {
+		return fmt.Errorf("bad %s checksum (IPv6)", map[byte]string{6: "TCP", 17: "UDP"}[next])
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/mbx-net/mbx/cli/ipvsadm"
@@ -120,6 +121,11 @@ func runStep(dp Datapath, f *File, st Step, v vars) error {
 		want, err := f.build(exp, v)
 		if err != nil {
 			return fmt.Errorf("building expected output: %w", err)
+		}
+		if len(out) < len(want) && len(want) == 60 && bytes.Equal(out, want[:len(out)]) && !slices.ContainsFunc(want[len(out):], func(b byte) bool { return b != 0 }) {
+			// A frame that shrank below Ethernet's minimum (NAT64's header
+			// translation) leaves unpadded; the wire pads it.
+			want = want[:len(out)]
 		}
 		if !bytes.Equal(out, want) {
 			return fmt.Errorf("output differs\n got: %s\nwant: %s", hex.EncodeToString(out), hex.EncodeToString(want))

@@ -60,8 +60,12 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 	if err != nil {
 		return err
 	}
-	if to := cfg.Timeouts.Effective(b.baseTO); to != b.opts.Timeouts {
+	lb6 := lb6Flags(cfg)
+	if to := cfg.Timeouts.Effective(b.baseTO); to != b.opts.Timeouts || lb6&^b.lb6 != 0 {
+		// Flags are only added here (before the services they route to);
+		// removed ones follow the services, at the end.
 		b.opts.Timeouts = to
+		b.lb6 |= lb6
 		if err := b.writeConfig(); err != nil {
 			return err
 		}
@@ -114,7 +118,32 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 	if len(b.direct) > 0 {
 		go b.resolveDirect()
 	}
+	if b.lb6 != lb6 {
+		b.lb6 = lb6
+		if err := b.writeConfig(); err != nil {
+			return err
+		}
+	}
 	return b.writeLocalBits()
+}
+
+// lb6Flags says which packets mbx_xdp must hand to mbx_lb6 (config.lb6):
+// IPv6 ones when an IPv6 service exists, unmatched IPv4 ones when a NAT64
+// service (IPv6 VIP, IPv4 real servers) does.
+func lb6Flags(cfg *lb.Config) uint32 {
+	var f uint32
+	for _, s := range cfg.Services {
+		if s.Key.IsMatch() || !s.Key.Addr.Is6() {
+			continue
+		}
+		f |= 1
+		for _, r := range s.Reals {
+			if r.Addr.Is4() {
+				f |= 2
+			}
+		}
+	}
+	return f
 }
 
 // writeLocalBits rebuilds the datapath's prefilter from the local addresses.

@@ -2,6 +2,8 @@ package xdp
 
 import (
 	"testing"
+
+	"github.com/cilium/ebpf"
 )
 
 // TestVerifierBudget keeps the datapath well inside the verifier's limit
@@ -10,16 +12,20 @@ import (
 // loaded. Raise the bound only with a reason.
 func TestVerifierBudget(t *testing.T) {
 	b := loadSmall(t)
-	info, err := b.objs.MbxXdp.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, ok := info.VerifiedInstructions()
-	if !ok {
-		t.Skip("the kernel does not report verified instructions")
-	}
-	t.Logf("mbx_xdp: %d verified instructions", n)
-	if n > 500000 {
-		t.Errorf("mbx_xdp needs %d verified instructions; keep it under 500k (the limit is 1M): move rare paths into global functions", n)
+	for name, prog := range map[string]interface {
+		Info() (*ebpf.ProgramInfo, error)
+	}{"mbx_xdp": b.objs.MbxXdp, "mbx_lb6": b.objs.MbxLb6} {
+		info, err := prog.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, ok := info.VerifiedInstructions()
+		if !ok {
+			t.Skip("the kernel does not report verified instructions")
+		}
+		t.Logf("%s: %d verified instructions", name, n)
+		if n > 500000 {
+			t.Errorf("%s needs %d verified instructions; keep it under 500k (the limit is 1M): move rare paths into global functions", name, n)
+		}
 	}
 }

@@ -71,6 +71,8 @@ type mbxConfig struct {
 	Fsm            [2][4][16]uint8
 	TunSrcMask     uint32
 	SnatRules      uint32
+	Lb6            uint32
+	Pad3           uint32
 }
 
 type mbxConn struct {
@@ -99,6 +101,32 @@ type mbxConn struct {
 	_        [4]byte
 }
 
+type mbxConn6 struct {
+	_         structs.HostLayout
+	Saddr     [4]uint32
+	Daddr     [4]uint32
+	Sport     uint16
+	Dport     uint16
+	CsumL4    uint32
+	RealId    uint32
+	SvcId     uint16
+	State     uint8
+	Flags     uint8
+	OutFamily uint8
+	Pad       [3]uint8
+	_         [4]byte
+	LastSeen  uint64
+	NhIn      uint32
+	NhOut     uint32
+	NhStamp   uint32
+	NhGen     uint32
+	NhDmac    [6]uint8
+	NhSmac    [6]uint8
+	TunSaddr  [4]uint32
+	NhMtu     uint16
+	Pad2      uint16
+}
+
 type mbxFlowKey struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -107,6 +135,17 @@ type mbxFlowKey struct {
 	Dport uint16
 	Proto uint8
 	Pad   [3]uint8
+}
+
+type mbxFlowKey6 struct {
+	_      structs.HostLayout
+	Saddr  [4]uint32
+	Daddr  [4]uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Pad    [2]uint8
 }
 
 type mbxFragKey struct {
@@ -382,8 +421,10 @@ const (
 	mbxMapCaptureEvents       = "capture_events"
 	mbxMapCaptureRate         = "capture_rate"
 	mbxMapConfigMap           = "config_map"
+	mbxMapConn6Scratch        = "conn6_scratch"
 	mbxMapConnScratch         = "conn_scratch"
 	mbxMapConns               = "conns"
+	mbxMapConns6              = "conns6"
 	mbxMapCounters            = "counters"
 	mbxMapFrags               = "frags"
 	mbxMapIfStats             = "if_stats"
@@ -391,6 +432,7 @@ const (
 	mbxMapInlXsks             = "inl_xsks"
 	mbxMapLaddrConflicts      = "laddr_conflicts"
 	mbxMapLaddrs              = "laddrs"
+	mbxMapLb6Prog             = "lb6_prog"
 	mbxMapLoads               = "loads"
 	mbxMapLocalAddrs          = "local_addrs"
 	mbxMapLocalBits           = "local_bits"
@@ -412,6 +454,7 @@ const (
 	mbxMapStats               = "stats"
 	mbxMapTxPorts             = "tx_ports"
 	mbxProgMbxBricks          = "mbx_bricks"
+	mbxProgMbxLb6             = "mbx_lb6"
 	mbxProgMbxMonitorReinject = "mbx_monitor_reinject"
 	mbxProgMbxXdp             = "mbx_xdp"
 	mbxVarMonRecType          = "mon_rec_type"
@@ -460,6 +503,7 @@ type mbxSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type mbxProgramSpecs struct {
 	MbxBricks          *ebpf.ProgramSpec `ebpf:"mbx_bricks"`
+	MbxLb6             *ebpf.ProgramSpec `ebpf:"mbx_lb6"`
 	MbxMonitorReinject *ebpf.ProgramSpec `ebpf:"mbx_monitor_reinject"`
 	MbxXdp             *ebpf.ProgramSpec `ebpf:"mbx_xdp"`
 }
@@ -480,8 +524,10 @@ type mbxMapSpecs struct {
 	CaptureEvents  *ebpf.MapSpec `ebpf:"capture_events"`
 	CaptureRate    *ebpf.MapSpec `ebpf:"capture_rate"`
 	ConfigMap      *ebpf.MapSpec `ebpf:"config_map"`
+	Conn6Scratch   *ebpf.MapSpec `ebpf:"conn6_scratch"`
 	ConnScratch    *ebpf.MapSpec `ebpf:"conn_scratch"`
 	Conns          *ebpf.MapSpec `ebpf:"conns"`
+	Conns6         *ebpf.MapSpec `ebpf:"conns6"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
 	Frags          *ebpf.MapSpec `ebpf:"frags"`
 	IfStats        *ebpf.MapSpec `ebpf:"if_stats"`
@@ -489,6 +535,7 @@ type mbxMapSpecs struct {
 	InlXsks        *ebpf.MapSpec `ebpf:"inl_xsks"`
 	LaddrConflicts *ebpf.MapSpec `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.MapSpec `ebpf:"laddrs"`
+	Lb6Prog        *ebpf.MapSpec `ebpf:"lb6_prog"`
 	Loads          *ebpf.MapSpec `ebpf:"loads"`
 	LocalAddrs     *ebpf.MapSpec `ebpf:"local_addrs"`
 	LocalBits      *ebpf.MapSpec `ebpf:"local_bits"`
@@ -550,8 +597,10 @@ type mbxMaps struct {
 	CaptureEvents  *ebpf.Map `ebpf:"capture_events"`
 	CaptureRate    *ebpf.Map `ebpf:"capture_rate"`
 	ConfigMap      *ebpf.Map `ebpf:"config_map"`
+	Conn6Scratch   *ebpf.Map `ebpf:"conn6_scratch"`
 	ConnScratch    *ebpf.Map `ebpf:"conn_scratch"`
 	Conns          *ebpf.Map `ebpf:"conns"`
+	Conns6         *ebpf.Map `ebpf:"conns6"`
 	Counters       *ebpf.Map `ebpf:"counters"`
 	Frags          *ebpf.Map `ebpf:"frags"`
 	IfStats        *ebpf.Map `ebpf:"if_stats"`
@@ -559,6 +608,7 @@ type mbxMaps struct {
 	InlXsks        *ebpf.Map `ebpf:"inl_xsks"`
 	LaddrConflicts *ebpf.Map `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.Map `ebpf:"laddrs"`
+	Lb6Prog        *ebpf.Map `ebpf:"lb6_prog"`
 	Loads          *ebpf.Map `ebpf:"loads"`
 	LocalAddrs     *ebpf.Map `ebpf:"local_addrs"`
 	LocalBits      *ebpf.Map `ebpf:"local_bits"`
@@ -595,8 +645,10 @@ func (m *mbxMaps) Close() error {
 		m.CaptureEvents,
 		m.CaptureRate,
 		m.ConfigMap,
+		m.Conn6Scratch,
 		m.ConnScratch,
 		m.Conns,
+		m.Conns6,
 		m.Counters,
 		m.Frags,
 		m.IfStats,
@@ -604,6 +656,7 @@ func (m *mbxMaps) Close() error {
 		m.InlXsks,
 		m.LaddrConflicts,
 		m.Laddrs,
+		m.Lb6Prog,
 		m.Loads,
 		m.LocalAddrs,
 		m.LocalBits,
@@ -639,6 +692,7 @@ type mbxVariables struct {
 // It can be passed to loadMbxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type mbxPrograms struct {
 	MbxBricks          *ebpf.Program `ebpf:"mbx_bricks"`
+	MbxLb6             *ebpf.Program `ebpf:"mbx_lb6"`
 	MbxMonitorReinject *ebpf.Program `ebpf:"mbx_monitor_reinject"`
 	MbxXdp             *ebpf.Program `ebpf:"mbx_xdp"`
 }
@@ -646,6 +700,7 @@ type mbxPrograms struct {
 func (p *mbxPrograms) Close() error {
 	return _MbxClose(
 		p.MbxBricks,
+		p.MbxLb6,
 		p.MbxMonitorReinject,
 		p.MbxXdp,
 	)

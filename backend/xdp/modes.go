@@ -78,20 +78,20 @@ func (b *Backend) resolveDirect() {
 		if rt.Gw != nil {
 			nh = rt.Gw
 		}
-		if neighValid(rt.LinkIndex, nh) {
+		if neighValid(rt.LinkIndex, neighFamily(a), nh) {
 			continue
 		}
 		// NTF_USE: "use this entry": the kernel starts resolution. Only for
 		// a missing or failed entry: on a valid one (a static entry too)
 		// it leaves the entry INCOMPLETE.
-		_ = netlink.NeighSet(&netlink.Neigh{LinkIndex: rt.LinkIndex, Family: unix.AF_INET, IP: net.IP(nh),
+		_ = netlink.NeighSet(&netlink.Neigh{LinkIndex: rt.LinkIndex, Family: neighFamily(a), IP: net.IP(nh),
 			Flags: unix.NTF_USE, State: netlink.NUD_NONE})
 	}
 }
 
 // neighValid reports whether the kernel has a usable entry for ip.
-func neighValid(ifindex int, ip net.IP) bool {
-	ns, err := netlink.NeighList(ifindex, unix.AF_INET)
+func neighValid(ifindex, family int, ip net.IP) bool {
+	ns, err := netlink.NeighList(ifindex, family)
 	if err != nil {
 		return false
 	}
@@ -141,4 +141,11 @@ func tunnelSrc(p netip.Prefix) (base, mask uint32) {
 	m := net.CIDRMask(p.Bits(), 32)
 	a := p.Masked().Addr().As4()
 	return binary.LittleEndian.Uint32(a[:]), binary.LittleEndian.Uint32(m)
+}
+
+func neighFamily(a netip.Addr) int {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
 }

@@ -17,7 +17,7 @@ import (
 
 // Maps whose contents outlive a restart: connections, tables, counters.
 // tx_ports is rebuilt from the interfaces; config_map is rewritten.
-var pinnedMaps = []string{"conns", "services", "sched_slots", "sched_pos", "reals", "stats", "loads",
+var pinnedMaps = []string{"conns", "conns6", "services", "sched_slots", "sched_pos", "reals", "stats", "loads",
 	"laddrs", "laddr_conflicts", "local_addrs", "local_bits", "counters", "persist"}
 
 // ensureBPFFS makes sure dir lies on a bpffs. Under /sys/fs/bpf, where a
@@ -142,7 +142,10 @@ func (b *Backend) adopt() (int, error) {
 			stale = append(stale, k)
 			continue
 		}
-		key := lb.ServiceKey{Proto: lb.Proto(k.Proto), Addr: addr4(k.Addr[0]), Port: htons(k.Port)}
+		key := lb.ServiceKey{Proto: lb.Proto(k.Proto), Addr: wordsAddr(k.Addr, k.Family), Port: htons(k.Port)}
+		if k.Family == 10 {
+			b.lb6 |= 1 // until the next Apply: IPv6 flows keep flowing
+		}
 		ps := &progService{id: v.Id, entry: v, reals: map[netip.AddrPort]uint32{}}
 		b.svcIDs.reserve(v.Id)
 		b.slots.reserve(int(v.SchedBase)/slotsPerGroup, groupsFor(int(v.SchedLen)))
@@ -161,7 +164,10 @@ func (b *Backend) adopt() (int, error) {
 			if err := b.objs.Reals.Lookup(id, &r); err != nil {
 				return n, err
 			}
-			ap := netip.AddrPortFrom(addr4(r.Addr[0]), htons(r.Port))
+			ap := netip.AddrPortFrom(wordsAddr(r.Addr, r.Family), htons(r.Port))
+			if k.Family == 10 && r.Family == 2 {
+				b.lb6 |= 2
+			}
 			if _, seen := ps.reals[ap]; !seen {
 				ps.reals[ap] = id
 				b.realIDs.reserve(id)
@@ -172,7 +178,7 @@ func (b *Backend) adopt() (int, error) {
 			if err := b.objs.Laddrs.Lookup(v.LaddrBase+i, &la); err != nil {
 				return n, err
 			}
-			ps.laddrs = append(ps.laddrs, addr4(la.Addr[0]))
+			ps.laddrs = append(ps.laddrs, wordsAddr(la.Addr, la.Family))
 		}
 		b.services[key] = ps
 		n++

@@ -19,34 +19,77 @@ type sweepResult struct {
 	entries          int
 }
 
-// pair walks the table calling fn for each entry with whether its
-// connection is alive (either direction fresh, as the datapath decides).
-func (b *Backend) walk(fn func(k *mbxFlowKey, c *mbxConn, alive bool, now uint64)) {
+// entryView is one connection-table entry of either table (conns, conns6),
+// as Go reads it: the packet's tuple and its rewrite.
+type entryView struct {
+	proto          uint8
+	src, dst       netip.AddrPort // the tuple the entry is keyed by
+	newSrc, newDst netip.AddrPort // what the datapath rewrites it to
+	realID         uint32
+	state, flags   uint8
+	lastSeen       uint64
+}
+
+// walk calls fn for each entry of both tables with whether its connection
+// is alive (either direction fresh, as the datapath decides), and returns
+// the keys of dead ones.
+func (b *Backend) walk(fn func(e *entryView, alive bool, now uint64)) (dead []mbxFlowKey, dead6 []mbxFlowKey6) {
 	b.mu.Lock()
 	to := b.opts.Timeouts
 	b.mu.Unlock()
 	now := monoNow()
-	stale := func(c *mbxConn) bool {
-		return int64(now-c.LastSeen) > int64(to[c.State%flow.NumStates])
+	stale := func(state uint8, lastSeen uint64) bool {
+		return int64(now-lastSeen) > int64(to[state%flow.NumStates])
 	}
 	var k mbxFlowKey
 	var c mbxConn
 	it := b.objs.Conns.Iterate()
 	for it.Next(&k, &c) {
-		alive := !stale(&c)
+		alive := !stale(c.State, c.LastSeen)
 		if !alive {
 			var t mbxConn
 			tk := twinKey(&k, &c)
-			if err := b.objs.Conns.Lookup(&tk, &t); err == nil && !stale(&t) {
+			if err := b.objs.Conns.Lookup(&tk, &t); err == nil && !stale(t.State, t.LastSeen) {
 				alive = true
 			}
 		}
-		fn(&k, &c, alive, now)
+		if !alive {
+			dead = append(dead, k)
+		}
+		fn(&entryView{proto: k.Proto,
+			src: netip.AddrPortFrom(addr4(k.Saddr), htons(k.Sport)), dst: netip.AddrPortFrom(addr4(k.Daddr), htons(k.Dport)),
+			newSrc: netip.AddrPortFrom(addr4(c.Saddr), htons(c.Sport)), newDst: netip.AddrPortFrom(addr4(c.Daddr), htons(c.Dport)),
+			realID: c.RealId, state: c.State, flags: c.Flags, lastSeen: c.LastSeen}, alive, now)
 	}
+	var k6 mbxFlowKey6
+	var c6 mbxConn6
+	it6 := b.objs.Conns6.Iterate()
+	for it6.Next(&k6, &c6) {
+		alive := !stale(c6.State, c6.LastSeen)
+		if !alive {
+			var t mbxConn6
+			tk := twinKey6(&k6, &c6)
+			if err := b.objs.Conns6.Lookup(&tk, &t); err == nil && !stale(t.State, t.LastSeen) {
+				alive = true
+			}
+		}
+		if !alive {
+			dead6 = append(dead6, k6)
+		}
+		fn(&entryView{proto: k6.Proto,
+			src: netip.AddrPortFrom(wordsAddr(k6.Saddr, k6.Family), htons(k6.Sport)), dst: netip.AddrPortFrom(wordsAddr(k6.Daddr, k6.Family), htons(k6.Dport)),
+			newSrc: netip.AddrPortFrom(wordsAddr(c6.Saddr, c6.OutFamily), htons(c6.Sport)), newDst: netip.AddrPortFrom(wordsAddr(c6.Daddr, c6.OutFamily), htons(c6.Dport)),
+			realID: c6.RealId, state: c6.State, flags: c6.Flags, lastSeen: c6.LastSeen}, alive, now)
+	}
+	return dead, dead6
 }
 
 func twinKey(k *mbxFlowKey, c *mbxConn) mbxFlowKey {
 	return mbxFlowKey{Saddr: c.Daddr, Daddr: c.Saddr, Sport: c.Dport, Dport: c.Sport, Proto: k.Proto}
+}
+
+func twinKey6(k *mbxFlowKey6, c *mbxConn6) mbxFlowKey6 {
+	return mbxFlowKey6{Saddr: c.Daddr, Daddr: c.Saddr, Sport: c.Dport, Dport: c.Sport, Proto: k.Proto, Family: c.OutFamily}
 }
 
 // addr4 turns an address word of the datapath back into an address.
@@ -93,28 +136,31 @@ func (b *Backend) sweepOnce() {
 	newConns, _ := b.counter(cntConnNew)
 	deleted, _ := b.counter(cntEntryDeleted)
 	r := sweepResult{active: map[uint32]uint64{}, inactive: map[uint32]uint64{}, lipConns: map[netip.Addr]uint64{}}
-	var dead []mbxFlowKey
-	b.walk(func(k *mbxFlowKey, c *mbxConn, alive bool, _ uint64) {
+	dead, dead6 := b.walk(func(e *entryView, alive bool, _ uint64) {
 		if !alive {
-			dead = append(dead, *k)
 			return
 		}
 		r.entries++
-		if c.Flags&1 != 0 { // reply entry: keyed RS -> LIP (RS -> client for NAT)
-			if c.Flags&8 == 0 {
-				r.lipConns[addr4(k.Daddr)]++
+		if e.flags&1 != 0 { // reply entry: keyed RS -> LIP (RS -> client for NAT)
+			if e.flags&8 == 0 {
+				r.lipConns[e.dst.Addr()]++
 			}
 			return
 		}
-		if flow.State(c.State) == flow.StateEstablished {
-			r.active[c.RealId]++
+		if flow.State(e.state) == flow.StateEstablished {
+			r.active[e.realID]++
 		} else {
-			r.inactive[c.RealId]++
+			r.inactive[e.realID]++
 		}
 	})
 	swept := 0
 	for i := range dead {
 		if b.objs.Conns.Delete(&dead[i]) == nil {
+			swept++
+		}
+	}
+	for i := range dead6 {
+		if b.objs.Conns6.Delete(&dead6[i]) == nil {
 			swept++
 		}
 	}
@@ -244,19 +290,19 @@ func (b *Backend) Conns(limit int) ([]backend.Conn, error) {
 	b.mu.Lock()
 	to := b.opts.Timeouts
 	b.mu.Unlock()
-	b.walk(func(k *mbxFlowKey, c *mbxConn, alive bool, now uint64) {
-		if !alive || c.Flags&1 != 0 || (limit > 0 && len(out) >= limit) {
+	b.walk(func(e *entryView, alive bool, now uint64) {
+		if !alive || e.flags&1 != 0 || (limit > 0 && len(out) >= limit) {
 			return
 		}
-		idle := time.Duration(now - c.LastSeen)
+		idle := time.Duration(now - e.lastSeen)
 		out = append(out, backend.Conn{
-			Proto:   lb.Proto(k.Proto),
-			Client:  netip.AddrPortFrom(addr4(k.Saddr), htons(k.Sport)),
-			Virtual: netip.AddrPortFrom(addr4(k.Daddr), htons(k.Dport)),
-			Local:   netip.AddrPortFrom(addr4(c.Saddr), htons(c.Sport)),
-			Real:    netip.AddrPortFrom(addr4(c.Daddr), htons(c.Dport)),
-			State:   flow.State(c.State),
-			Expire:  max(0, to[c.State%flow.NumStates]-idle),
+			Proto:   lb.Proto(e.proto),
+			Client:  e.src,
+			Virtual: e.dst,
+			Local:   e.newSrc,
+			Real:    e.newDst,
+			State:   flow.State(e.state),
+			Expire:  max(0, to[e.state%flow.NumStates]-idle),
 		})
 	})
 	return out, nil
@@ -276,12 +322,33 @@ func (b *Backend) FlushConns() (int, error) {
 	if err := it.Err(); err != nil {
 		return 0, err
 	}
-	if len(keys) == 0 {
-		return 0, nil
+	var keys6 []mbxFlowKey6
+	var k6 mbxFlowKey6
+	var v6 mbxConn6
+	it6 := b.objs.Conns6.Iterate()
+	for it6.Next(&k6, &v6) {
+		keys6 = append(keys6, k6)
 	}
-	n, err := b.objs.Conns.BatchDelete(keys, nil)
+	if err := it6.Err(); err != nil {
+		return 0, err
+	}
+	n := 0
+	if len(keys) > 0 {
+		d, err := b.objs.Conns.BatchDelete(keys, nil)
+		if err != nil {
+			return d, err
+		}
+		n += d
+	}
+	if len(keys6) > 0 {
+		d, err := b.objs.Conns6.BatchDelete(keys6, nil)
+		n += d
+		if err != nil {
+			return n, err
+		}
+	}
 	b.mu.Lock()
 	b.evict.swept += uint64(n)
 	b.mu.Unlock()
-	return n, err
+	return n, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/mbx-net/mbx/backend/vectors"
 )
@@ -39,8 +40,10 @@ func TestRun(prog *ebpf.Program, ifindex int, frame []byte) (string, []byte, err
 // enables forwarding. Call it inside a private namespace (lab.Worker).
 func BuildTopology(f *vectors.File) (map[string]int, error) {
 	idx := map[string]int{}
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-		return nil, err
+	for _, k := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+		if err := os.WriteFile(k, []byte("1"), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	for _, ifc := range f.Ifaces {
 		mac, err := net.ParseMAC(ifc.MAC)
@@ -70,6 +73,9 @@ func BuildTopology(f *vectors.File) (map[string]int, error) {
 				return nil, fmt.Errorf("%s: %w", ifc.Name, err)
 			}
 			a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+			if p.Addr().Is6() {
+				a.Flags = unix.IFA_F_NODAD // usable at once, as a VIP must be
+			}
 			if err := netlink.AddrAdd(l, a); err != nil {
 				return nil, fmt.Errorf("%s addr %s: %w", ifc.Name, s, err)
 			}

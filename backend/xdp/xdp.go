@@ -66,6 +66,7 @@ type Backend struct {
 	brick     *brickState   // bricks.go; nil until ApplyBricks
 	direct    []netip.Addr  // DR and tunnel real servers, whose next hops Go keeps resolved
 	snatCount int           // SNAT rules written (config.snat_rules)
+	lb6       uint32        // config.lb6: LB6_V6 | LB6_NAT64 for the services applied
 	filtered  *ebpf.Program // mbx_xdp with the monitor's stream filter, while it runs (monitor.go)
 	// filteredReinject: mbx_monitor_reinject with the same filter.
 	filteredReinject *ebpf.Program
@@ -79,6 +80,9 @@ func LoadSpec(connMax int) (*ebpf.CollectionSpec, error) {
 	}
 	if connMax > 0 {
 		spec.Maps["conns"].MaxEntries = uint32(2 * connMax)
+		// IPv6 flows get a table of their own, a quarter the size (its
+		// entries are twice as large; most deployments are IPv4-heavy).
+		spec.Maps["conns6"].MaxEntries = uint32(max(2*connMax/4, 1024))
 	}
 	return spec, nil
 }
@@ -127,6 +131,10 @@ func Load(opts backend.Options) (*Backend, error) {
 		}
 		b.adopted = n
 	}
+	if err := b.objs.Lb6Prog.Put(uint32(0), b.objs.MbxLb6); err != nil {
+		b.objs.Close()
+		return nil, fmt.Errorf("lb6_prog: %w", err)
+	}
 	b.baseTO = opts.Timeouts
 	if err := b.writeConfig(); err != nil {
 		b.objs.Close()
@@ -143,6 +151,7 @@ func (b *Backend) writeConfig() error {
 	c.FibMaxAge = uint32(fibMaxAge.Nanoseconds() >> 20)
 	c.TunSrcBase, c.TunSrcMask = tunnelSrc(b.opts.TunnelSrc)
 	c.SnatRules = uint32(b.snatCount)
+	c.Lb6 = b.lb6
 	for i, d := range b.opts.Timeouts {
 		c.TimeoutNs[i] = uint64(d)
 	}
@@ -345,7 +354,7 @@ func (b *Backend) Close() error {
 	return errors.Join(errs...)
 }
 
-// sysctls: fib lookups need forwarding on; handing a rewritten packet to the
+// sysctls: fib lookups need forwarding on (IPv4 and IPv6); handing a rewritten packet to the
 // kernel (unresolved neighbour) needs accept_local, since its source (a LIP or
 // VIP) is one of ours. accept_local is per interface and restored on Close;
 // ip_forward is node-wide and left on (another instance in the namespace may
@@ -372,6 +381,13 @@ func (b *Backend) setSysctls() error {
 	}
 	if err := set("/proc/sys/net/ipv4/ip_forward", "1", false); err != nil {
 		return err
+	}
+	// IPv6 fib lookups need it too (and the kernel then acts as an IPv6
+	// router: it ignores router advertisements unless accept_ra is 2).
+	if _, err := os.Stat("/proc/sys/net/ipv6/conf/all/forwarding"); err == nil {
+		if err := set("/proc/sys/net/ipv6/conf/all/forwarding", "1", false); err != nil {
+			return err
+		}
 	}
 	for _, ifc := range b.opts.Ifaces {
 		if err := set("/proc/sys/net/ipv4/conf/"+ifc+"/accept_local", "1", true); err != nil {

@@ -1,0 +1,301 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* lb6.h: the load balancer for IPv6 virtual services, in a program of its
+ * own (mbx_lb6, reached by tail call from mbx_xdp) so the IPv4 fast path and
+ * its verifier budget are untouched. Full-NAT (v6 LIPs), NAT64 Full-NAT (a
+ * v6 VIP with IPv4 real servers and LIPs), DR and ip6ip6 tunnel. Flows get
+ * their own 40-byte-key table (conns6), as Katran splits v4 and v6.
+ * NAT64's replies are IPv4 packets: their entries sit in conns6 under an
+ * IPv4 tuple (family AF_INET_, addresses in word 0), and mbx_xdp sends an
+ * IPv4 packet here only when it is not one of its own flows or services. */
+#ifndef MBX_LB6_H
+#define MBX_LB6_H
+
+#include <linux/ipv6.h>
+
+#include "maps.h"
+#include "parse.h"
+#include "csum.h"
+#include "hash.h"
+#include "conn.h"
+#include "nat.h"
+
+#ifndef ETH_P_IPV6
+#define ETH_P_IPV6 0x86DD
+#endif
+#define IPPROTO_IPV6_ 41 /* ip6ip6 */
+
+/* One direction of a flow of an IPv6 service. */
+struct flow_key6 {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family; /* AF_INET6_; AF_INET_: a NAT64 connection's IPv4 side */
+	__u8 pad[2];
+};
+
+/* What to do with a packet of one direction (struct conn's IPv6 twin). */
+struct conn6 {
+	__u32 saddr[4]; /* new source (IPv4 in word 0 when out_family is AF_INET_) */
+	__u32 daddr[4]; /* new destination; DR/tunnel: the real server */
+	__u16 sport;
+	__u16 dport;
+	__u32 csum_l4; /* L4 checksum delta: addresses (pseudo header) and ports */
+	__u32 real_id;
+	__u16 svc_id;
+	__u8 state;
+	__u8 flags;      /* CONN_F_* */
+	__u8 out_family; /* family of the packet after the rewrite */
+	__u8 pad[3];
+	__u64 last_seen;
+	/* Next hop memoized as in struct conn (nat.h next_hop). */
+	__u32 nh_in;
+	__u32 nh_out;
+	__u32 nh_stamp;
+	__u32 nh_gen;
+	__u8 nh_dmac[6];
+	__u8 nh_smac[6];
+	__u32 tun_saddr[4]; /* tunnel: the egress address */
+	__u16 nh_mtu;
+	__u16 pad2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18); /* resized from Go */
+	__type(key, struct flow_key6);
+	__type(value, struct conn6);
+} conns6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct conn6);
+} conn6_scratch SEC(".maps");
+
+/* mbx_xdp's handoff to mbx_lb6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} lb6_prog SEC(".maps");
+
+/* process() asks mbx_xdp for the tail call with this pseudo-verdict. */
+#define VERDICT_LB6 0x60
+
+struct pkt6 {
+	struct ethhdr *eth;
+	struct ipv6hdr *ip6; /* one of ip6 and ip4 */
+	struct iphdr *ip4;
+	void *l4;
+	__u16 *l4_csum; /* NULL: IPv4 UDP without checksum */
+	__u8 tcp_flags;
+	__u16 ip_len; /* whole IP packet, header included */
+	__u16 l3_len; /* IP header length */
+	struct flow_key6 key;
+};
+
+static __always_inline int l4_parse6(struct pkt6 *p, void *l4, __u32 l4len, void *data_end)
+{
+	p->l4 = l4;
+	if (p->key.proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end || th->doff < 5 || th->doff * 4 > l4len)
+			return PARSE_BAD_L4;
+		p->key.sport = th->source;
+		p->key.dport = th->dest;
+		p->l4_csum = &th->check;
+		p->tcp_flags = ((__u8 *)th)[13];
+		return PARSE_OK;
+	}
+	struct udphdr *uh = l4;
+	if ((void *)(uh + 1) > data_end)
+		return PARSE_BAD_L4;
+	__u16 ulen = bpf_ntohs(uh->len);
+	if (ulen < sizeof(*uh) || ulen > l4len)
+		return PARSE_BAD_L4;
+	p->key.sport = uh->source;
+	p->key.dport = uh->dest;
+	p->l4_csum = uh->check ? &uh->check : 0;
+	return PARSE_OK;
+}
+
+/* parse6 reads an IPv6 packet whose next header is TCP or UDP (extension
+ * headers and fragments are the kernel's), or an IPv4 TCP/UDP packet (a
+ * NAT64 reply candidate). */
+static __always_inline int parse6(void *data, void *data_end, struct pkt6 *p)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_NOT_IP;
+	p->eth = eth;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
+			return PARSE_BAD_L3;
+		__u32 hlen = ip->ihl * 4;
+		__u16 tot = bpf_ntohs(ip->tot_len);
+		if (tot < hlen || (void *)ip + tot > data_end)
+			return PARSE_BAD_L3;
+		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+			return PARSE_OTHER_L4;
+		if (ip->frag_off & bpf_htons(0x3fff))
+			return PARSE_FRAGMENT;
+		p->ip4 = ip;
+		p->ip_len = tot;
+		p->l3_len = hlen;
+		p->key.saddr[0] = ip->saddr;
+		p->key.daddr[0] = ip->daddr;
+		p->key.proto = ip->protocol;
+		p->key.family = AF_INET_;
+		return l4_parse6(p, (void *)ip + hlen, tot - hlen, data_end);
+	}
+	if (eth->h_proto != bpf_htons(ETH_P_IPV6))
+		return PARSE_NOT_IP;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+		return PARSE_BAD_L3;
+	__u16 plen = bpf_ntohs(ip6->payload_len);
+	if ((void *)(ip6 + 1) + plen > data_end)
+		return PARSE_BAD_L3;
+	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+		return PARSE_OTHER_L4;
+	p->ip6 = ip6;
+	p->ip_len = sizeof(*ip6) + plen;
+	p->l3_len = sizeof(*ip6);
+	__builtin_memcpy(p->key.saddr, &ip6->saddr, 16);
+	__builtin_memcpy(p->key.daddr, &ip6->daddr, 16);
+	p->key.proto = ip6->nexthdr;
+	p->key.family = AF_INET6_;
+	int r = l4_parse6(p, ip6 + 1, plen, data_end);
+	if (r == PARSE_OK && p->key.proto == IPPROTO_UDP && !p->l4_csum)
+		return PARSE_BAD_L4; /* IPv6 UDP must carry a checksum */
+	return r;
+}
+
+static __always_inline int is_new_syn6(const struct pkt6 *p)
+{
+	return p->key.proto != IPPROTO_TCP || (p->tcp_flags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN;
+}
+
+static __always_inline void twin_key6(struct flow_key6 *tk, const struct conn6 *c, const struct flow_key6 *k)
+{
+	__builtin_memcpy(tk->saddr, c->daddr, 16);
+	__builtin_memcpy(tk->daddr, c->saddr, 16);
+	tk->sport = c->dport;
+	tk->dport = c->sport;
+	tk->proto = k->proto;
+	tk->family = c->out_family;
+	tk->pad[0] = tk->pad[1] = 0;
+}
+
+static __always_inline void entry_delete6(const struct flow_key6 *k)
+{
+	if (bpf_map_delete_elem(&conns6, k) == 0)
+		count(CNT_ENTRY_DELETED);
+}
+
+static __always_inline int conn6_stale(const struct config *cfg, const struct conn6 *c, __u64 now)
+{
+	return (__s64)(now - c->last_seen) > (__s64)cfg->timeout_ns[c->state & (TCP_STATES - 1)];
+}
+
+static __always_inline int conn6_alive(const struct config *cfg, struct conn6 *c,
+				       const struct flow_key6 *k, __u64 now)
+{
+	if (!conn6_stale(cfg, c, now))
+		return 1;
+	struct flow_key6 tk;
+	twin_key6(&tk, c, k);
+	struct conn6 *t = bpf_map_lookup_elem(&conns6, &tk);
+	if (t && !conn6_stale(cfg, t, now)) {
+		c->last_seen = t->last_seen;
+		return 1;
+	}
+	entry_delete6(&tk);
+	entry_delete6(k);
+	return 0;
+}
+
+static __always_inline void conn6_delete(struct conn6 *c, const struct flow_key6 *k)
+{
+	struct flow_key6 tk;
+	twin_key6(&tk, c, k);
+	entry_delete6(&tk);
+	entry_delete6(k);
+}
+
+static __always_inline void conn6_track(const struct config *cfg, struct conn6 *c, const struct pkt6 *p)
+{
+	if (p->key.proto != IPPROTO_TCP)
+		return;
+	int ev = tcp_event(p->tcp_flags);
+	if (ev < 0)
+		return;
+	__u32 dir = c->flags & CONN_F_REPLY;
+	__u8 next = cfg->fsm[dir & 1][ev & 3][c->state & (TCP_STATES - 1)];
+	if (next == c->state)
+		return;
+	c->state = next;
+	struct flow_key6 tk;
+	twin_key6(&tk, c, &p->key);
+	struct conn6 *t = bpf_map_lookup_elem(&conns6, &tk);
+	if (t)
+		t->state = next;
+}
+
+/* The L4 checksum delta of rewriting k's tuple into c's. The pseudo
+ * headers of both families sum the same length and protocol, so a family
+ * change (NAT64) is only the address words (unused words are zero). */
+static __always_inline void conn6_set_csum(struct conn6 *c, const struct flow_key6 *k)
+{
+	__u32 d = 0;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		d = csum_add_diff32(d, k->saddr[i], c->saddr[i]);
+		d = csum_add_diff32(d, k->daddr[i], c->daddr[i]);
+	}
+	d = csum_add_diff16(d, k->sport, c->sport);
+	d = csum_add_diff16(d, k->dport, c->dport);
+	c->csum_l4 = d;
+}
+
+static __always_inline __u32 flow_hash6(const struct flow_key6 *k, __u32 seed)
+{
+	__u32 h = seed;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		h = hash_mix(h, k->saddr[i]);
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		h = hash_mix(h, k->daddr[i]);
+	h = hash_mix(h, (__u32)k->sport | ((__u32)k->dport << 16));
+	h = hash_mix(h, (__u32)k->proto | ((__u32)k->family << 8));
+	return hash_final(h ^ 40);
+}
+
+/* An address folded to one word: sh/dh's input and the persistence key. */
+static __always_inline __u32 fold6(const __u32 *a)
+{
+	return a[0] ^ a[1] ^ a[2] ^ a[3];
+}
+
+static __always_inline void account6(const struct conn6 *c, const struct pkt6 *p)
+{
+	__u32 id = c->real_id;
+	struct real_stats *st = bpf_map_lookup_elem(&stats, &id);
+	if (!st)
+		return;
+	if (c->flags & CONN_F_REPLY) {
+		st->outpkts++;
+		st->outbytes += p->ip_len;
+	} else {
+		st->inpkts++;
+		st->inbytes += p->ip_len;
+	}
+}
+
+#endif

@@ -1,0 +1,281 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* nat6.h: transmission for IPv6 services (lb6.h): the next hop, the
+ * Full-NAT rewrite, NAT64's header translation both ways (RFC 7915's
+ * field mapping) and the ip6ip6 tunnel. Packets that do not fit the egress
+ * are dropped and counted (drop_too_big): no ICMPv6 "packet too big" yet. */
+#ifndef MBX_NAT6_H
+#define MBX_NAT6_H
+
+#include "lb6.h"
+
+/* next_hop6 is nat.h's next_hop for conn6 and either family: NH_OK with
+ * c->nh_* filled (memoized under the same rules), NH_TOO_BIG, or a verdict. */
+static __always_inline int next_hop6(struct xdp_md *ctx, struct conn6 *c, const struct config *cfg,
+				     __u64 now, __u8 family, const __u32 *src, const __u32 *dst,
+				     __u32 tot_len, __u8 proto, int direct)
+{
+	__u32 stamp = (__u32)(now >> 20);
+	if (c->nh_gen == cfg->fib_gen && c->nh_in == ctx->ingress_ifindex && c->nh_out &&
+	    stamp - c->nh_stamp < cfg->fib_max_age) {
+		if (c->nh_mtu && tot_len > c->nh_mtu)
+			return NH_TOO_BIG;
+		return NH_OK;
+	}
+	struct bpf_fib_lookup fib = {};
+	fib.family = family;
+	fib.l4_protocol = proto;
+	fib.tot_len = tot_len;
+	fib.ifindex = ctx->ingress_ifindex;
+	if (family == AF_INET_) {
+		fib.ipv4_src = src[0];
+		fib.ipv4_dst = dst[0];
+	} else {
+		__builtin_memcpy(fib.ipv6_src, src, 16);
+		__builtin_memcpy(fib.ipv6_dst, dst, 16);
+	}
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), direct ? BPF_FIB_LOOKUP_SRC : 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__u32 m = 0;
+		bpf_check_mtu(ctx, fib.ifindex, &m, 0, 0);
+		c->nh_mtu = m > 0xffff ? 0xffff : m;
+		c->nh_in = ctx->ingress_ifindex;
+		c->nh_out = fib.ifindex;
+		c->nh_stamp = stamp;
+		c->nh_gen = cfg->fib_gen;
+		__builtin_memcpy(c->nh_dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(c->nh_smac, fib.smac, ETH_ALEN);
+		if (direct)
+			__builtin_memcpy(c->tun_saddr, fib.ipv6_src, 16);
+		return NH_OK;
+	}
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return NH_TOO_BIG;
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		if (direct) {
+			count(CNT_DROP_NO_NEIGH);
+			return XDP_DROP;
+		}
+		count(CNT_PASS_NO_NEIGH);
+		return XDP_PASS;
+	}
+	if (direct) {
+		count(CNT_DROP_FIB);
+		return XDP_DROP;
+	}
+	count(CNT_PASS_FIB);
+	return XDP_PASS;
+}
+
+static __always_inline int xmit6_to(struct xdp_md *ctx, __u32 out, const __u8 *dmac, const __u8 *smac)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	if (out == ctx->ingress_ifindex) {
+		count(CNT_TX);
+		return XDP_TX;
+	}
+	count(CNT_REDIRECT);
+	return bpf_redirect_map(&tx_ports, out, XDP_PASS);
+}
+
+/* The ports and the L4 checksum (the address part of the delta covers
+ * the pseudo header, whatever the families). */
+static __always_inline void rewrite_l4_6(struct pkt6 *p, const struct conn6 *c)
+{
+	__u16 *ports = p->l4;
+	ports[0] = c->sport;
+	ports[1] = c->dport;
+	if (!p->l4_csum)
+		return;
+	if (p->key.proto == IPPROTO_TCP)
+		csum_apply(p->l4_csum, c->csum_l4);
+	else
+		csum_apply_udp(p->l4_csum, c->csum_l4);
+}
+
+/* IPv6 -> IPv4 (a NAT64 client's packet toward its IPv4 real server): the
+ * 40-byte header becomes a 20-byte one in place (the Ethernet header moves
+ * up by 20 bytes). DF is set: the path's MTU is discovered, not fragmented. */
+static __always_inline int translate_6to4(struct xdp_md *ctx, struct pkt6 *p, const struct conn6 *c)
+{
+	struct ipv6hdr *ip6 = p->ip6;
+	__u8 tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+	__u8 ttl = ip6->hop_limit;
+	__u16 plen = bpf_ntohs(ip6->payload_len);
+	struct ethhdr eth = *p->eth;
+	rewrite_l4_6(p, c);
+	if (bpf_xdp_adjust_head(ctx, (int)(sizeof(struct ipv6hdr) - sizeof(struct iphdr))))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *neth = data;
+	struct iphdr *ip = (void *)(neth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return -1;
+	__builtin_memcpy(neth, &eth, sizeof(eth));
+	neth->h_proto = bpf_htons(ETH_P_IP);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = tos;
+	ip->tot_len = bpf_htons(plen + sizeof(struct iphdr));
+	ip->id = 0;
+	ip->frag_off = bpf_htons(IP_DF_);
+	ip->ttl = ttl;
+	ip->protocol = p->key.proto;
+	ip->check = 0;
+	ip->saddr = c->saddr[0];
+	ip->daddr = c->daddr[0];
+	ip->check = ipv4_csum(ip);
+	return 0;
+}
+
+/* IPv4 -> IPv6 (a NAT64 real server's reply toward the IPv6 client). IPv4
+ * options and UDP without a checksum are refused (the caller drops):
+ * RFC 7915 allows either. */
+static __always_inline int translate_4to6(struct xdp_md *ctx, struct pkt6 *p, const struct conn6 *c)
+{
+	struct iphdr *ip = p->ip4;
+	if (p->l3_len != sizeof(struct iphdr) || !p->l4_csum)
+		return -1;
+	__u8 tos = ip->tos;
+	__u8 ttl = ip->ttl;
+	__u16 plen = p->ip_len - sizeof(struct iphdr);
+	struct ethhdr eth = *p->eth;
+	rewrite_l4_6(p, c);
+	/* Ethernet padding after a short IPv4 packet would trail the IPv6 one. */
+	long pad = (long)((void *)(long)ctx->data_end - (void *)(long)ctx->data) -
+		   (long)(sizeof(struct ethhdr) + p->ip_len);
+	if (pad > 0 && pad < 64 && bpf_xdp_adjust_tail(ctx, -(int)pad))
+		return -1;
+	if (bpf_xdp_adjust_head(ctx, -(int)(sizeof(struct ipv6hdr) - sizeof(struct iphdr))))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *neth = data;
+	struct ipv6hdr *ip6 = (void *)(neth + 1);
+	if ((void *)(ip6 + 1) > data_end)
+		return -1;
+	__builtin_memcpy(neth, &eth, sizeof(eth));
+	neth->h_proto = bpf_htons(ETH_P_IPV6);
+	ip6->version = 6;
+	ip6->priority = tos >> 4;
+	ip6->flow_lbl[0] = (tos & 0xf) << 4;
+	ip6->flow_lbl[1] = 0;
+	ip6->flow_lbl[2] = 0;
+	ip6->payload_len = bpf_htons(plen);
+	ip6->nexthdr = p->key.proto;
+	ip6->hop_limit = ttl;
+	__builtin_memcpy(&ip6->saddr, c->saddr, 16);
+	__builtin_memcpy(&ip6->daddr, c->daddr, 16);
+	return 0;
+}
+
+/* Full-NAT of an IPv6 service: v6 -> v6, or NAT64 either way. Like
+ * nat.h's xmit_nat, a packet whose next hop the fast path cannot finish
+ * goes to the kernel translated. */
+static __always_inline int xmit_fnat6(struct xdp_md *ctx, struct pkt6 *p, struct conn6 *c,
+				      const struct config *cfg, __u64 now)
+{
+	__u32 len = p->ip_len;
+	__u8 in_family = p->key.family;
+	if (in_family != c->out_family)
+		len = in_family == AF_INET6_ ? len - 20 : len + 20;
+	int v = next_hop6(ctx, c, cfg, now, c->out_family, c->saddr, c->daddr, len, p->key.proto, 0);
+	if (v == NH_TOO_BIG) {
+		count(CNT_DROP_TOO_BIG);
+		return XDP_DROP;
+	}
+	/* Branches on the header pointers (not the family byte): the verifier
+	 * knows which one the parser set. */
+	int bad = 0;
+	if (p->ip6 && c->out_family == AF_INET6_) {
+		__builtin_memcpy(&p->ip6->saddr, c->saddr, 16);
+		__builtin_memcpy(&p->ip6->daddr, c->daddr, 16);
+		rewrite_l4_6(p, c);
+	} else if (p->ip6) {
+		bad = translate_6to4(ctx, p, c);
+	} else if (p->ip4 && c->out_family == AF_INET6_) {
+		bad = translate_4to6(ctx, p, c);
+	} else {
+		bad = 1; /* IPv4 to IPv4 is mbx_xdp's */
+	}
+	if (bad) {
+		count(CNT_DROP_MALFORMED);
+		return XDP_DROP;
+	}
+	if (v != NH_OK)
+		return v;
+	return xmit6_to(ctx, c->nh_out, c->nh_dmac, c->nh_smac);
+}
+
+/* DR: the packet unchanged but for its MAC addresses. The packet carries
+ * the VIP: a next hop the fast path cannot use is a drop (nat.h). */
+static __always_inline int xmit_dr6(struct xdp_md *ctx, struct pkt6 *p, struct conn6 *c,
+				    const struct config *cfg, __u64 now)
+{
+	int v = next_hop6(ctx, c, cfg, now, AF_INET6_, p->key.saddr, c->daddr, p->ip_len, p->key.proto, 1);
+	if (v == NH_TOO_BIG) {
+		count(CNT_DROP_TOO_BIG);
+		return XDP_DROP;
+	}
+	if (v != NH_OK)
+		return v;
+	return xmit6_to(ctx, c->nh_out, c->nh_dmac, c->nh_smac);
+}
+
+/* ip6ip6 (RFC 2473) to the real server, from the egress address. The flow
+ * label carries the flow hash, so receivers that hash it spread flows. */
+static __always_inline int xmit_tunnel6(struct xdp_md *ctx, struct pkt6 *p, struct conn6 *c,
+					const struct config *cfg, __u64 now)
+{
+	if (!p->ip6)
+		return XDP_DROP;
+	__u32 inner_len = p->ip_len;
+	__u32 zero[4] = {};
+	int v = next_hop6(ctx, c, cfg, now, AF_INET6_, zero, c->daddr, inner_len + sizeof(struct ipv6hdr),
+			  IPPROTO_IPV6_, 1);
+	if (v == NH_TOO_BIG) {
+		count(CNT_DROP_TOO_BIG);
+		return XDP_DROP;
+	}
+	if (v != NH_OK)
+		return v;
+	__u32 label = flow_hash6(&p->key, cfg->hash_seed) & 0xfffff;
+	__u8 tc = (p->ip6->priority << 4) | (p->ip6->flow_lbl[0] >> 4);
+	void *start = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	long pad = (long)(end - start) - (long)(sizeof(struct ethhdr) + inner_len);
+	if (pad > 0 && pad < 64 && bpf_xdp_adjust_tail(ctx, -(int)pad)) {
+		count(CNT_DROP_FIB);
+		return XDP_DROP;
+	}
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr))) {
+		count(CNT_DROP_FIB);
+		return XDP_DROP;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *o = (void *)(eth + 1);
+	if ((void *)(o + 1) > data_end)
+		return XDP_DROP;
+	eth->h_proto = bpf_htons(ETH_P_IPV6);
+	o->version = 6;
+	o->priority = tc >> 4;
+	o->flow_lbl[0] = ((tc & 0xf) << 4) | (label >> 16);
+	o->flow_lbl[1] = label >> 8;
+	o->flow_lbl[2] = label;
+	o->payload_len = bpf_htons(inner_len);
+	o->nexthdr = IPPROTO_IPV6_;
+	o->hop_limit = 64;
+	__builtin_memcpy(&o->saddr, c->tun_saddr, 16);
+	__builtin_memcpy(&o->daddr, c->daddr, 16);
+	return xmit6_to(ctx, c->nh_out, c->nh_dmac, c->nh_smac);
+}
+
+#endif
