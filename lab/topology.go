@@ -328,35 +328,40 @@ var Topologies = map[string]*Topology{
 	"fnat-two-arm": {
 		Name: "fnat-two-arm",
 		Doc: "DPVS tutorial's two-arm Full-NAT: client 198.18.0.2 -- wan0 [lb] lan0 -- switch -- rs1 198.18.1.2, rs2 198.18.1.3 (rs3 198.18.1.4 spare). " +
-			"VIP 198.18.0.100, LIP 198.18.1.200.",
+			"VIP 198.18.0.100, LIP 198.18.1.200. IPv6 alongside: client fd00:198::a:2, wan0 fd00:198::a:1, lan0 fd00:198::b:1, rs1-3 fd00:198::b:2-4.",
 		Hosts:   []string{"client", "lb", "sw", "rs1", "rs2", "rs3"},
 		Bridged: []string{"sw"},
 		Links: []Link{
-			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.0.2/24"}}, End{Host: "lb", Iface: "wan0", Addrs: []string{"198.18.0.1/24"}}},
-			{End{Host: "rs3", Iface: "eth0", Addrs: []string{"198.18.1.4/24"}}, End{Host: "sw", Iface: "p3"}},
-			{End{Host: "lb", Iface: "lan0", Addrs: []string{"198.18.1.1/24"}}, End{Host: "sw", Iface: "p0"}},
-			{End{Host: "rs1", Iface: "eth0", Addrs: []string{"198.18.1.2/24"}}, End{Host: "sw", Iface: "p1"}},
-			{End{Host: "rs2", Iface: "eth0", Addrs: []string{"198.18.1.3/24"}}, End{Host: "sw", Iface: "p2"}},
+			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.0.2/24", "fd00:198::a:2/112"}}, End{Host: "lb", Iface: "wan0", Addrs: []string{"198.18.0.1/24", "fd00:198::a:1/112"}}},
+			{End{Host: "rs3", Iface: "eth0", Addrs: []string{"198.18.1.4/24", "fd00:198::b:4/112"}}, End{Host: "sw", Iface: "p3"}},
+			{End{Host: "lb", Iface: "lan0", Addrs: []string{"198.18.1.1/24", "fd00:198::b:1/112"}}, End{Host: "sw", Iface: "p0"}},
+			{End{Host: "rs1", Iface: "eth0", Addrs: []string{"198.18.1.2/24", "fd00:198::b:2/112"}}, End{Host: "sw", Iface: "p1"}},
+			{End{Host: "rs2", Iface: "eth0", Addrs: []string{"198.18.1.3/24", "fd00:198::b:3/112"}}, End{Host: "sw", Iface: "p2"}},
 		},
 	},
 	"lb-routed": {
 		Name: "lb-routed",
 		Doc: "Forwarding modes: client 198.18.0.2 -- wan0 [lb] lan0 198.18.1.1 -- switch -- rs1 198.18.1.2 (on-link) and " +
-			"router 198.18.1.254 -- 198.18.5.254 -- rs2 198.18.5.7 (routed). VIP 198.18.0.100. Real servers route back through lb.",
+			"router 198.18.1.254 -- 198.18.5.254 -- rs2 198.18.5.7 (routed). VIP 198.18.0.100. Real servers route back through lb. " +
+			"IPv6 alongside: client fd00:198::a:2, lan0 fd00:198::b:1, rs1 fd00:198::b:2, router fd00:198::b:fe / fd00:198::c:fe, rs2 fd00:198::c:7.",
 		Hosts:   []string{"client", "lb", "sw", "rs1", "router", "rs2"},
 		Bridged: []string{"sw"},
 		Links: []Link{
-			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.0.2/24"}}, End{Host: "lb", Iface: "wan0", Addrs: []string{"198.18.0.1/24"}}},
-			{End{Host: "lb", Iface: "lan0", Addrs: []string{"198.18.1.1/24"}}, End{Host: "sw", Iface: "p0"}},
-			{End{Host: "rs1", Iface: "eth0", Addrs: []string{"198.18.1.2/24"}}, End{Host: "sw", Iface: "p1"}},
-			{End{Host: "router", Iface: "eth0", Addrs: []string{"198.18.1.254/24"}}, End{Host: "sw", Iface: "p2"}},
-			{End{Host: "router", Iface: "eth1", Addrs: []string{"198.18.5.254/24"}}, End{Host: "rs2", Iface: "eth0", Addrs: []string{"198.18.5.7/24"}}},
+			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.0.2/24", "fd00:198::a:2/112"}}, End{Host: "lb", Iface: "wan0", Addrs: []string{"198.18.0.1/24", "fd00:198::a:1/112"}}},
+			{End{Host: "lb", Iface: "lan0", Addrs: []string{"198.18.1.1/24", "fd00:198::b:1/112"}}, End{Host: "sw", Iface: "p0"}},
+			{End{Host: "rs1", Iface: "eth0", Addrs: []string{"198.18.1.2/24", "fd00:198::b:2/112"}}, End{Host: "sw", Iface: "p1"}},
+			{End{Host: "router", Iface: "eth0", Addrs: []string{"198.18.1.254/24", "fd00:198::b:fe/112"}}, End{Host: "sw", Iface: "p2"}},
+			{End{Host: "router", Iface: "eth1", Addrs: []string{"198.18.5.254/24", "fd00:198::c:fe/112"}}, End{Host: "rs2", Iface: "eth0", Addrs: []string{"198.18.5.7/24", "fd00:198::c:7/112"}}},
 		},
 		Routes: []Route{
 			{Host: "lb", Dst: "198.18.5.0/24", Via: "198.18.1.254"},
 			{Host: "router", Dst: "default", Via: "198.18.1.1"},
 			{Host: "rs1", Dst: "default", Via: "198.18.1.1"},
 			{Host: "rs2", Dst: "default", Via: "198.18.5.254"},
+			{Host: "lb", Dst: "fd00:198::c:0/112", Via: "fd00:198::b:fe"},
+			{Host: "router", Dst: "::/0", Via: "fd00:198::b:1"},
+			{Host: "rs1", Dst: "::/0", Via: "fd00:198::b:1"},
+			{Host: "rs2", Dst: "::/0", Via: "fd00:198::c:fe"},
 		},
 	},
 	"bricks-tap": {

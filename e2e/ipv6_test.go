@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// IPv6 in the lab (fd00:198::/64): the two-arm and routed labs carry
+// IPv6 beside IPv4 (lab/topology.go).
+const (
+	vip6    = "fd00:198::a:100"
+	client6 = "fd00:198::a:2"
+)
+
+// url6 is http://[VIP6]PATH.
+func url6(path string) string { return "http://[" + vip6 + "]" + path }
+
+// curl6 fetches n URLs of the IPv6 VIP with fresh connections (curl's
+// globbing would read the address's brackets as a range: -g, one URL each).
+func (e *env) curl6(n int) string {
+	e.t.Helper()
+	args := []string{"-g", "-H", "Connection: close"}
+	for i := 0; i < n; i++ {
+		args = append(args, url6(fmt.Sprintf("/?%d", i)))
+	}
+	return e.curl(args...)
+}
+
+// checkMode6 is checkMode for the IPv6 VIP: curl under rr reaches every
+// real server, which sees seenFrom (a LIP, or the client for direct modes);
+// a sha256-checked 20 MB download from each; wrk without errors.
+func checkMode6(t *testing.T, e *env, sum, seenFrom string, reals ...string) {
+	t.Helper()
+	out := e.curl6(10)
+	c := countFirstWords(out)
+	for _, r := range reals {
+		if c[r] != 10/len(reals) {
+			t.Fatalf("rr split %v, want an even split over %v:\n%s", c, reals, out)
+		}
+	}
+	if !strings.Contains(out, seenFrom) {
+		t.Fatalf("real servers should see %s:\n%s", seenFrom, out)
+	}
+	for i := range reals {
+		got := e.host("client", "bash", "-c", "curl -g -sS --max-time 20 '"+url6("/files/20M.bin")+"' | sha256sum")
+		if f := strings.Fields(got); len(f) == 0 || f[0] != sum {
+			t.Fatalf("download %d: sha256 %q, want %s", i, got, sum)
+		}
+	}
+	need(t, "wrk")
+	w := e.host("client", "wrk", "-t2", "-c16", "-d4s", url6("/"))
+	wrkClean(t, w)
+}
+
+// TestFullNAT6: an IPv6 VIP, IPv6 real servers, an IPv6 LIP.
+func TestFullNAT6(t *testing.T) {
+	e, sum := twoArmNoDaemon(t)
+	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
+	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
+	e.ipvsadm(`
+		-A -t [fd00:198::a:100]:80 -s rr
+		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:2] -b
+		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:3] -b
+		--add-laddr -z fd00:198::b:200 -t [fd00:198::a:100]:80 -F lan0`)
+	checkMode6(t, e, sum, "fd00:198::b:200", "rs1", "rs2")
+	ln := e.mustMbx("ipvsadm", "-ln")
+	if !strings.Contains(ln, "TCP  [fd00:198::a:100]:80 rr") || strings.Count(ln, "FullNat") != 2 {
+		t.Errorf("ipvsadm -ln:\n%s", ln)
+	}
+	// A connection held open shows in -lnc with its LIP.
+	e.background("client", "curl", "-g", "-sS", "--max-time", "20", "--limit-rate", "2M", "-o", "/dev/null", url6("/files/20M.bin"))
+	time.Sleep(time.Second)
+	if lnc := e.mustMbx("ipvsadm", "-lnc"); !strings.Contains(lnc, "[fd00:198::b:200]:") || !strings.Contains(lnc, "ESTABLISHED") {
+		t.Errorf("ipvsadm -lnc does not list the IPv6 connection:\n%s", lnc)
+	}
+	// IPv4 keeps working beside it.
+	e.mustMbx("addr", "add", vip+"/32", "dev", "wan0")
+	e.ipvsadm(`
+		-A -t 198.18.0.100:80 -s rr
+		-a -t 198.18.0.100:80 -r 198.18.1.2 -b
+		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`)
+	if out := e.curl("http://" + vip + "/"); !strings.HasPrefix(out, "rs1 198.18.1.200:") {
+		t.Errorf("IPv4 service beside the IPv6 one: %q", out)
+	}
+	// Bad input: an IPv6 LIP for IPv4 real servers, refused whole.
+	before := e.mustMbx("ipvsadm", "-Sn")
+	out, err := e.mbx("ipvsadm", "-a", "-t", "[fd00:198::a:100]:80", "-r", "198.18.1.3", "-b")
+	oneLineError(t, out, err, "both families")
+	if after := e.mustMbx("ipvsadm", "-Sn"); after != before {
+		t.Errorf("a refused command changed the configuration:\n%s\n%s", before, after)
+	}
+}
+
+// TestNAT64: an IPv6 VIP in front of IPv4 real servers, reached from an
+// IPv4 LIP (the DPVS tutorial's "IPv6-IPv4 for fullnat").
+func TestNAT64(t *testing.T) {
+	e, sum := twoArmNoDaemon(t)
+	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
+	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
+	e.ipvsadm(`
+		-A -t [fd00:198::a:100]:80 -s rr
+		-a -t [fd00:198::a:100]:80 -r 198.18.1.2 -b
+		-a -t [fd00:198::a:100]:80 -r 198.18.1.3 -b`)
+	before := e.mustMbx("ipvsadm", "-Sn")
+	out, err := e.mbx("ipvsadm", "--add-laddr", "-z", "fd00:198::b:200", "-t", "[fd00:198::a:100]:80", "-F", "lan0")
+	oneLineError(t, out, err, "NAT64")
+	if after := e.mustMbx("ipvsadm", "-Sn"); after != before {
+		t.Errorf("a refused command changed the configuration:\n%s\n%s", before, after)
+	}
+	e.ipvsadm(`--add-laddr -z 198.18.1.200 -t [fd00:198::a:100]:80 -F lan0`)
+	checkMode6(t, e, sum, "198.18.1.200:", "rs1", "rs2")
+
+	t.Run("iperf3 over TCP and UDP", func(t *testing.T) {
+		e.t = t
+		need(t, "iperf3")
+		e.background("rs1", "iperf3", "-s", "-p", "5201")
+		e.waitTCP("rs1", "127.0.0.1:5201")
+		e.ipvsadm(`
+			-A -t [fd00:198::a:100]:5201 -s rr
+			-a -t [fd00:198::a:100]:5201 -r 198.18.1.2 -b
+			--add-laddr -z 198.18.1.200 -t [fd00:198::a:100]:5201 -F lan0
+			-A -u [fd00:198::a:100]:5201 -s rr
+			-a -u [fd00:198::a:100]:5201 -r 198.18.1.2 -b
+			--add-laddr -z 198.18.1.200 -u [fd00:198::a:100]:5201 -F lan0`)
+		r := parseIperf(t, e.host("client", "iperf3", "-c", vip6, "-t", "2", "-J"))
+		if r.End.SumReceived.Bytes == 0 {
+			t.Fatalf("TCP through NAT64 moved nothing: %+v", r.End)
+		}
+		out := e.host("client", "iperf3", "-c", vip6, "-u", "-b", "8M", "-t", "2", "-J")
+		u := parseIperf(t, out[strings.Index(out, "{"):])
+		t.Logf("UDP through NAT64: %+v", u.End.Sum)
+		if u.End.Sum.Packets < 500 || u.End.Sum.LostPercent > 1 {
+			t.Errorf("UDP through NAT64 lost datagrams: %+v", u.End.Sum)
+		}
+	})
+}
+
+// TestDR6: direct routing of an IPv6 service to real servers that own the
+// VIP on their loopback (IPv6 answers neighbour solicitations only for
+// the receiving interface's addresses: no arp_ignore needed).
+func TestDR6(t *testing.T) {
+	e, sum := twoArmNoDaemon(t)
+	for _, rs := range []string{"rs1", "rs2"} {
+		e.host(rs, "ip", "-6", "addr", "add", vip6+"/128", "dev", "lo")
+		e.host(rs, "ip", "-6", "route", "add", "default", "via", "fd00:198::b:1")
+	}
+	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
+	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
+	e.ipvsadm(`
+		-A -t [fd00:198::a:100]:80 -s rr
+		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:2] -g
+		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:3] -g`)
+	checkMode6(t, e, sum, client6, "rs1", "rs2")
+	if out := e.mustMbx("ipvsadm", "-ln"); strings.Count(out, "Route") != 2 {
+		t.Errorf("ipvsadm -ln should show Route twice:\n%s", out)
+	}
+}
+
+// TestTunnel6: ip6ip6 to an on-link and a routed real server, each running
+// `mbx decap` for the IPv6 VIP.
+func TestTunnel6(t *testing.T) {
+	e, sum := routedLab(t)
+	e.host("router", "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	for _, rs := range []string{"rs1", "rs2"} {
+		e.host(rs, "ip", "-6", "addr", "add", vip6+"/128", "dev", "lo")
+		e.host(rs, mbxBin, "decap", "--iface", "eth0", "--vip", vip6)
+	}
+	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
+	e.ipvsadm(`
+		-A -t [fd00:198::a:100]:80 -s rr
+		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:2] -i
+		-a -t [fd00:198::a:100]:80 -r [fd00:198::c:7] -i`)
+	checkMode6(t, e, sum, client6, "rs1", "rs2")
+	for _, rs := range []string{"rs1", "rs2"} {
+		st := e.host(rs, mbxBin, "decap", "--iface", "eth0", "--stats")
+		if strings.Contains(st, "decapsulated 0\n") {
+			t.Errorf("%s decapsulated nothing:\n%s", rs, st)
+		}
+	}
+	// Bad input: DR to the routed real server is refused.
+	before := e.mustMbx("ipvsadm", "-Sn")
+	out, err := e.mbx("ipvsadm", "-a", "-t", "[fd00:198::a:100]:80", "-r", "[fd00:198::c:8]", "-g")
+	oneLineError(t, out, err, "not on-link")
+	if after := e.mustMbx("ipvsadm", "-Sn"); after != before {
+		t.Errorf("a refused command changed the configuration:\n%s\n%s", before, after)
+	}
+}
