@@ -34,15 +34,17 @@ var topo = &lab.Topology{
 	Name:  "fwdbench",
 	Hosts: []string{"gen", "fwd", "sink"},
 	Links: []lab.Link{
-		{A: lab.End{Host: "gen", Iface: "eth0", Addrs: []string{"198.18.10.2/24"}, MAC: "02:00:00:00:10:02"},
-			B: lab.End{Host: "fwd", Iface: "in0", Addrs: []string{"198.18.10.1/24"}, MAC: "02:00:00:00:10:01"}},
-		{A: lab.End{Host: "fwd", Iface: "out0", Addrs: []string{"198.18.11.1/24"}, MAC: "02:00:00:00:11:01"},
-			B: lab.End{Host: "sink", Iface: "eth0", Addrs: []string{"198.18.11.2/24"}, MAC: "02:00:00:00:11:02"}},
+		{A: lab.End{Host: "gen", Iface: "eth0", Addrs: []string{"198.18.10.2/24", "fd00:198::10:2/112"}, MAC: "02:00:00:00:10:02"},
+			B: lab.End{Host: "fwd", Iface: "in0", Addrs: []string{"198.18.10.1/24", "fd00:198::10:1/112"}, MAC: "02:00:00:00:10:01"}},
+		{A: lab.End{Host: "fwd", Iface: "out0", Addrs: []string{"198.18.11.1/24", "fd00:198::11:1/112"}, MAC: "02:00:00:00:11:01"},
+			B: lab.End{Host: "sink", Iface: "eth0", Addrs: []string{"198.18.11.2/24", "fd00:198::11:2/112"}, MAC: "02:00:00:00:11:02"}},
 	},
 }
 
 const (
 	vip     = "198.18.12.100"
+	vip6    = "fd00:198::12:100"
+	sinkIP6 = "fd00:198::11:2"
 	sinkIP  = "198.18.11.2"
 	sinkMAC = "02:00:00:00:11:02"
 	outMAC  = "02:00:00:00:11:01"
@@ -64,6 +66,7 @@ type variant struct {
 	name  string
 	setup func() error
 	down  func()
+	v6    bool // the generator sends IPv6 (to vip6)
 }
 
 func run(rounds int, dur time.Duration, mbxBin string) error {
@@ -83,8 +86,11 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	sh := func(h, cmd string) error { _, err := l.Run(h, "sh", "-c", cmd); return err }
 	for _, c := range []string{
 		"sysctl -qw net.ipv4.ip_forward=1",
+		"sysctl -qw net.ipv6.conf.all.forwarding=1",
 		"ip route add 198.18.12.0/24 via " + sinkIP,
 		"ip neigh replace " + sinkIP + " lladdr " + sinkMAC + " dev out0 nud permanent",
+		"ip -6 route add fd00:198::12:0/112 via " + sinkIP6,
+		"ip -6 neigh replace " + sinkIP6 + " lladdr " + sinkMAC + " dev out0 nud permanent",
 	} {
 		if err := sh("fwd", c); err != nil {
 			return err
@@ -148,12 +154,12 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	}
 	var variants []variant
 	all := []variant{
-		{"xdp-redirect", func() error { return attachIn(l, redirectProg) }, func() { detachIn(l) }},
-		{"kernel-route", func() error { return nil }, func() {}},
+		{"xdp-redirect", func() error { return attachIn(l, redirectProg) }, func() { detachIn(l) }, false},
+		{"kernel-route", func() error { return nil }, func() {}, false},
 		{"nft-dnat", func() error {
 			return sh("fwd", "nft add table ip fwdbench && nft add chain ip fwdbench pre '{ type nat hook prerouting priority -100; }' && "+
 				"nft add rule ip fwdbench pre ip daddr "+vip+" udp dport 5000 dnat to "+sinkIP+":5000")
-		}, func() { _ = sh("fwd", "nft delete table ip fwdbench") }},
+		}, func() { _ = sh("fwd", "nft delete table ip fwdbench") }, false},
 		{"mbx-fnat", func() error {
 			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
 				return err
@@ -161,26 +167,58 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			return mbxDo(
 				"ipvsadm -A -u "+vip+":5000 -s rr", "ipvsadm -a -u "+vip+":5000 -r "+sinkIP+" -b",
 				"ipvsadm --add-laddr -z 198.18.11.200 -u "+vip+":5000 -F out0")
-		}, stopMbx},
+		}, stopMbx, false},
 		// The other forwarding modes, one real server (the sink) each.
 		{"mbx-dr", func() error {
 			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
 				return err
 			}
 			return mbxDo("ipvsadm -A -u "+vip+":5000 -s rr", "ipvsadm -a -u "+vip+":5000 -r "+sinkIP+" -g")
-		}, stopMbx},
+		}, stopMbx, false},
 		{"mbx-tunnel", func() error {
 			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
 				return err
 			}
 			return mbxDo("ipvsadm -A -u "+vip+":5000 -s rr", "ipvsadm -a -u "+vip+":5000 -r "+sinkIP+" -i")
-		}, stopMbx},
+		}, stopMbx, false},
 		{"mbx-nat", func() error {
 			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
 				return err
 			}
 			return mbxDo("ipvsadm -A -u "+vip+":5000 -s rr", "ipvsadm -a -u "+vip+":5000 -r "+sinkIP+" -m")
-		}, stopMbx},
+		}, stopMbx, false},
+		// IPv6: the same baselines and modes with IPv6 frames (NAT64:
+		// IPv6 in, IPv4 out).
+		{name: "xdp-redirect6", setup: func() error { return attachIn(l, redirectProg) }, down: func() { detachIn(l) }, v6: true},
+		{name: "kernel-route6", setup: func() error { return nil }, down: func() {}, v6: true},
+		{name: "mbx-fnat6", setup: func() error {
+			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
+				return err
+			}
+			return mbxDo(
+				"ipvsadm -A -u ["+vip6+"]:5000 -s rr", "ipvsadm -a -u ["+vip6+"]:5000 -r ["+sinkIP6+"] -b",
+				"ipvsadm --add-laddr -z fd00:198::11:200 -u ["+vip6+"]:5000 -F out0")
+		}, down: stopMbx, v6: true},
+		{name: "mbx-nat64", setup: func() error {
+			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
+				return err
+			}
+			return mbxDo(
+				"ipvsadm -A -u ["+vip6+"]:5000 -s rr", "ipvsadm -a -u ["+vip6+"]:5000 -r "+sinkIP+" -b",
+				"ipvsadm --add-laddr -z 198.18.11.200 -u ["+vip6+"]:5000 -F out0")
+		}, down: stopMbx, v6: true},
+		{name: "mbx-dr6", setup: func() error {
+			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
+				return err
+			}
+			return mbxDo("ipvsadm -A -u ["+vip6+"]:5000 -s rr", "ipvsadm -a -u ["+vip6+"]:5000 -r ["+sinkIP6+"] -g")
+		}, down: stopMbx, v6: true},
+		{name: "mbx-tunnel6", setup: func() error {
+			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
+				return err
+			}
+			return mbxDo("ipvsadm -A -u ["+vip6+"]:5000 -s rr", "ipvsadm -a -u ["+vip6+"]:5000 -r ["+sinkIP6+"] -i")
+		}, down: stopMbx, v6: true},
 		// Bricks on in0 (an engine's own interface; the daemon's is out0):
 		// a 4-tuple LoadBalancer (parse, symmetric hash, pick) to out0, and
 		// a Duplicator to out0 and cp0 (a second veth, dropped at its peer).
@@ -190,14 +228,14 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			}
 			return mbxDo("bricks engine add e0 --iface in0", "bricks add lb0 loadbalancer --hash 4tuple",
 				"bricks connect-output lb0 out0", "bricks link e0 lb0", "bricks start e0")
-		}, stopMbx},
+		}, stopMbx, false},
 		{"bricks-dup", func() error {
 			if err := startMbx("--iface", "out0"); err != nil {
 				return err
 			}
 			return mbxDo("bricks engine add e0 --iface in0", "bricks add d0 duplicator",
 				"bricks connect-output d0 out0 cp0", "bricks link e0 d0", "bricks start e0")
-		}, stopMbx},
+		}, stopMbx, false},
 	}
 
 	for _, v := range all {
@@ -205,11 +243,16 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			variants = append(variants, v)
 		}
 	}
-	gen, err := newGenerator(l)
+	gen, err := newGenerator(l, false)
 	if err != nil {
 		return err
 	}
 	defer gen.Close()
+	gen6, err := newGenerator(l, true)
+	if err != nil {
+		return err
+	}
+	defer gen6.Close()
 
 	results := map[string][]float64{}
 	for r := 0; r < rounds; r++ {
@@ -224,7 +267,11 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 				out, _ := l.Run("fwd", "sh", "-c", "id=$(ip -d link show in0 | grep -o 'prog/xdp id [0-9]*' | awk '{print $3}'); [ -n \"$id\" ] && bpftool prog dump xlated id $id")
 				fmt.Fprintf(os.Stderr, "  in0 xdp: %s\n", strings.TrimSpace(out))
 			}
-			ns, pps, err := measure(l, gen, sinkCount, dur)
+			g := gen
+			if v.v6 {
+				g = gen6
+			}
+			ns, pps, err := measure(l, g, sinkCount, dur)
 			if os.Getenv("FWDBENCH_DEBUG") != "" && stopDaemon != nil {
 				out, _ := l.Run("fwd", "sh", "-c", "curl -s --unix-socket "+sock+" http://mbx/v1/status | grep -o '\"datapath\":{[^}]*}'")
 				fmt.Fprintf(os.Stderr, "  mbx: %s\n", out)
@@ -239,7 +286,7 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", v.name, err)
 			}
-			fmt.Printf("round %d %-13s %7.0f ns/pkt  %6.2f Mpps delivered\n", r+1, v.name, ns, pps/1e6)
+			fmt.Printf("round %d %-14s %7.0f ns/pkt  %6.2f Mpps delivered\n", r+1, v.name, ns, pps/1e6)
 			results[v.name] = append(results[v.name], ns)
 		}
 	}
@@ -275,6 +322,12 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		{"mbx-tunnel", "nft-dnat", ""},
 		{"mbx-fnat", "kernel-route", ""},
 		{"nft-dnat", "xdp-redirect", ""},
+		{"mbx-fnat6", "xdp-redirect6", "target <= 1.3"},
+		{"mbx-nat64", "xdp-redirect6", "target <= 1.3"},
+		{"mbx-dr6", "xdp-redirect6", "target <= 1.3"},
+		{"mbx-tunnel6", "xdp-redirect6", "target <= 1.5"},
+		{"mbx-fnat6", "kernel-route6", ""},
+		{"xdp-redirect6", "xdp-redirect", "frame size"},
 		{"bricks-lb", "xdp-redirect", "target <= 1.2"},
 		{"bricks-dup", "xdp-redirect", "two copies"},
 	} {
@@ -415,17 +468,28 @@ type generator struct {
 	l       *lab.Lab
 }
 
-func newGenerator(l *lab.Lab) (*generator, error) {
+// newGenerator makes the frame generator: IPv4 UDP to vip, or with v6
+// IPv6 UDP to vip6 (whose checksum goes stale as the port varies: nothing
+// on the path verifies it, and IPv6 forbids a zero one).
+func newGenerator(l *lab.Lab, v6 bool) (*generator, error) {
 	eth := &layers.Ethernet{SrcMAC: mustMAC("02:00:00:00:10:02"), DstMAC: mustMAC("02:00:00:00:10:01"), EthernetType: layers.EthernetTypeIPv4}
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.ParseIP("198.18.10.2").To4(), DstIP: net.ParseIP(vip).To4()}
+	var ip gopacket.NetworkLayer = &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.ParseIP("198.18.10.2").To4(), DstIP: net.ParseIP(vip).To4()}
+	portOff := 34
+	if v6 {
+		eth.EthernetType = layers.EthernetTypeIPv6
+		ip = &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP, SrcIP: net.ParseIP("fd00:198::10:2"), DstIP: net.ParseIP(vip6)}
+		portOff = 54
+	}
 	udp := &layers.UDP{SrcPort: 10000, DstPort: 5000}
 	_ = udp.SetNetworkLayerForChecksum(ip)
 	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload(make([]byte, 18))); err != nil {
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip.(gopacket.SerializableLayer), udp, gopacket.Payload(make([]byte, 18))); err != nil {
 		return nil, err
 	}
 	frame := buf.Bytes()
-	frame[40], frame[41] = 0, 0 // UDP checksum 0: ports can vary without recomputing
+	if !v6 {
+		frame[40], frame[41] = 0, 0 // UDP checksum 0: ports can vary without recomputing
+	}
 	tmpl, err := bench.NewTemplate(frame)
 	if err != nil {
 		return nil, err
@@ -440,7 +504,7 @@ func newGenerator(l *lab.Lab) (*generator, error) {
 		asm.And.Imm(asm.R3, flows-1),
 		asm.LSh.Imm(asm.R3, 8), // network-order port 10000+i: vary the high byte
 		asm.Add.Imm(asm.R3, 0x1027),
-		asm.StoreMem(asm.R7, 34, asm.R3, asm.Half),
+		asm.StoreMem(asm.R7, int16(portOff), asm.R3, asm.Half),
 		asm.Mov.Imm(asm.R0, 3).WithSymbol("tx"), // XDP_TX
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, 1).WithSymbol("out"),
