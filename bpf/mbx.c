@@ -692,6 +692,16 @@ static __always_inline int process6(struct xdp_md *ctx)
 	struct pkt6 p = {};
 
 	int r = parse6(data, data_end, &p);
+	if (r == PARSE_OTHER_L4 && p.eth && p.eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		/* An ICMPv6 error about a connection (icmp6_error), or the
+		 * kernel's (neighbour discovery, echo, ...). */
+		struct config *icfg = get_config();
+		if (icfg) {
+			int v = icmp6_error(ctx, icfg, bpf_ktime_get_coarse_ns());
+			if (v != XDP_PASS)
+				return v;
+		}
+	}
 	if (r != PARSE_OK) {
 		if (r == PARSE_BAD_L4 && p.key.family == AF_INET6_ && is_local6(&p.key)) {
 			count(CNT_DROP_MALFORMED);

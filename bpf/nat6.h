@@ -1,24 +1,28 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* nat6.h: transmission for IPv6 services (lb6.h): the next hop, the
  * Full-NAT rewrite, NAT64's header translation both ways (RFC 7915's
- * field mapping) and the ip6ip6 tunnel. Packets that do not fit the egress
- * are dropped and counted (drop_too_big): no ICMPv6 "packet too big" yet. */
+ * field mapping), the ip6ip6 tunnel, "packet too big" answers for what does
+ * not fit (ICMPv4 "fragmentation needed" to a NAT64 real server), and the
+ * translation of ICMPv6 errors about a connection. */
 #ifndef MBX_NAT6_H
 #define MBX_NAT6_H
 
 #include "lb6.h"
+#include "icmp6.h"
 
 /* next_hop6 is nat.h's next_hop for conn6 and either family: NH_OK with
  * c->nh_* filled (memoized under the same rules), NH_TOO_BIG, or a verdict. */
 static __always_inline int next_hop6(struct xdp_md *ctx, struct conn6 *c, const struct config *cfg,
 				     __u64 now, __u8 family, const __u32 *src, const __u32 *dst,
-				     __u32 tot_len, __u8 proto, int direct)
+				     __u32 tot_len, __u8 proto, int direct, __u32 *mtu)
 {
 	__u32 stamp = (__u32)(now >> 20);
 	if (c->nh_gen == cfg->fib_gen && c->nh_in == ctx->ingress_ifindex && c->nh_out &&
 	    stamp - c->nh_stamp < cfg->fib_max_age) {
-		if (c->nh_mtu && tot_len > c->nh_mtu)
+		if (c->nh_mtu && tot_len > c->nh_mtu) {
+			*mtu = c->nh_mtu;
 			return NH_TOO_BIG;
+		}
 		return NH_OK;
 	}
 	struct bpf_fib_lookup fib = {};
@@ -48,8 +52,10 @@ static __always_inline int next_hop6(struct xdp_md *ctx, struct conn6 *c, const 
 			__builtin_memcpy(c->tun_saddr, fib.ipv6_src, 16);
 		return NH_OK;
 	}
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		*mtu = fib.mtu_result;
 		return NH_TOO_BIG;
+	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		if (direct) {
 			count(CNT_DROP_NO_NEIGH);
@@ -185,8 +191,15 @@ static __always_inline int xmit_fnat6(struct xdp_md *ctx, struct pkt6 *p, struct
 	__u8 in_family = p->key.family;
 	if (in_family != c->out_family)
 		len = in_family == AF_INET6_ ? len - 20 : len + 20;
-	int v = next_hop6(ctx, c, cfg, now, c->out_family, c->saddr, c->daddr, len, p->key.proto, 0);
+	__u32 mtu = 0;
+	int v = next_hop6(ctx, c, cfg, now, c->out_family, c->saddr, c->daddr, len, p->key.proto, 0, &mtu);
 	if (v == NH_TOO_BIG) {
+		/* XDP cannot fragment: tell the sender, in its own family and
+		 * for its own packet size (the difference of the headers). */
+		if (p->ip6)
+			return mbx_icmp6_too_big(ctx, mtu + p->ip_len - len);
+		if (p->ip4 && (p->ip4->frag_off & bpf_htons(IP_DF_)))
+			return mbx_icmp_too_big(ctx, mtu - (len - p->ip_len), p->ip4->daddr) == XDP_TX ? XDP_TX : XDP_DROP;
 		count(CNT_DROP_TOO_BIG);
 		return XDP_DROP;
 	}
@@ -218,11 +231,10 @@ static __always_inline int xmit_fnat6(struct xdp_md *ctx, struct pkt6 *p, struct
 static __always_inline int xmit_dr6(struct xdp_md *ctx, struct pkt6 *p, struct conn6 *c,
 				    const struct config *cfg, __u64 now)
 {
-	int v = next_hop6(ctx, c, cfg, now, AF_INET6_, p->key.saddr, c->daddr, p->ip_len, p->key.proto, 1);
-	if (v == NH_TOO_BIG) {
-		count(CNT_DROP_TOO_BIG);
-		return XDP_DROP;
-	}
+	__u32 mtu = 0;
+	int v = next_hop6(ctx, c, cfg, now, AF_INET6_, p->key.saddr, c->daddr, p->ip_len, p->key.proto, 1, &mtu);
+	if (v == NH_TOO_BIG)
+		return mbx_icmp6_too_big(ctx, mtu);
 	if (v != NH_OK)
 		return v;
 	return xmit6_to(ctx, c->nh_out, c->nh_dmac, c->nh_smac);
@@ -237,12 +249,11 @@ static __always_inline int xmit_tunnel6(struct xdp_md *ctx, struct pkt6 *p, stru
 		return XDP_DROP;
 	__u32 inner_len = p->ip_len;
 	__u32 zero[4] = {};
+	__u32 mtu = 0;
 	int v = next_hop6(ctx, c, cfg, now, AF_INET6_, zero, c->daddr, inner_len + sizeof(struct ipv6hdr),
-			  IPPROTO_IPV6_, 1);
-	if (v == NH_TOO_BIG) {
-		count(CNT_DROP_TOO_BIG);
-		return XDP_DROP;
-	}
+			  IPPROTO_IPV6_, 1, &mtu);
+	if (v == NH_TOO_BIG) /* the client learns the MTU minus the outer header */
+		return mbx_icmp6_too_big(ctx, mtu - sizeof(struct ipv6hdr));
 	if (v != NH_OK)
 		return v;
 	__u32 label = flow_hash6(&p->key, cfg->hash_seed) & 0xfffff;
@@ -275,6 +286,89 @@ static __always_inline int xmit_tunnel6(struct xdp_md *ctx, struct pkt6 *p, stru
 	o->hop_limit = 64;
 	__builtin_memcpy(&o->saddr, c->tun_saddr, 16);
 	__builtin_memcpy(&o->daddr, c->daddr, 16);
+	return xmit6_to(ctx, c->nh_out, c->nh_dmac, c->nh_smac);
+}
+
+static __always_inline int is_icmp6_error(__u8 type)
+{
+	return type >= ICMP6_DST_UNREACH && type <= ICMP6_PARAM_PROB;
+}
+
+/* icmp6_error translates an ICMPv6 error about an IPv6 Full-NAT
+ * connection (the quoted packet is one mbx sent, after translation) and
+ * sends it to the quoted packet's original sender, as icmp.h does for
+ * IPv4. NAT64's ICMP is not translated across families (RFC 7915 section
+ * 4.2's mapping is not built): such errors go to the kernel. */
+static __attribute__((noinline)) int icmp6_error(struct xdp_md *ctx, const struct config *cfg, __u64 now)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct icmp6hdr_ *ic = (void *)(ip6 + 1);
+	struct ipv6hdr *q = (void *)(ic + 1);
+	__u16 *ports = (void *)(q + 1);
+	if ((void *)(ports + 4) > data_end || ip6->nexthdr != IPPROTO_ICMPV6_ || !is_icmp6_error(ic->type))
+		return XDP_PASS;
+	if (q->nexthdr != IPPROTO_TCP && q->nexthdr != IPPROTO_UDP)
+		return XDP_PASS;
+	struct flow_key6 k = {};
+	__builtin_memcpy(k.saddr, &q->daddr, 16);
+	__builtin_memcpy(k.daddr, &q->saddr, 16);
+	k.sport = ports[1];
+	k.dport = ports[0];
+	k.proto = q->nexthdr;
+	k.family = AF_INET6_;
+	struct conn6 *c = bpf_map_lookup_elem(&conns6, &k);
+	if (!c || c->out_family != AF_INET6_ || (c->flags & (CONN_F_DR | CONN_F_TUN)))
+		return XDP_PASS;
+	count(CNT_ICMP_ERROR);
+
+	/* The quoted packet before translation is c's rewrite reversed; the
+	 * error goes from c's source to c's destination (nat.h's icmp.h). */
+	__u32 dmsg = 0, dl4 = 0;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u32 *qs = (__u32 *)&q->saddr + i, *qd = (__u32 *)&q->daddr + i;
+		__u32 *os = (__u32 *)&ip6->saddr + i, *od = (__u32 *)&ip6->daddr + i;
+		dl4 = csum_add_diff32(dl4, *qs, c->daddr[i]);
+		dl4 = csum_add_diff32(dl4, *qd, c->saddr[i]);
+		/* The outer addresses are the pseudo header's. */
+		dmsg = csum_add_diff32(dmsg, *os, c->saddr[i]);
+		dmsg = csum_add_diff32(dmsg, *od, c->daddr[i]);
+		*qs = c->daddr[i];
+		*qd = c->saddr[i];
+		*os = c->saddr[i];
+		*od = c->daddr[i];
+	}
+	dmsg += dl4; /* the quoted addresses are in the message too */
+	dl4 = csum_add_diff16(dl4, ports[0], c->dport);
+	dl4 = csum_add_diff16(dl4, ports[1], c->sport);
+	dmsg = csum_add_diff16(dmsg, ports[0], c->dport);
+	dmsg = csum_add_diff16(dmsg, ports[1], c->sport);
+	ports[0] = c->dport;
+	ports[1] = c->sport;
+	/* The quoted TCP/UDP checksum, when quoted. */
+	__u16 *l4c = q->nexthdr == IPPROTO_TCP ? (void *)ports + 16 : (void *)ports + 6;
+	if ((void *)(l4c + 1) <= data_end) {
+		__u16 old = *l4c;
+		if (q->nexthdr == IPPROTO_TCP)
+			csum_apply(l4c, dl4);
+		else
+			csum_apply_udp(l4c, dl4);
+		dmsg = csum_add_diff16(dmsg, old, *l4c);
+	}
+	csum_apply(&ic->checksum, dmsg);
+
+	__u32 len = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
+	__u32 mtu = 0;
+	int v = next_hop6(ctx, c, cfg, now, AF_INET6_, c->saddr, c->daddr, len, IPPROTO_ICMPV6_, 0, &mtu);
+	if (v == NH_TOO_BIG) {
+		count(CNT_PASS_FIB);
+		return XDP_PASS;
+	}
+	if (v != NH_OK)
+		return v;
 	return xmit6_to(ctx, c->nh_out, c->nh_dmac, c->nh_smac);
 }
 

@@ -187,3 +187,58 @@ func TestTunnel6(t *testing.T) {
 		t.Errorf("a refused command changed the configuration:\n%s\n%s", before, after)
 	}
 }
+
+// TestPMTU6 is TestPMTU for IPv6 services: with the client's link at MTU
+// 1400, a 20 MB download through Full-NAT (IPv6 real servers, one behind a
+// router) and NAT64 only completes if mbx answers the real servers' large
+// packets ("packet too big" to IPv6 ones, "fragmentation needed" to IPv4
+// ones, which grow by 20 bytes as IPv6); an ip6ip6 upload only completes if
+// mbx tells the client the MTU minus the outer header.
+func TestPMTU6(t *testing.T) {
+	e, sum := routedLab(t)
+	e.host("router", "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	toobig := func() uint64 { return e.datapathCounter("icmp_too_big") }
+	t.Run("tunnel upload", func(t *testing.T) {
+		e.t = t
+		need(t, "iperf3")
+		e.host("rs1", "ip", "-6", "addr", "add", vip6+"/128", "dev", "lo")
+		e.host("rs1", mbxBin, "decap", "--iface", "eth0", "--vip", vip6)
+		e.background("rs1", "iperf3", "-s", "-p", "5201")
+		e.waitTCP("rs1", "127.0.0.1:5201")
+		e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
+		e.ipvsadm(`
+			-C
+			-A -t [fd00:198::a:100]:5201 -s rr
+			-a -t [fd00:198::a:100]:5201 -r [fd00:198::b:2] -i`)
+		before := toobig()
+		r := parseIperf(t, e.host("client", "iperf3", "-c", vip6, "-n", "20M", "-J", "--connect-timeout", "5000"))
+		t.Logf("iperf3 upload through the ip6ip6 tunnel: %+v", r.End.SumReceived)
+		if toobig() == before {
+			t.Errorf("no packet too big was sent: the test did not exercise PMTU")
+		}
+	})
+	e.host("lb", "ip", "link", "set", "wan0", "mtu", "1400")
+	for _, m := range []struct{ name, reals, lip string }{
+		{"full-nat", "-a -t [fd00:198::a:100]:80 -r [fd00:198::b:2] -b\n-a -t [fd00:198::a:100]:80 -r [fd00:198::c:7] -b", "fd00:198::b:200"},
+		{"nat64", "-a -t [fd00:198::a:100]:80 -r 198.18.1.2 -b\n-a -t [fd00:198::a:100]:80 -r 198.18.5.7 -b", "198.18.1.200"},
+	} {
+		t.Run(m.name, func(t *testing.T) {
+			e.t = t
+			e.ipvsadm(`
+				-C
+				-A -t [fd00:198::a:100]:80 -s rr
+				` + m.reals + `
+				--add-laddr -z ` + m.lip + ` -t [fd00:198::a:100]:80 -F lan0`)
+			before := toobig()
+			for i := range 2 {
+				got := e.host("client", "bash", "-c", "curl -g -sS --max-time 30 '"+url6("/files/20M.bin")+"' | sha256sum")
+				if f := strings.Fields(got); len(f) == 0 || f[0] != sum {
+					t.Fatalf("download %d: sha256 %q, want %s", i, got, sum)
+				}
+			}
+			if toobig() == before {
+				t.Errorf("no packet too big / fragmentation needed was sent: the test did not exercise PMTU")
+			}
+		})
+	}
+}

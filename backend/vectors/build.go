@@ -1,6 +1,7 @@
 package vectors
 
 import (
+	"encoding/binary"
 	"fmt"
 	"maps"
 	"net"
@@ -243,7 +244,19 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 			n, _, _ := v.num(mtu)
 			id, seq = 0, n
 		}
-		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(uint8(typ), uint8(code)), Id: uint16(id), Seq: uint16(seq)})
+		if ip6, ok := netLayer.(*layers.IPv6); ok {
+			// ICMPv6 errors: type, code, checksum, then 32 bits (the MTU of
+			// "packet too big", else unused) before the quote.
+			ic := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(uint8(typ), uint8(code))}
+			_ = ic.SetNetworkLayerForChecksum(ip6)
+			var word uint32
+			if _, ok := p.ICMP["mtu"]; ok {
+				word = uint32(seq)
+			}
+			ls = append(ls, ic, gopacket.Payload(binary.BigEndian.AppendUint32(nil, word)))
+		} else {
+			ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(uint8(typ), uint8(code)), Id: uint16(id), Seq: uint16(seq)})
+		}
 		if p.Quote != nil {
 			q, err := f.build(*p.Quote, v)
 			if err != nil {
@@ -301,8 +314,10 @@ func (f *File) ipv6(p Packet, src, dst netip.Addr, num func(map[string]any, stri
 		ip6.NextHeader = layers.IPProtocolTCP
 	case p.UDP != nil:
 		ip6.NextHeader = layers.IPProtocolUDP
+	case p.ICMP != nil:
+		ip6.NextHeader = layers.IPProtocolICMPv6
 	default:
-		return nil, fmt.Errorf("ip: IPv6 vectors carry TCP or UDP")
+		return nil, fmt.Errorf("ip: IPv6 vectors carry TCP, UDP or ICMPv6")
 	}
 	return ip6, nil
 }

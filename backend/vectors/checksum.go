@@ -74,14 +74,14 @@ func verifyIPv6(ip []byte) error {
 			return verifyIPv6(l4)
 		}
 		return nil
-	case 6, 17:
+	case 6, 17, 58:
 	default:
 		return nil
 	}
 	sum := onesSum(ip[8:40], 0)
 	sum += uint32(next) + uint32(len(l4))
 	if fold(onesSum(l4, sum)) != 0xffff {
-		return fmt.Errorf("bad %s checksum (IPv6)", map[byte]string{6: "TCP", 17: "UDP"}[next])
+		return fmt.Errorf("bad %s checksum (IPv6)", map[byte]string{6: "TCP", 17: "UDP", 58: "ICMPv6"}[next])
 	}
 	return nil
 }
