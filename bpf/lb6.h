@@ -23,6 +23,7 @@
 #define ETH_P_IPV6 0x86DD
 #endif
 #define IPPROTO_IPV6_ 41 /* ip6ip6 */
+#define IPPROTO_FRAGMENT_ 44
 
 /* One direction of a flow of an IPv6 service. */
 struct flow_key6 {
@@ -123,9 +124,9 @@ static __always_inline int l4_parse6(struct pkt6 *p, void *l4, __u32 l4len, void
 	return PARSE_OK;
 }
 
-/* parse6 reads an IPv6 packet whose next header is TCP or UDP (extension
- * headers and fragments are the kernel's), or an IPv4 TCP/UDP packet (a
- * NAT64 reply candidate). */
+/* parse6 reads an IPv6 packet whose next header is TCP or UDP (other
+ * extension headers are the kernel's; a fragment is PARSE_FRAGMENT with
+ * its destination), or an IPv4 TCP/UDP packet (a NAT64 reply candidate). */
 static __always_inline int parse6(void *data, void *data_end, struct pkt6 *p)
 {
 	struct ethhdr *eth = data;
@@ -161,6 +162,11 @@ static __always_inline int parse6(void *data, void *data_end, struct pkt6 *p)
 	__u16 plen = bpf_ntohs(ip6->payload_len);
 	if ((void *)(ip6 + 1) + plen > data_end)
 		return PARSE_BAD_L3;
+	if (ip6->nexthdr == IPPROTO_FRAGMENT_) {
+		__builtin_memcpy(p->key.daddr, &ip6->daddr, 16);
+		p->key.family = AF_INET6_;
+		return PARSE_FRAGMENT;
+	}
 	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
 		return PARSE_OTHER_L4;
 	p->ip6 = ip6;

@@ -703,6 +703,13 @@ static __always_inline int process6(struct xdp_md *ctx)
 		}
 	}
 	if (r != PARSE_OK) {
+		if (r == PARSE_FRAGMENT && p.key.family == AF_INET6_ && is_local6(&p.key)) {
+			/* IPv6 fragments to a VIP or LIP: mbx does not place them
+			 * (docs/datapath.md); handed to the kernel they would be
+			 * reassembled for a local socket that does not exist. */
+			count(CNT_DROP_FRAGMENT);
+			return XDP_DROP;
+		}
 		if (r == PARSE_BAD_L4 && p.key.family == AF_INET6_ && is_local6(&p.key)) {
 			count(CNT_DROP_MALFORMED);
 			return XDP_DROP;
