@@ -42,6 +42,11 @@ type Options struct {
 	// Routes are the DPDK backend's static routes, each "DST/LEN=GATEWAY"
 	// (DPDK owns its ports: the kernel's routes do not apply).
 	Routes []string
+	// Taps are the DPDK backend's exception path, each "PORT=IFNAME": a
+	// kernel TAP interface IFNAME with PORT's MAC and address gets what
+	// the datapath leaves to the kernel, and what the kernel sends there
+	// leaves through PORT (DPVS's KNI).
+	Taps []string
 }
 
 // Defaults fills zero fields with mbx's defaults.

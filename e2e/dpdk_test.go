@@ -122,6 +122,57 @@ func TestDPDKFullNAT(t *testing.T) {
 	}
 }
 
+// TestDPDKTap: the exception path. The kernel's wan0 (DPDK's port) has no
+// address; mbx's TAP interface mbxk0 carries the port's MAC and address,
+// so a kernel service on the node (an HTTP server on 198.18.0.1:8080, what
+// ssh would be) is reached through DPDK: mbx passes what is not its
+// business to the TAP, the kernel resolves the client through it (ARP
+// replies are passed too) and its answers leave through the port. The
+// load balancer keeps working beside it, and the TAP is gone after stop.
+func TestDPDKTap(t *testing.T) {
+	bin := buildDPDK(t)
+	e, _ := twoArmNoDaemon(t)
+	for _, h := range []string{"client", "rs1", "rs2"} {
+		e.host(h, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off", "tx", "off")
+	}
+	e.host("lb", "ip", "addr", "flush", "dev", "wan0")
+	e.background("lb", mbxBin, "lab", "serve", "--name", "lbnode", "--listen", "0.0.0.0:8080")
+	eal := "-l 0 --no-pci --no-huge -m 512 --vdev=net_af_xdp0,iface=wan0 --vdev=net_af_xdp1,iface=lan0"
+	saved := mbxBin
+	mbxBin = bin
+	e.startDaemon("--backend", "dpdk", "--eal", eal, "--conn-max", "65536",
+		"--port", "net_af_xdp0=198.18.0.1/24", "--port", "net_af_xdp1=198.18.1.1/24", "--tap", "net_af_xdp0=mbxk0")
+	mbxBin = saved
+	addr, link := e.host("lb", "ip", "-br", "addr", "show", "mbxk0"), e.host("lb", "ip", "link", "show", "mbxk0")
+	if mac := strings.Fields(e.host("lb", "cat", "/sys/class/net/wan0/address"))[0]; !strings.Contains(addr, "198.18.0.1/24") ||
+		!strings.Contains(link, ",UP") || !strings.Contains(link, mac) {
+		t.Fatalf("the TAP interface should be up with wan0's MAC %s and address:\n%s%s", mac, addr, link)
+	}
+	e.waitTCP("lb", "127.0.0.1:8080")
+	out := e.curl("http://198.18.0.1:8080/")
+	if !strings.HasPrefix(out, "lbnode: ") || !strings.Contains(out, "198.18.0.2:") {
+		t.Fatalf("a kernel service on the node through the TAP: %q", out)
+	}
+	e.ipvsadm(`
+		-A -t 198.18.0.100:80 -s rr
+		-a -t 198.18.0.100:80 -r 198.18.1.2 -b
+		-a -t 198.18.0.100:80 -r 198.18.1.3 -b
+		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F net_af_xdp1`)
+	c := countFirstWords(e.curl("-H", "Connection: close", "http://"+vip+"/?[1-10]"))
+	if c["rs1"] != 5 || c["rs2"] != 5 {
+		t.Fatalf("the load balancer beside the TAP: %v", c)
+	}
+	for range 3 { // the kernel's service again, between balanced flows
+		if out := e.curl("http://198.18.0.1:8080/"); !strings.HasPrefix(out, "lbnode: ") {
+			t.Fatalf("kernel service: %q", out)
+		}
+	}
+	e.stopDaemon()
+	if out, err := e.lab.Run("lb", "ip", "link", "show", "mbxk0"); err == nil {
+		t.Errorf("mbxk0 still exists after mbx stopped: %s", out)
+	}
+}
+
 // Bad input to the dpdk backend: one line naming the fix, no hang, nothing
 // left in /var/run/dpdk.
 func TestDPDKBadInput(t *testing.T) {
@@ -142,6 +193,8 @@ func TestDPDKBadInput(t *testing.T) {
 		{"no hugepages", []string{"--eal", "-l 0 --no-pci -m 256", "--port", "net_null0=198.18.0.1/24"}, "--no-huge"},
 		{"bad route", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--route", "198.18.5.0/24"}, "DST/LEN=GATEWAY"},
 		{"gateway off-link", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--route", "198.18.5.0/24=198.18.9.1"}, "on no port's network"},
+		{"tap of no port", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--tap", "net_null1=mbxk0"}, "give PORT=IFNAME"},
+		{"tap name taken", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--tap", "net_null0=lo"}, "already exists"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			args := append([]string{"run", "--backend", "dpdk", "--socket", filepath.Join(dir, "mbx.sock")}, c.args...)

@@ -5,13 +5,17 @@ package dpdk
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/backend/dpdk/datapath"
@@ -47,6 +51,7 @@ type Backend struct {
 	w     *Worker
 	stop  chan struct{}
 	done  chan struct{}
+	taps  []rte.Port // the exception path's TAP ports (--tap)
 }
 
 // portSpec is one --port: a DPDK device and the port's address.
@@ -100,8 +105,9 @@ func Open(opts backend.Options) (backend.Backend, error) {
 	}
 	b := &Backend{opts: opts, stop: make(chan struct{}), done: make(chan struct{})}
 	fail := func(err error) (backend.Backend, error) {
-		for _, p := range b.ports {
+		for _, p := range append(b.taps, b.ports...) {
 			p.Stop()
+			p.Close()
 		}
 		rte.Cleanup()
 		return nil, err
@@ -156,8 +162,61 @@ func Open(opts backend.Options) (backend.Backend, error) {
 		}
 	}
 	b.w = NewWorker(b.ports, 0, b.dp, 32, b.mp)
+	for _, t := range opts.Taps {
+		if err := b.addTap(t, specs); err != nil {
+			b.w.Close()
+			return fail(err)
+		}
+	}
 	go b.run()
 	return b, nil
+}
+
+// addTap makes a kernel TAP interface the exception path of a port
+// (--tap PORT=IFNAME), as DPVS's KNI: DPDK's net_tap with the port's MAC,
+// and the port's address on it, so the kernel answers what mbx leaves to
+// it (ssh to the node, a routing daemon) and its replies leave through
+// the port.
+func (b *Backend) addTap(spec string, specs []portSpec) error {
+	portName, ifname, _ := strings.Cut(spec, "=")
+	i := slices.Index(b.names, portName)
+	if i < 0 || ifname == "" || len(ifname) > 15 || strings.ContainsAny(ifname, ",/ ") {
+		return fmt.Errorf("--tap %q: give PORT=IFNAME, a --port's device (%s) and a new interface name (at most 15 characters)",
+			spec, strings.Join(b.names, ", "))
+	}
+	if _, err := netlink.LinkByName(ifname); err == nil {
+		return fmt.Errorf("--tap %q: interface %s already exists", spec, ifname)
+	}
+	mac, err := b.ports[i].MAC()
+	if err != nil {
+		return err
+	}
+	tap, err := rte.AttachVdev(fmt.Sprintf("net_tap%d,iface=%s,mac=%s", i, ifname, mac))
+	if err != nil {
+		return fmt.Errorf("--tap %q: %w (the kernel needs /dev/net/tun)", spec, err)
+	}
+	b.taps = append(b.taps, tap)
+	pool, err := rte.NewMempool(fmt.Sprintf("mbx_tap%d", i), 4095)
+	if err != nil {
+		return err
+	}
+	if err := tap.Setup(1, 1, 1024, pool); err != nil {
+		return fmt.Errorf("--tap %q: %w", spec, err)
+	}
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("--tap %q: %w", spec, err)
+	}
+	p := specs[i].prefix
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
+	if err := netlink.AddrAdd(l, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return fmt.Errorf("--tap %q: address %s: %w", spec, p, err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("--tap %q: %w", spec, err)
+	}
+	b.w.SetTap(i, tap)
+	return nil
 }
 
 func hasArg(args []string, name string) bool {
@@ -245,7 +304,11 @@ func (b *Backend) Close() error {
 	close(b.stop)
 	<-b.done
 	if b.opts.Logger != nil {
-		b.opts.Logger.Info("dpdk worker", "tx_dropped", b.w.TxDropped)
+		b.opts.Logger.Info("dpdk worker", "tx_dropped", b.w.TxDropped, "to_kernel", b.w.ToKernel, "from_kernel", b.w.FromKernel)
+	}
+	for _, t := range b.taps {
+		t.Stop()
+		t.Close() // the kernel interface goes with it
 	}
 	b.w.Close()
 	for i, p := range b.ports {

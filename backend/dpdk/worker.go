@@ -18,9 +18,9 @@ type Worker struct {
 	dp    *datapath.Datapath
 	rx    *rte.Burst
 	tx    []*rte.Burst // per output port
-	// Passed receives what the datapath leaves to the kernel (the
-	// exception path); nil: such packets are freed. frame is valid only
-	// during the call.
+	// Passed sees what the datapath leaves to the kernel, before it goes
+	// to the port's TAP (SetTap) or, without one, is freed. frame is valid
+	// only during the call.
 	Passed func(port int, frame []byte)
 	// Observe, when set, sees every packet on a port's wire, both ways:
 	// received (before the datapath) and sent (after it), with the round's
@@ -33,6 +33,25 @@ type Worker struct {
 	mp        *rte.Mempool // for the datapath's own packets (ARP requests)
 	ctl       *rte.Burst
 	arp       [64]byte
+	// The exception path (SetTap): per port, its TAP port or nil.
+	taps  []*rte.Port
+	tapTx []*rte.Burst
+	tapRx *rte.Burst
+	// ToKernel and FromKernel count the exception path's packets.
+	ToKernel, FromKernel uint64
+}
+
+// SetTap makes tap (a net_tap port) port's exception path: packets the
+// datapath passes go to the kernel through it (moved, not copied), and
+// what the kernel sends on it leaves through port.
+func (w *Worker) SetTap(port int, tap rte.Port) {
+	if w.taps == nil {
+		w.taps = make([]*rte.Port, len(w.ports))
+		w.tapTx = make([]*rte.Burst, len(w.ports))
+		w.tapRx = rte.NewBurst(w.rx.Cap())
+	}
+	w.taps[port] = &tap
+	w.tapTx[port] = rte.NewBurst(w.rx.Cap())
 }
 
 // NewWorker makes a worker for queue of ports, bursts of burst packets;
@@ -49,6 +68,14 @@ func NewWorker(ports []rte.Port, queue int, dp *datapath.Datapath, burst int, mp
 func (w *Worker) Close() {
 	w.rx.Close()
 	w.ctl.Close()
+	if w.tapRx != nil {
+		w.tapRx.Close()
+	}
+	for _, b := range w.tapTx {
+		if b != nil {
+			b.Close()
+		}
+	}
 	for _, b := range w.tx {
 		b.Close()
 	}
@@ -66,6 +93,27 @@ func (w *Worker) Poll() int {
 	n := 0
 	for in := range w.ports {
 		n += w.PollPort(in)
+		if w.taps != nil && w.taps[in] != nil {
+			n += w.pollTap(in)
+		}
+	}
+	return n
+}
+
+// pollTap sends what the kernel wrote to port's TAP out of port.
+func (w *Worker) pollTap(port int) int {
+	n := w.tapRx.Rx(*w.taps[port], 0)
+	for i := range n {
+		if w.Observe != nil {
+			w.Observe(port, w.tapRx.Data(i), w.now)
+		}
+		w.tapRx.Move(i, w.tx[port])
+	}
+	w.tapRx.Free()
+	if k := w.tx[port].Len(); k > 0 {
+		sent := w.tx[port].Tx(w.ports[port], w.queue)
+		w.FromKernel += uint64(sent)
+		w.TxDropped += uint64(k - sent)
 	}
 	return n
 }
@@ -95,7 +143,11 @@ func (w *Worker) PollPort(in int) int {
 			if w.Passed != nil {
 				w.Passed(in, w.rx.Data(i))
 			}
-			w.rx.Keep(i, false)
+			if w.taps != nil && w.taps[in] != nil {
+				w.rx.Move(i, w.tapTx[in])
+			} else {
+				w.rx.Keep(i, false)
+			}
 		default:
 			w.rx.Keep(i, false)
 		}
@@ -104,6 +156,13 @@ func (w *Worker) PollPort(in int) int {
 	for out, b := range w.tx {
 		if k := b.Len(); k > 0 {
 			w.TxDropped += uint64(k - b.Tx(w.ports[out], w.queue))
+		}
+	}
+	if w.taps != nil && w.taps[in] != nil {
+		if k := w.tapTx[in].Len(); k > 0 {
+			sent := w.tapTx[in].Tx(*w.taps[in], 0)
+			w.ToKernel += uint64(sent)
+			w.TxDropped += uint64(k - sent)
 		}
 	}
 	w.resolve()

@@ -13,6 +13,8 @@ package rte
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
 #include <rte_mbuf_pool_ops.h>
+#include <rte_bus.h>
+#include <rte_dev.h>
 
 // One packet of a burst as Go sees it: where its bytes start, how many,
 // and how far the buffer lets them move (prepend headers, grow).
@@ -156,6 +158,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"unsafe"
 )
@@ -288,6 +291,18 @@ func PortByName(name string) (Port, error) {
 		return 0, fmt.Errorf("no DPDK port %q (give the EAL --vdev=%s,... or a PCI device): %w", name, name, errorf("lookup", rc))
 	}
 	return Port(id), nil
+}
+
+// AttachVdev creates a virtual device after Init (hotplug), e.g.
+// "net_tap0,iface=mbxk0,mac=02:00:00:00:00:01", and returns its port.
+func AttachVdev(devargs string) (Port, error) {
+	ca := C.CString(devargs)
+	defer C.free(unsafe.Pointer(ca))
+	if rc := C.rte_dev_probe(ca); rc < 0 {
+		return 0, errorf("creating "+devargs, rc)
+	}
+	name, _, _ := strings.Cut(devargs, ",")
+	return PortByName(name)
 }
 
 // Name is the port's device name.
