@@ -8,6 +8,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -78,6 +79,14 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			return fmt.Errorf("building mbx: %v %s", err, out)
 		}
 	}
+	if dpdkBin == "" && exec.Command("pkg-config", "--exists", "libdpdk").Run() == nil {
+		dir, _ := os.MkdirTemp("", "fwdbench-dpdk")
+		defer os.RemoveAll(dir)
+		dpdkBin = filepath.Join(dir, "mbx-dpdk")
+		if out, err := exec.Command("go", "build", "-tags", "dpdk", "-o", dpdkBin, "./cmd/mbx").CombinedOutput(); err != nil {
+			return fmt.Errorf("building mbx with dpdk: %v %s", err, out)
+		}
+	}
 	l, err := lab.Up(topo, "fwd", os.Getpid())
 	if err != nil {
 		return err
@@ -106,9 +115,10 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	defer sinkCount.Close()
 
 	var stopDaemon func()
+	userPID = 0
 	sock := filepath.Join(os.TempDir(), fmt.Sprintf("fwdbench-%d.sock", os.Getpid()))
-	startMbx := func(ifaces ...string) error {
-		daemon := l.Command("fwd", mbxBin, append([]string{"run", "--socket", sock, "--conn-max", "65536", "--pin-dir", "none"}, ifaces...)...)
+	startMbxBin := func(bin string, ifaces ...string) error {
+		daemon := l.Command("fwd", bin, append([]string{"run", "--socket", sock, "--conn-max", "65536", "--pin-dir", "none"}, ifaces...)...)
 		logf, _ := os.Create(filepath.Join(os.TempDir(), "fwdbench-mbx.log"))
 		daemon.Stdout, daemon.Stderr = logf, logf
 		if err := daemon.Start(); err != nil {
@@ -126,9 +136,13 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 				up = serr == nil
 			}
 		}
-		stopDaemon = func() { daemon.Process.Signal(os.Interrupt); <-exited }
+		stopDaemon = func() { daemon.Process.Signal(os.Interrupt); <-exited; userPID = 0 }
+		if bin != mbxBin {
+			userPID = daemon.Process.Pid // a polling data plane: its CPU counts too
+		}
 		return nil
 	}
+	startMbx := func(ifaces ...string) error { return startMbxBin(mbxBin, ifaces...) }
 	stopMbx := func() {
 		if stopDaemon != nil {
 			stopDaemon()
@@ -219,6 +233,21 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			}
 			return mbxDo("ipvsadm -A -u ["+vip6+"]:5000 -s rr", "ipvsadm -a -u ["+vip6+"]:5000 -r ["+sinkIP6+"] -i")
 		}, down: stopMbx, v6: true},
+		// The DPDK backend on the same veths (net_af_xdp vdevs), Full-NAT:
+		// its polling thread's CPU time is added to the NAPI thread's.
+		{name: "dpdk-fnat", setup: func() error {
+			if dpdkBin == "" {
+				return errNoDPDK
+			}
+			if err := startMbxBin(dpdkBin, "--backend", "dpdk", "--eal",
+				"-l 0 --no-pci --no-huge -m 512 --vdev=net_af_xdp0,iface=in0 --vdev=net_af_xdp1,iface=out0",
+				"--port", "net_af_xdp0=198.18.10.1/24", "--port", "net_af_xdp1=198.18.11.1/24"); err != nil {
+				return err
+			}
+			return mbxDo(
+				"ipvsadm -A -u "+vip+":5000 -s rr", "ipvsadm -a -u "+vip+":5000 -r "+sinkIP+" -b",
+				"ipvsadm --add-laddr -z 198.18.11.200 -u "+vip+":5000 -F net_af_xdp1")
+		}, down: stopMbx},
 		// Bricks on in0 (an engine's own interface; the daemon's is out0):
 		// a 4-tuple LoadBalancer (parse, symmetric hash, pick) to out0, and
 		// a Duplicator to out0 and cp0 (a second veth, dropped at its peer).
@@ -261,6 +290,9 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		for _, v := range order {
 			if err := v.setup(); err != nil {
 				v.down()
+				if errors.Is(err, errNoDPDK) {
+					continue
+				}
 				return fmt.Errorf("%s: %w", v.name, err)
 			}
 			if os.Getenv("FWDBENCH_DEBUG") != "" {
@@ -286,7 +318,11 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", v.name, err)
 			}
-			fmt.Printf("round %d %-14s %7.0f ns/pkt  %6.2f Mpps delivered\n", r+1, v.name, ns, pps/1e6)
+			fmt.Printf("round %d %-14s %7.0f ns/pkt  %6.2f Mpps delivered", r+1, v.name, ns, pps/1e6)
+			if lastUserNs > 0 {
+				fmt.Printf("  (user-space %0.f ns)", lastUserNs)
+			}
+			fmt.Println()
 			results[v.name] = append(results[v.name], ns)
 		}
 	}
@@ -322,6 +358,9 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		{"mbx-tunnel", "nft-dnat", ""},
 		{"mbx-fnat", "kernel-route", ""},
 		{"nft-dnat", "xdp-redirect", ""},
+		{"dpdk-fnat", "xdp-redirect", "DPDK (AF_XDP vdevs) vs XDP"},
+		{"dpdk-fnat", "mbx-fnat", ""},
+		{"dpdk-fnat", "kernel-route", ""},
 		{"mbx-fnat6", "xdp-redirect6", "target <= 1.3"},
 		{"mbx-nat64", "xdp-redirect6", "target <= 1.3"},
 		{"mbx-dr6", "xdp-redirect6", "target <= 1.3"},
@@ -422,7 +461,18 @@ func newSink(l *lab.Lab) (*sink, error) {
 		return nil, err
 	}
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		// ARP goes to the sink's kernel (the DPDK backend resolves the
+		// sink; the kernel forwarders have a static entry).
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 14),
+		asm.JGT.Reg(asm.R4, asm.R3, "count"),
+		asm.LoadMem(asm.R4, asm.R2, 12, asm.Half),
+		asm.JNE.Imm(asm.R4, 0x0608, "count"), // EtherType 0x0806, network order
+		asm.Mov.Imm(asm.R0, 2),
+		asm.Return(),
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word).WithSymbol("count"),
 		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -4),
@@ -596,6 +646,7 @@ func measure(l *lab.Lab, g *generator, s *sink, dur time.Duration) (nsPerPkt, pp
 	if err != nil {
 		return 0, 0, err
 	}
+	u0 := procCPUNs(userPID)
 	p0 := s.read()
 	start := time.Now()
 	if err := g.run(start.Add(dur)); err != nil {
@@ -606,12 +657,18 @@ func measure(l *lab.Lab, g *generator, s *sink, dur time.Duration) (nsPerPkt, pp
 	if err != nil {
 		return 0, 0, err
 	}
+	user := procCPUNs(userPID) - u0
+	c1 += user
 	pkts := s.read() - p0
 	if pkts == 0 {
 		return 0, 0, fmt.Errorf("no packet reached the sink")
 	}
+	lastUserNs = float64(user) / float64(pkts)
 	return float64(c1-c0) / float64(pkts), float64(pkts) / time.Since(start).Seconds(), nil
 }
+
+// lastUserNs is the user-space data plane's share of the last measure.
+var lastUserNs float64
 
 // attachDrop puts an XDP_DROP program on a fwd interface (a veth's peer
 // needs one for redirects into the veth to be delivered).
@@ -629,4 +686,34 @@ func attachDrop(l *lab.Lab, iface string) error {
 		}
 		return netlink.LinkSetXdpFdWithFlags(lk, prog.FD(), unix.XDP_FLAGS_DRV_MODE)
 	})
+}
+
+// userPID, when not 0, is a user-space data plane (the DPDK backend)
+// whose CPU time is part of the forwarder's.
+var userPID int
+
+// dpdkBin is mbx built with the dpdk tag ("" when libdpdk is missing).
+var dpdkBin string
+
+var errNoDPDK = errors.New("libdpdk-dev is not installed")
+
+// procCPUNs is the CPU time of every thread of pid (0: none), summed from
+// /proc/PID/task/*/schedstat (ns).
+func procCPUNs(pid int) uint64 {
+	if pid == 0 {
+		return 0
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum uint64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			n, _ := strconv.ParseUint(f[0], 10, 64)
+			sum += n
+		}
+	}
+	return sum
 }
