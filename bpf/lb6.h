@@ -76,6 +76,15 @@ struct {
 	__type(value, struct conn6);
 } conn6_scratch SEC(".maps");
 
+/* mbx_new_conn6's reply key, off its stack frame (the stack is 512 bytes
+ * for mbx_lb6, mbx_new_conn6 and the lc/wlc scan together). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_key6);
+} key6_scratch SEC(".maps");
+
 /* mbx_xdp's handoff to mbx_lb6. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
@@ -94,13 +103,43 @@ struct pkt6 {
 	void *l4;
 	__u16 *l4_csum; /* NULL: IPv4 UDP without checksum */
 	__u8 tcp_flags;
+	__u8 frag;    /* 0, FRAG_FIRST (has the ports) or FRAG_LATER (IPv6 only) */
 	__u16 ip_len; /* whole IP packet, header included */
-	__u16 l3_len; /* IP header length */
+	__u16 l3_len; /* IP header length (IPv6: with a fragment header) */
+	__u32 frag_id;
 	struct flow_key6 key;
 };
 
+/* IPv6's fragment header (RFC 8200 4.5). */
+struct frag6hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__u16 frag_off; /* offset << 3 | M */
+	__u32 id;
+};
+
+/* IPv6 fragments follow their flow as IPv4's do (frag.h): the first
+ * fragment's ports, remembered by (addresses, identification, protocol). */
+struct frag6_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 id;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct frag6_key);
+	__type(value, __u32); /* sport | dport << 16, as in the packet */
+} frags6 SEC(".maps");
+
 static __always_inline int l4_parse6(struct pkt6 *p, void *l4, __u32 l4len, void *data_end)
 {
+	/* A first fragment's UDP length is the whole datagram's; a TCP header
+	 * is whole in it (RFC 8200: the first fragment holds the upper-layer
+	 * header). */
 	p->l4 = l4;
 	if (p->key.proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
@@ -116,7 +155,7 @@ static __always_inline int l4_parse6(struct pkt6 *p, void *l4, __u32 l4len, void
 	if ((void *)(uh + 1) > data_end)
 		return PARSE_BAD_L4;
 	__u16 ulen = bpf_ntohs(uh->len);
-	if (ulen < sizeof(*uh) || ulen > l4len)
+	if (ulen < sizeof(*uh) || (ulen > l4len && !p->frag))
 		return PARSE_BAD_L4;
 	p->key.sport = uh->source;
 	p->key.dport = uh->dest;
@@ -162,24 +201,64 @@ static __always_inline int parse6(void *data, void *data_end, struct pkt6 *p)
 	__u16 plen = bpf_ntohs(ip6->payload_len);
 	if ((void *)(ip6 + 1) + plen > data_end)
 		return PARSE_BAD_L3;
-	if (ip6->nexthdr == IPPROTO_FRAGMENT_) {
-		__builtin_memcpy(p->key.daddr, &ip6->daddr, 16);
-		p->key.family = AF_INET6_;
-		return PARSE_FRAGMENT;
+	__u8 next = ip6->nexthdr;
+	__u32 hlen = sizeof(*ip6);
+	if (next == IPPROTO_FRAGMENT_) {
+		struct frag6hdr *fh = (void *)(ip6 + 1);
+		if ((void *)(fh + 1) > data_end || plen < sizeof(*fh))
+			return PARSE_BAD_L3;
+		next = fh->nexthdr;
+		hlen += sizeof(*fh);
+		p->frag_id = fh->id;
+		p->frag = (fh->frag_off & bpf_htons(0xfff8)) ? FRAG_LATER : FRAG_FIRST;
 	}
-	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+	if (next != IPPROTO_TCP && next != IPPROTO_UDP)
 		return PARSE_OTHER_L4;
 	p->ip6 = ip6;
 	p->ip_len = sizeof(*ip6) + plen;
-	p->l3_len = sizeof(*ip6);
+	p->l3_len = hlen;
 	__builtin_memcpy(p->key.saddr, &ip6->saddr, 16);
 	__builtin_memcpy(p->key.daddr, &ip6->daddr, 16);
-	p->key.proto = ip6->nexthdr;
+	p->key.proto = next;
 	p->key.family = AF_INET6_;
-	int r = l4_parse6(p, ip6 + 1, plen, data_end);
+	if (p->frag == FRAG_LATER)
+		return PARSE_FRAGMENT; /* no transport header: frag6_ports finds the ports */
+	int r = l4_parse6(p, (void *)ip6 + hlen, sizeof(*ip6) + plen - hlen, data_end);
 	if (r == PARSE_OK && p->key.proto == IPPROTO_UDP && !p->l4_csum)
 		return PARSE_BAD_L4; /* IPv6 UDP must carry a checksum */
 	return r;
+}
+
+static __always_inline void frag6_key_of(struct frag6_key *fk, const struct pkt6 *p)
+{
+	__builtin_memcpy(fk->saddr, p->key.saddr, 16);
+	__builtin_memcpy(fk->daddr, p->key.daddr, 16);
+	fk->id = p->frag_id;
+	fk->proto = p->key.proto;
+}
+
+/* Not inlined: its 40-byte key stays off process6's frame (the stack is
+ * 512 bytes for a whole call chain: mbx_lb6, mbx_new_conn6, least_step). */
+static __attribute__((noinline)) void frag6_remember(const struct pkt6 *p)
+{
+	struct frag6_key fk = {};
+	frag6_key_of(&fk, p);
+	__u32 ports = (__u32)p->key.sport | ((__u32)p->key.dport << 16);
+	bpf_map_update_elem(&frags6, &fk, &ports, BPF_ANY);
+}
+
+/* frag6_ports fills a later fragment's ports from its first one: 0, or -1
+ * when the first one was not seen. */
+static __always_inline int frag6_ports(struct pkt6 *p)
+{
+	struct frag6_key fk = {};
+	frag6_key_of(&fk, p);
+	__u32 *ports = bpf_map_lookup_elem(&frags6, &fk);
+	if (!ports)
+		return -1;
+	p->key.sport = (__u16)*ports;
+	p->key.dport = (__u16)(*ports >> 16);
+	return 0;
 }
 
 static __always_inline int is_new_syn6(const struct pkt6 *p)

@@ -626,11 +626,15 @@ __attribute__((noinline)) int mbx_new_conn6(const struct flow_key6 *key, const s
 
 	/* The reply comes from the real server to a LIP and port, in the
 	 * real server's family. fc holds the reply entry first (nat.h). */
-	struct flow_key6 rk = {};
-	__builtin_memcpy(rk.saddr, rs->addr, 16);
-	rk.sport = rs->port ? rs->port : key->dport;
-	rk.proto = key->proto;
-	rk.family = out;
+	__u32 zero = 0;
+	struct flow_key6 *rk = bpf_map_lookup_elem(&key6_scratch, &zero);
+	if (!rk)
+		return XDP_DROP;
+	__builtin_memset(rk, 0, sizeof(*rk));
+	__builtin_memcpy(rk->saddr, rs->addr, 16);
+	rk->sport = rs->port ? rs->port : key->dport;
+	rk->proto = key->proto;
+	rk->family = out;
 	__builtin_memcpy(fc->saddr, key->daddr, 16);
 	__builtin_memcpy(fc->daddr, key->saddr, 16);
 	fc->sport = key->dport;
@@ -646,16 +650,16 @@ __attribute__((noinline)) int mbx_new_conn6(const struct flow_key6 *key, const s
 		struct laddr *la = bpf_map_lookup_elem(&laddrs, &li);
 		if (!la)
 			break;
-		__builtin_memcpy(rk.daddr, la->addr, 16);
-		rk.dport = bpf_htons((__u16)(cfg->port_lo + (cand >> 8) % range));
-		conn6_set_csum(fc, &rk);
-		if (bpf_map_update_elem(&conns6, &rk, fc, BPF_NOEXIST) == 0) {
+		__builtin_memcpy(rk->daddr, la->addr, 16);
+		rk->dport = bpf_htons((__u16)(cfg->port_lo + (cand >> 8) % range));
+		conn6_set_csum(fc, rk);
+		if (bpf_map_update_elem(&conns6, rk, fc, BPF_NOEXIST) == 0) {
 			ok = 1;
 			break;
 		}
-		struct conn6 *old = bpf_map_lookup_elem(&conns6, &rk);
-		if (old && !conn6_alive(cfg, old, &rk, now) &&
-		    bpf_map_update_elem(&conns6, &rk, fc, BPF_NOEXIST) == 0) {
+		struct conn6 *old = bpf_map_lookup_elem(&conns6, rk);
+		if (old && !conn6_alive(cfg, old, rk, now) &&
+		    bpf_map_update_elem(&conns6, rk, fc, BPF_NOEXIST) == 0) {
 			ok = 1;
 			break;
 		}
@@ -667,10 +671,10 @@ __attribute__((noinline)) int mbx_new_conn6(const struct flow_key6 *key, const s
 		count(CNT_DROP_NO_PORT);
 		return XDP_DROP;
 	}
-	__builtin_memcpy(fc->saddr, rk.daddr, 16);
-	__builtin_memcpy(fc->daddr, rk.saddr, 16);
-	fc->sport = rk.dport;
-	fc->dport = rk.sport;
+	__builtin_memcpy(fc->saddr, rk->daddr, 16);
+	__builtin_memcpy(fc->daddr, rk->saddr, 16);
+	fc->sport = rk->dport;
+	fc->dport = rk->sport;
 	fc->flags = 0;
 	fc->out_family = out;
 	fc->nh_out = 0;
@@ -684,6 +688,24 @@ insert:
 	return NEW_CONN_OK;
 }
 
+/* frag6_place gives a later IPv6 fragment its first one's ports, so it
+ * follows that flow (frag.h's policy): PLACED, or the verdict for one that
+ * cannot be placed: DROP when it is for a VIP/LIP (the kernel would
+ * reassemble it for a local socket that does not exist), else PASS. Not
+ * inlined: its key stays off process6's frame. */
+#define PLACED -1
+static __attribute__((noinline)) int frag6_place(struct pkt6 *p)
+{
+	if (frag6_ports(p) == 0)
+		return PLACED;
+	if (is_local6(&p->key)) {
+		count(CNT_DROP_FRAGMENT);
+		return XDP_DROP;
+	}
+	count(CNT_PASS_NOT_OURS);
+	return XDP_PASS;
+}
+
 /* process() for IPv6 services and NAT64 replies. */
 static __always_inline int process6(struct xdp_md *ctx)
 {
@@ -692,6 +714,12 @@ static __always_inline int process6(struct xdp_md *ctx)
 	struct pkt6 p = {};
 
 	int r = parse6(data, data_end, &p);
+	if (r == PARSE_FRAGMENT && p.ip6) {
+		int fv = frag6_place(&p);
+		if (fv != PLACED)
+			return fv;
+		r = PARSE_OK; /* on with its flow; p.l4 stays NULL */
+	}
 	if (r == PARSE_OTHER_L4 && p.eth && p.eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		/* An ICMPv6 error about a connection (icmp6_error), or the
 		 * kernel's (neighbour discovery, echo, ...). */
@@ -703,13 +731,6 @@ static __always_inline int process6(struct xdp_md *ctx)
 		}
 	}
 	if (r != PARSE_OK) {
-		if (r == PARSE_FRAGMENT && p.key.family == AF_INET6_ && is_local6(&p.key)) {
-			/* IPv6 fragments to a VIP or LIP: mbx does not place them
-			 * (docs/datapath.md); handed to the kernel they would be
-			 * reassembled for a local socket that does not exist. */
-			count(CNT_DROP_FRAGMENT);
-			return XDP_DROP;
-		}
 		if (r == PARSE_BAD_L4 && p.key.family == AF_INET6_ && is_local6(&p.key)) {
 			count(CNT_DROP_MALFORMED);
 			return XDP_DROP;
@@ -736,8 +757,15 @@ static __always_inline int process6(struct xdp_md *ctx)
 	if (c) {
 		if (now - c->last_seen > (1 << 20))
 			c->last_seen = now;
-		conn6_track(cfg, c, &p);
+		if (p.l4)
+			conn6_track(cfg, c, &p);
+		else
+			count(CNT_FRAGMENT);
 	} else {
+		if (!p.l4) {
+			count(CNT_DROP_FRAGMENT); /* a later fragment whose connection is gone */
+			return XDP_DROP;
+		}
 		if (!p.ip6) {
 			count(CNT_PASS_NOT_OURS); /* IPv4, and not a NAT64 reply */
 			return XDP_PASS;
@@ -766,6 +794,8 @@ static __always_inline int process6(struct xdp_md *ctx)
 		c = fresh;
 	}
 	account6(c, &p);
+	if (p.frag == FRAG_FIRST)
+		frag6_remember(&p);
 	if (c->flags & CONN_F_DR)
 		return xmit_dr6(ctx, &p, c, cfg, now);
 	if (c->flags & CONN_F_TUN)

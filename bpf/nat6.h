@@ -94,6 +94,8 @@ static __always_inline int xmit6_to(struct xdp_md *ctx, __u32 out, const __u8 *d
 static __always_inline void rewrite_l4_6(struct pkt6 *p, const struct conn6 *c)
 {
 	__u16 *ports = p->l4;
+	if (!ports)
+		return; /* a later fragment: no transport header */
 	ports[0] = c->sport;
 	ports[1] = c->dport;
 	if (!p->l4_csum)
@@ -210,6 +212,8 @@ static __always_inline int xmit_fnat6(struct xdp_md *ctx, struct pkt6 *p, struct
 		__builtin_memcpy(&p->ip6->saddr, c->saddr, 16);
 		__builtin_memcpy(&p->ip6->daddr, c->daddr, 16);
 		rewrite_l4_6(p, c);
+	} else if (p->frag) {
+		bad = 1; /* NAT64 of fragments is not built (counted, dropped) */
 	} else if (p->ip6) {
 		bad = translate_6to4(ctx, p, c);
 	} else if (p->ip4 && c->out_family == AF_INET6_) {
@@ -248,9 +252,10 @@ static __always_inline int xmit_tunnel6(struct xdp_md *ctx, struct pkt6 *p, stru
 	if (!p->ip6)
 		return XDP_DROP;
 	__u32 inner_len = p->ip_len;
-	__u32 zero[4] = {};
 	__u32 mtu = 0;
-	int v = next_hop6(ctx, c, cfg, now, AF_INET6_, zero, c->daddr, inner_len + sizeof(struct ipv6hdr),
+	/* The lookup picks the outer source (BPF_FIB_LOOKUP_SRC); the inner
+	 * source given only matters to source-based routing rules. */
+	int v = next_hop6(ctx, c, cfg, now, AF_INET6_, p->key.saddr, c->daddr, inner_len + sizeof(struct ipv6hdr),
 			  IPPROTO_IPV6_, 1, &mtu);
 	if (v == NH_TOO_BIG) /* the client learns the MTU minus the outer header */
 		return mbx_icmp6_too_big(ctx, mtu - sizeof(struct ipv6hdr));

@@ -242,3 +242,33 @@ func TestPMTU6(t *testing.T) {
 		})
 	}
 }
+
+// TestFragments6 is TestFragments for an IPv6 service: UDP datagrams of
+// 3000 bytes (the client's kernel sends each as three IPv6 fragments)
+// through Full-NAT; later fragments follow their first one to the same
+// real server, and iperf3 loses none.
+func TestFragments6(t *testing.T) {
+	need(t, "iperf3")
+	e, _ := twoArmNoDaemon(t)
+	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
+	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
+	e.background("rs1", "iperf3", "-s", "-p", "5201")
+	e.waitTCP("rs1", "127.0.0.1:5201")
+	e.ipvsadm(`
+		-A -t [fd00:198::a:100]:5201 -s rr
+		-a -t [fd00:198::a:100]:5201 -r [fd00:198::b:2] -b
+		--add-laddr -z fd00:198::b:200 -t [fd00:198::a:100]:5201 -F lan0
+		-A -u [fd00:198::a:100]:5201 -s rr
+		-a -u [fd00:198::a:100]:5201 -r [fd00:198::b:2] -b
+		--add-laddr -z fd00:198::b:200 -u [fd00:198::a:100]:5201 -F lan0`)
+	before := e.datapathCounter("fragment")
+	out := e.host("client", "iperf3", "-c", vip6, "-u", "-l", "3000", "-b", "8M", "-t", "2", "-J")
+	r := parseIperf(t, out[strings.Index(out, "{"):])
+	t.Logf("UDP over IPv6, 3000-byte datagrams: %+v", r.End.Sum)
+	if r.End.Sum.Packets < 500 || r.End.Sum.LostPercent > 1 {
+		t.Errorf("fragmented datagrams lost: %+v", r.End.Sum)
+	}
+	if n := e.datapathCounter("fragment") - before; n < uint64(r.End.Sum.Packets) {
+		t.Errorf("only %d later fragments went through mbx for %d datagrams", n, r.End.Sum.Packets)
+	}
+}

@@ -158,7 +158,7 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 		}
 		ttl, _ := num(p.IP, "ttl", 64)
 		if src.Is6() {
-			ip6, err := f.ipv6(p, src, dst, num)
+			ip6, fh, err := f.ipv6(p, src, dst, num)
 			if err != nil {
 				return nil, err
 			}
@@ -167,6 +167,9 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 			}
 			netLayer = ip6
 			ls = append(ls, ip6)
+			if fh != nil {
+				ls = append(ls, fh)
+			}
 			break
 		}
 		id, _ := num(p.IP, "id", 1)
@@ -300,9 +303,12 @@ func (f *File) build(p Packet, v vars) ([]byte, error) {
 }
 
 // ipv6 builds an IPv6 header: ttl is the hop limit, tos the traffic class.
-func (f *File) ipv6(p Packet, src, dst netip.Addr, num func(map[string]any, string, uint64) (uint64, error)) (*layers.IPv6, error) {
+// With frag (offset in 8-byte units), mf or fid (identification) it is
+// followed by a fragment header; a later fragment names its upper layer
+// with proto.
+func (f *File) ipv6(p Packet, src, dst netip.Addr, num func(map[string]any, string, uint64) (uint64, error)) (*layers.IPv6, *layers.IPv6Fragment, error) {
 	if !dst.Is6() {
-		return nil, fmt.Errorf("ip: %s and %s are of different families", src, dst)
+		return nil, nil, fmt.Errorf("ip: %s and %s are of different families", src, dst)
 	}
 	ttl, _ := num(p.IP, "ttl", 64)
 	tos, _ := num(p.IP, "tos", 0)
@@ -316,10 +322,24 @@ func (f *File) ipv6(p Packet, src, dst netip.Addr, num func(map[string]any, stri
 		ip6.NextHeader = layers.IPProtocolUDP
 	case p.ICMP != nil:
 		ip6.NextHeader = layers.IPProtocolICMPv6
+	case p.IP["proto"] != nil:
+		pr, _ := num(p.IP, "proto", 0)
+		ip6.NextHeader = layers.IPProtocol(pr)
 	default:
-		return nil, fmt.Errorf("ip: IPv6 vectors carry TCP, UDP or ICMPv6")
+		return nil, nil, fmt.Errorf("ip: IPv6 vectors carry TCP, UDP, ICMPv6 or a proto")
 	}
-	return ip6, nil
+	_, isFrag := p.IP["frag"]
+	_, isMF := p.IP["mf"]
+	_, isFid := p.IP["fid"]
+	if !isFrag && !isMF && !isFid {
+		return ip6, nil, nil
+	}
+	off, _ := num(p.IP, "frag", 0)
+	mf, _ := num(p.IP, "mf", 0)
+	fid, _ := num(p.IP, "fid", 0)
+	fh := &layers.IPv6Fragment{NextHeader: ip6.NextHeader, FragmentOffset: uint16(off), MoreFragments: mf != 0, Identification: uint32(fid)}
+	ip6.NextHeader = layers.IPProtocolIPv6Fragment
+	return ip6, fh, nil
 }
 
 // bind learns unbound $variables of an expected packet's ports from the
@@ -348,9 +368,16 @@ func bind(p Packet, actual []byte, v vars) {
 		set(p.ICMP, "id", uint64(ic.Id))
 	}
 	// gopacket leaves a first fragment's transport header undecoded.
-	if ip, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok && ip.FragOffset == 0 && ip.Flags&layers.IPv4MoreFragments != 0 && len(ip.Payload) >= 4 {
-		sp := uint64(ip.Payload[0])<<8 | uint64(ip.Payload[1])
-		dp := uint64(ip.Payload[2])<<8 | uint64(ip.Payload[3])
+	var first []byte
+	if ip, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok && ip.FragOffset == 0 && ip.Flags&layers.IPv4MoreFragments != 0 {
+		first = ip.Payload
+	}
+	if fh, ok := pkt.Layer(layers.LayerTypeIPv6Fragment).(*layers.IPv6Fragment); ok && fh.FragmentOffset == 0 {
+		first = fh.Payload
+	}
+	if len(first) >= 4 {
+		sp := uint64(first[0])<<8 | uint64(first[1])
+		dp := uint64(first[2])<<8 | uint64(first[3])
 		for _, m := range []map[string]any{p.TCP, p.UDP} {
 			if m != nil {
 				set(m, "sport", sp)

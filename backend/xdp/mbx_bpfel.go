@@ -148,6 +148,15 @@ type mbxFlowKey6 struct {
 	Pad    [2]uint8
 }
 
+type mbxFrag6Key struct {
+	_     structs.HostLayout
+	Saddr [4]uint32
+	Daddr [4]uint32
+	Id    uint32
+	Proto uint8
+	Pad   [3]uint8
+}
+
 type mbxFragKey struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -427,9 +436,11 @@ const (
 	mbxMapConns6              = "conns6"
 	mbxMapCounters            = "counters"
 	mbxMapFrags               = "frags"
+	mbxMapFrags6              = "frags6"
 	mbxMapIfStats             = "if_stats"
 	mbxMapInlFlows            = "inl_flows"
 	mbxMapInlXsks             = "inl_xsks"
+	mbxMapKey6Scratch         = "key6_scratch"
 	mbxMapLaddrConflicts      = "laddr_conflicts"
 	mbxMapLaddrs              = "laddrs"
 	mbxMapLb6Prog             = "lb6_prog"
@@ -530,9 +541,11 @@ type mbxMapSpecs struct {
 	Conns6         *ebpf.MapSpec `ebpf:"conns6"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
 	Frags          *ebpf.MapSpec `ebpf:"frags"`
+	Frags6         *ebpf.MapSpec `ebpf:"frags6"`
 	IfStats        *ebpf.MapSpec `ebpf:"if_stats"`
 	InlFlows       *ebpf.MapSpec `ebpf:"inl_flows"`
 	InlXsks        *ebpf.MapSpec `ebpf:"inl_xsks"`
+	Key6Scratch    *ebpf.MapSpec `ebpf:"key6_scratch"`
 	LaddrConflicts *ebpf.MapSpec `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.MapSpec `ebpf:"laddrs"`
 	Lb6Prog        *ebpf.MapSpec `ebpf:"lb6_prog"`
@@ -603,9 +616,11 @@ type mbxMaps struct {
 	Conns6         *ebpf.Map `ebpf:"conns6"`
 	Counters       *ebpf.Map `ebpf:"counters"`
 	Frags          *ebpf.Map `ebpf:"frags"`
+	Frags6         *ebpf.Map `ebpf:"frags6"`
 	IfStats        *ebpf.Map `ebpf:"if_stats"`
 	InlFlows       *ebpf.Map `ebpf:"inl_flows"`
 	InlXsks        *ebpf.Map `ebpf:"inl_xsks"`
+	Key6Scratch    *ebpf.Map `ebpf:"key6_scratch"`
 	LaddrConflicts *ebpf.Map `ebpf:"laddr_conflicts"`
 	Laddrs         *ebpf.Map `ebpf:"laddrs"`
 	Lb6Prog        *ebpf.Map `ebpf:"lb6_prog"`
@@ -651,9 +666,11 @@ func (m *mbxMaps) Close() error {
 		m.Conns6,
 		m.Counters,
 		m.Frags,
+		m.Frags6,
 		m.IfStats,
 		m.InlFlows,
 		m.InlXsks,
+		m.Key6Scratch,
 		m.LaddrConflicts,
 		m.Laddrs,
 		m.Lb6Prog,
