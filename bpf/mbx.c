@@ -392,8 +392,13 @@ static __always_inline int process(struct xdp_md *ctx)
 			break; /* a flow like any other (SNAT of pings) */
 		if (p.key.proto == IPPROTO_ICMP && (maybe_local(&p.key) || maybe_nat_reply(&p.key))) {
 			struct config *icfg = get_config();
-			if (icfg)
-				return icmp_error(ctx, &p, icfg, bpf_ktime_get_coarse_ns());
+			if (icfg) {
+				int v = icmp_error(ctx, &p, icfg, bpf_ktime_get_coarse_ns());
+				/* Not an IPv4 connection's: perhaps a NAT64 one's. */
+				if (v == XDP_PASS && (icfg->lb6 & LB6_NAT64))
+					return VERDICT_LB6;
+				return v;
+			}
 		}
 		count(CNT_PASS_NOT_OURS);
 		return XDP_PASS;
@@ -720,12 +725,27 @@ static __always_inline int process6(struct xdp_md *ctx)
 			return fv;
 		r = PARSE_OK; /* on with its flow; p.l4 stays NULL */
 	}
+	if (r == PARSE_OTHER_L4 && p.eth && p.eth->h_proto == bpf_htons(ETH_P_IP)) {
+		/* From mbx_xdp: an ICMPv4 error no IPv4 connection claimed. */
+		struct config *icfg = get_config();
+		if (icfg) {
+			int v = icmp46_error(ctx, icfg, bpf_ktime_get_coarse_ns());
+			if (v != XDP_PASS)
+				return v;
+		}
+		/* (The call may have moved the packet: no pointer into it after.) */
+		count(CNT_PASS_NOT_OURS);
+		return XDP_PASS;
+	}
 	if (r == PARSE_OTHER_L4 && p.eth && p.eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		/* An ICMPv6 error about a connection (icmp6_error), or the
 		 * kernel's (neighbour discovery, echo, ...). */
 		struct config *icfg = get_config();
 		if (icfg) {
-			int v = icmp6_error(ctx, icfg, bpf_ktime_get_coarse_ns());
+			__u64 inow = bpf_ktime_get_coarse_ns();
+			int v = icmp6_error(ctx, icfg, inow);
+			if (v == XDP_PASS && (icfg->lb6 & LB6_NAT64))
+				v = icmp64_error(ctx, icfg, inow);
 			if (v != XDP_PASS)
 				return v;
 		}

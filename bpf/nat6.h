@@ -294,6 +294,270 @@ static __always_inline int xmit_tunnel6(struct xdp_md *ctx, struct pkt6 *p, stru
 	return xmit6_to(ctx, c->nh_out, c->nh_dmac, c->nh_smac);
 }
 
+/* memo_xmit sends a translated ICMP error on c's memoized next hop (the
+ * error arrived where c's packets do and goes where they go); without a
+ * fresh one the kernel routes it. No fib lookup here: its 64-byte
+ * argument would not fit beside mbx_lb6's frame. */
+static __always_inline int memo_xmit(struct xdp_md *ctx, const struct conn6 *c, const struct config *cfg, __u64 now)
+{
+	__u32 stamp = (__u32)(now >> 20);
+	if (c->nh_gen == cfg->fib_gen && c->nh_in == ctx->ingress_ifindex && c->nh_out &&
+	    stamp - c->nh_stamp < cfg->fib_max_age)
+		return xmit6_to(ctx, c->nh_out, c->nh_dmac, c->nh_smac);
+	count(CNT_PASS_FIB);
+	return XDP_PASS;
+}
+
+/* RFC 7915's ICMP mapping, for the errors mbx translates (other codes of
+ * a known type map to the type's most general code). */
+static __always_inline int icmp4to6_type(__u8 type, __u8 code, __u8 *t6, __u8 *c6)
+{
+	if (type == ICMP_TIME_EXCEEDED) {
+		*t6 = ICMP6_TIME_EXCEEDED;
+		*c6 = code;
+		return 0;
+	}
+	if (type != ICMP_DEST_UNREACH)
+		return -1;
+	*t6 = ICMP6_DST_UNREACH;
+	switch (code) {
+	case ICMP_FRAG_NEEDED:
+		*t6 = ICMP6_PACKET_TOO_BIG;
+		*c6 = 0;
+		break;
+	case 3: /* port unreachable */
+		*c6 = 4;
+		break;
+	case 9:
+	case 10:
+	case 13: /* administratively prohibited */
+		*c6 = 1;
+		break;
+	default: /* net, host, ... unreachable: no route */
+		*c6 = 0;
+	}
+	return 0;
+}
+
+static __always_inline int icmp6to4_type(__u8 type, __u8 code, __u8 *t4, __u8 *c4)
+{
+	switch (type) {
+	case ICMP6_TIME_EXCEEDED:
+		*t4 = ICMP_TIME_EXCEEDED;
+		*c4 = code;
+		return 0;
+	case ICMP6_PACKET_TOO_BIG:
+		*t4 = ICMP_DEST_UNREACH;
+		*c4 = ICMP_FRAG_NEEDED;
+		return 0;
+	case ICMP6_DST_UNREACH:
+		*t4 = ICMP_DEST_UNREACH;
+		*c4 = code == 4 ? 3 : code == 1 ? 10 : 1; /* port; prohibited; host */
+		return 0;
+	}
+	return -1;
+}
+
+/* The quoted transport header's first 8 bytes: the ports and what follows. */
+struct quote8 {
+	__u16 sport;
+	__u16 dport;
+	__u32 rest;
+};
+
+/* icmp46_error: an ICMPv4 error about a NAT64 connection's IPv4 packet
+ * (LIP -> real server), from the IPv4 side, becomes the ICMPv6 error the
+ * IPv6 client gets about its own packet (RFC 7915 4.2): from the VIP,
+ * quoting the client's packet as it was (IPv6 header and 8 bytes);
+ * "fragmentation needed" becomes "packet too big" with the MTU plus 20. */
+static __attribute__((noinline)) int icmp46_error(struct xdp_md *ctx, const struct config *cfg, __u64 now)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct icmphdr *ic = (void *)(ip + 1);
+	struct iphdr *qip = (void *)(ic + 1);
+	struct quote8 *ql4 = (void *)(qip + 1);
+	if ((void *)(ql4 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
+	    ip->protocol != IPPROTO_ICMP || qip->ihl != 5)
+		return XDP_PASS;
+	if (qip->protocol != IPPROTO_TCP && qip->protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	__u8 t6, c6;
+	if (icmp4to6_type(ic->type, ic->code, &t6, &c6))
+		return XDP_PASS;
+	struct flow_key6 k = {};
+	k.saddr[0] = qip->daddr;
+	k.daddr[0] = qip->saddr;
+	k.sport = ql4->dport;
+	k.dport = ql4->sport;
+	k.proto = qip->protocol;
+	k.family = AF_INET_;
+	struct conn6 *c = bpf_map_lookup_elem(&conns6, &k);
+	if (!c || c->out_family != AF_INET6_ || !(c->flags & CONN_F_REPLY))
+		return XDP_PASS;
+	count(CNT_ICMP_ERROR);
+	/* Everything the new packet needs, read before it is built over this one. */
+	__u32 mtu = bpf_ntohs(ic->mtu);
+	mtu = mtu ? mtu + 20 : 1280;
+	__u16 qplen = bpf_ntohs(qip->tot_len) - sizeof(struct iphdr);
+	__u8 qttl = qip->ttl, qtos = qip->tos, qproto = qip->protocol;
+	struct quote8 q = *ql4;
+	q.sport = c->dport; /* the client's port */
+	q.dport = c->sport; /* the VIP's */
+	__u8 smac[ETH_ALEN], dmac[ETH_ALEN];
+	__builtin_memcpy(smac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(dmac, eth->h_dest, ETH_ALEN);
+
+	/* [eth][ip4][icmp][qip4][8] (70 bytes and more) becomes
+	 * [eth][ip6][icmp6][qip6][8] (110 bytes). */
+	const int total = sizeof(struct ethhdr) + 2 * sizeof(struct ipv6hdr) + sizeof(struct icmp6hdr_) + sizeof(q);
+	if (bpf_xdp_adjust_head(ctx, -(int)(2 * (sizeof(struct ipv6hdr) - sizeof(struct iphdr)))))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	long cut = (long)(data_end - data) - total;
+	if (cut < 0 || cut > 0xffff || (cut > 0 && bpf_xdp_adjust_tail(ctx, -(int)cut)))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *neth = data;
+	struct ipv6hdr *o = (void *)(neth + 1);
+	struct icmp6hdr_ *nic = (void *)(o + 1);
+	struct ipv6hdr *nq = (void *)(nic + 1);
+	struct quote8 *nql4 = (void *)(nq + 1);
+	if ((void *)(nql4 + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(neth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(neth->h_source, smac, ETH_ALEN);
+	neth->h_proto = bpf_htons(ETH_P_IPV6);
+	__builtin_memset(o, 0, sizeof(*o));
+	o->version = 6;
+	o->payload_len = bpf_htons(sizeof(*nic) + sizeof(*nq) + sizeof(q));
+	o->nexthdr = IPPROTO_ICMPV6_;
+	o->hop_limit = 64;
+	__builtin_memcpy(&o->saddr, c->saddr, 16);
+	__builtin_memcpy(&o->daddr, c->daddr, 16);
+	nic->type = t6;
+	nic->code = c6;
+	nic->checksum = 0;
+	nic->mtu = t6 == ICMP6_PACKET_TOO_BIG ? bpf_htonl(mtu) : 0;
+	__builtin_memset(nq, 0, sizeof(*nq));
+	nq->version = 6;
+	nq->priority = qtos >> 4;
+	nq->flow_lbl[0] = (qtos & 0xf) << 4;
+	nq->payload_len = bpf_htons(qplen);
+	nq->nexthdr = qproto;
+	nq->hop_limit = qttl;
+	__builtin_memcpy(&nq->saddr, c->daddr, 16);
+	__builtin_memcpy(&nq->daddr, c->saddr, 16);
+	*nql4 = q;
+	nic->checksum = icmp6_csum(&o->saddr, nic, sizeof(*nic) + sizeof(*nq) + sizeof(q));
+	return memo_xmit(ctx, c, cfg, now);
+}
+
+/* icmp64_error: an ICMPv6 error from the IPv6 side about a NAT64 reply
+ * (VIP -> client, as mbx translated it) becomes the ICMPv4 error the IPv4
+ * real server gets about its own packet (RFC 7915 5.2): from the LIP,
+ * quoting its packet (IPv4 header and 8 bytes); "packet too big" becomes
+ * "fragmentation needed" with the MTU minus 20. The client's entry (keyed
+ * by the reversed quote) leads to the real server. */
+static __attribute__((noinline)) int icmp64_error(struct xdp_md *ctx, const struct config *cfg, __u64 now)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct icmp6hdr_ *ic = (void *)(ip6 + 1);
+	struct ipv6hdr *q = (void *)(ic + 1);
+	struct quote8 *ql4 = (void *)(q + 1);
+	if ((void *)(ql4 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6) || ip6->nexthdr != IPPROTO_ICMPV6_)
+		return XDP_PASS;
+	if (q->nexthdr != IPPROTO_TCP && q->nexthdr != IPPROTO_UDP)
+		return XDP_PASS;
+	__u8 t4, c4;
+	if (icmp6to4_type(ic->type, ic->code, &t4, &c4))
+		return XDP_PASS;
+	struct flow_key6 k = {};
+	__builtin_memcpy(k.saddr, &q->daddr, 16);
+	__builtin_memcpy(k.daddr, &q->saddr, 16);
+	k.sport = ql4->dport;
+	k.dport = ql4->sport;
+	k.proto = q->nexthdr;
+	k.family = AF_INET6_;
+	struct conn6 *c = bpf_map_lookup_elem(&conns6, &k);
+	if (!c || c->out_family != AF_INET_ || (c->flags & CONN_F_REPLY))
+		return XDP_PASS;
+	count(CNT_ICMP_ERROR);
+	__u32 mtu = bpf_ntohl(ic->mtu);
+	mtu = mtu > 20 + 68 ? mtu - 20 : 68;
+	__u16 qtot = bpf_ntohs(q->payload_len) + sizeof(struct iphdr);
+	__u8 qttl = q->hop_limit, qproto = q->nexthdr;
+	__u8 qtos = (q->priority << 4) | (q->flow_lbl[0] >> 4);
+	struct quote8 ql = *ql4;
+	ql.sport = c->dport; /* the real server's port */
+	ql.dport = c->sport; /* the LIP's */
+	__u8 smac[ETH_ALEN], dmac[ETH_ALEN];
+	__builtin_memcpy(smac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(dmac, eth->h_dest, ETH_ALEN);
+
+	/* [eth][ip6][icmp6][qip6][8] becomes [eth][ip4][icmp][qip4][8] (70 bytes). */
+	const int total = sizeof(struct ethhdr) + 2 * sizeof(struct iphdr) + sizeof(struct icmphdr) + sizeof(ql);
+	if (bpf_xdp_adjust_head(ctx, (int)(2 * (sizeof(struct ipv6hdr) - sizeof(struct iphdr)))))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	long cut = (long)(data_end - data) - total;
+	if (cut < 0 || cut > 0xffff || (cut > 0 && bpf_xdp_adjust_tail(ctx, -(int)cut)))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *neth = data;
+	struct iphdr *o = (void *)(neth + 1);
+	struct icmphdr *nic = (void *)(o + 1);
+	struct iphdr *nq = (void *)(nic + 1);
+	struct quote8 *nql4 = (void *)(nq + 1);
+	if ((void *)(nql4 + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(neth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(neth->h_source, smac, ETH_ALEN);
+	neth->h_proto = bpf_htons(ETH_P_IP);
+	o->version = 4;
+	o->ihl = 5;
+	o->tos = 0;
+	o->tot_len = bpf_htons(total - sizeof(struct ethhdr));
+	o->id = 0;
+	o->frag_off = 0;
+	o->ttl = 64;
+	o->protocol = IPPROTO_ICMP;
+	o->check = 0;
+	o->saddr = c->saddr[0];
+	o->daddr = c->daddr[0];
+	o->check = ipv4_csum(o);
+	nic->type = t4;
+	nic->code = c4;
+	nic->checksum = 0;
+	nic->unused = 0;
+	nic->mtu = t4 == ICMP_DEST_UNREACH && c4 == ICMP_FRAG_NEEDED ? bpf_htons((__u16)mtu) : 0;
+	nq->version = 4;
+	nq->ihl = 5;
+	nq->tos = qtos;
+	nq->tot_len = bpf_htons(qtot);
+	nq->id = 0;
+	nq->frag_off = bpf_htons(IP_DF_);
+	nq->ttl = qttl;
+	nq->protocol = qproto;
+	nq->check = 0;
+	nq->saddr = c->daddr[0];
+	nq->daddr = c->saddr[0];
+	nq->check = ipv4_csum(nq);
+	*nql4 = ql;
+	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)nic, sizeof(*nic) + sizeof(*nq) + sizeof(ql), 0);
+	nic->checksum = ~csum_fold32((__u32)sum);
+	return memo_xmit(ctx, c, cfg, now);
+}
+
 static __always_inline int is_icmp6_error(__u8 type)
 {
 	return type >= ICMP6_DST_UNREACH && type <= ICMP6_PARAM_PROB;
@@ -302,8 +566,7 @@ static __always_inline int is_icmp6_error(__u8 type)
 /* icmp6_error translates an ICMPv6 error about an IPv6 Full-NAT
  * connection (the quoted packet is one mbx sent, after translation) and
  * sends it to the quoted packet's original sender, as icmp.h does for
- * IPv4. NAT64's ICMP is not translated across families (RFC 7915 section
- * 4.2's mapping is not built): such errors go to the kernel. */
+ * IPv4. NAT64's errors cross families in icmp46_error and icmp64_error. */
 static __attribute__((noinline)) int icmp6_error(struct xdp_md *ctx, const struct config *cfg, __u64 now)
 {
 	void *data = (void *)(long)ctx->data;
@@ -325,8 +588,10 @@ static __attribute__((noinline)) int icmp6_error(struct xdp_md *ctx, const struc
 	k.proto = q->nexthdr;
 	k.family = AF_INET6_;
 	struct conn6 *c = bpf_map_lookup_elem(&conns6, &k);
-	if (!c || c->out_family != AF_INET6_ || (c->flags & (CONN_F_DR | CONN_F_TUN)))
+	if (!c || (c->flags & (CONN_F_DR | CONN_F_TUN)))
 		return XDP_PASS;
+	if (c->out_family != AF_INET6_)
+		return XDP_PASS; /* NAT64: icmp64_error's */
 	count(CNT_ICMP_ERROR);
 
 	/* The quoted packet before translation is c's rewrite reversed; the
