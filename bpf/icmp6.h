@@ -23,6 +23,19 @@ struct icmp6hdr_ {
 	__u32 mtu;
 };
 
+/* reshape moves the packet's start by head bytes (negative: it grows at
+ * the front) and cuts it to total bytes: 0, or -1 when it cannot take that
+ * shape. Every packet pointer is stale after it. */
+static __always_inline int reshape(struct xdp_md *ctx, int head, int total)
+{
+	if (bpf_xdp_adjust_head(ctx, head))
+		return -1;
+	long cut = (long)((void *)(long)ctx->data_end - (void *)(long)ctx->data) - total;
+	if (cut < 0 || cut > 0xffff || (cut > 0 && bpf_xdp_adjust_tail(ctx, -(int)cut)))
+		return -1;
+	return 0;
+}
+
 /* The ICMPv6 checksum of a message of len bytes at msg between src and
  * dst (the pseudo header of RFC 8200 8.1). */
 static __always_inline __u16 icmp6_csum(void *addrs, void *msg, __u32 len)
@@ -56,15 +69,7 @@ __attribute__((noinline)) int mbx_icmp6_too_big(struct xdp_md *ctx, __u32 mtu)
 
 	/* [eth][ip6][l4 ...] becomes [eth][ip6][icmp6][quoted ip6][8 bytes]. */
 	const int grow = sizeof(struct ipv6hdr) + sizeof(struct icmp6hdr_);
-	if (bpf_xdp_adjust_head(ctx, -grow))
-		goto drop;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	const int total = sizeof(struct ethhdr) + grow + ICMP6_QUOTE;
-	long cut = (long)(data_end - data) - total;
-	if (cut < 0 || cut > 0xffff)
-		goto drop;
-	if (cut > 0 && bpf_xdp_adjust_tail(ctx, -(int)cut))
+	if (reshape(ctx, -grow, sizeof(struct ethhdr) + grow + ICMP6_QUOTE))
 		goto drop;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;

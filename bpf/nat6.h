@@ -413,12 +413,7 @@ static __attribute__((noinline)) int icmp46_error(struct xdp_md *ctx, const stru
 	/* [eth][ip4][icmp][qip4][8] (70 bytes and more) becomes
 	 * [eth][ip6][icmp6][qip6][8] (110 bytes). */
 	const int total = sizeof(struct ethhdr) + 2 * sizeof(struct ipv6hdr) + sizeof(struct icmp6hdr_) + sizeof(q);
-	if (bpf_xdp_adjust_head(ctx, -(int)(2 * (sizeof(struct ipv6hdr) - sizeof(struct iphdr)))))
-		return XDP_DROP;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	long cut = (long)(data_end - data) - total;
-	if (cut < 0 || cut > 0xffff || (cut > 0 && bpf_xdp_adjust_tail(ctx, -(int)cut)))
+	if (reshape(ctx, -(int)(2 * (sizeof(struct ipv6hdr) - sizeof(struct iphdr))), total))
 		return XDP_DROP;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
@@ -504,12 +499,7 @@ static __attribute__((noinline)) int icmp64_error(struct xdp_md *ctx, const stru
 
 	/* [eth][ip6][icmp6][qip6][8] becomes [eth][ip4][icmp][qip4][8] (70 bytes). */
 	const int total = sizeof(struct ethhdr) + 2 * sizeof(struct iphdr) + sizeof(struct icmphdr) + sizeof(ql);
-	if (bpf_xdp_adjust_head(ctx, (int)(2 * (sizeof(struct ipv6hdr) - sizeof(struct iphdr)))))
-		return XDP_DROP;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	long cut = (long)(data_end - data) - total;
-	if (cut < 0 || cut > 0xffff || (cut > 0 && bpf_xdp_adjust_tail(ctx, -(int)cut)))
+	if (reshape(ctx, (int)(2 * (sizeof(struct ipv6hdr) - sizeof(struct iphdr))), total))
 		return XDP_DROP;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;

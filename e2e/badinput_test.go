@@ -10,6 +10,18 @@ import (
 )
 
 // oneLineError checks that a failed mbx command printed exactly one line.
+// refused runs `mbx ARGS`, which must fail with one line containing want
+// and leave the configuration (ipvsadm -Sn) as it was.
+func (e *env) refused(want string, args ...string) {
+	e.t.Helper()
+	before := e.mustMbx("ipvsadm", "-Sn")
+	out, err := e.mbx(args...)
+	oneLineError(e.t, out, err, want)
+	if after := e.mustMbx("ipvsadm", "-Sn"); after != before {
+		e.t.Errorf("a refused command changed the configuration:\n%s\n%s", before, after)
+	}
+}
+
 func oneLineError(t *testing.T, out string, err error, want string) {
 	t.Helper()
 	if err == nil {

@@ -85,12 +85,7 @@ func TestFullNAT6(t *testing.T) {
 		t.Errorf("IPv4 service beside the IPv6 one: %q", out)
 	}
 	// Bad input: an IPv6 LIP for IPv4 real servers, refused whole.
-	before := e.mustMbx("ipvsadm", "-Sn")
-	out, err := e.mbx("ipvsadm", "-a", "-t", "[fd00:198::a:100]:80", "-r", "198.18.1.3", "-b")
-	oneLineError(t, out, err, "both families")
-	if after := e.mustMbx("ipvsadm", "-Sn"); after != before {
-		t.Errorf("a refused command changed the configuration:\n%s\n%s", before, after)
-	}
+	e.refused("both families", "ipvsadm", "-a", "-t", "[fd00:198::a:100]:80", "-r", "198.18.1.3", "-b")
 }
 
 // TestNAT64: an IPv6 VIP in front of IPv4 real servers, reached from an
@@ -103,12 +98,7 @@ func TestNAT64(t *testing.T) {
 		-A -t [fd00:198::a:100]:80 -s rr
 		-a -t [fd00:198::a:100]:80 -r 198.18.1.2 -b
 		-a -t [fd00:198::a:100]:80 -r 198.18.1.3 -b`)
-	before := e.mustMbx("ipvsadm", "-Sn")
-	out, err := e.mbx("ipvsadm", "--add-laddr", "-z", "fd00:198::b:200", "-t", "[fd00:198::a:100]:80", "-F", "lan0")
-	oneLineError(t, out, err, "NAT64")
-	if after := e.mustMbx("ipvsadm", "-Sn"); after != before {
-		t.Errorf("a refused command changed the configuration:\n%s\n%s", before, after)
-	}
+	e.refused("NAT64", "ipvsadm", "--add-laddr", "-z", "fd00:198::b:200", "-t", "[fd00:198::a:100]:80", "-F", "lan0")
 	e.ipvsadm(`--add-laddr -z 198.18.1.200 -t [fd00:198::a:100]:80 -F lan0`)
 	checkMode6(t, e, sum, "198.18.1.200:", "rs1", "rs2")
 
@@ -180,12 +170,7 @@ func TestTunnel6(t *testing.T) {
 		}
 	}
 	// Bad input: DR to the routed real server is refused.
-	before := e.mustMbx("ipvsadm", "-Sn")
-	out, err := e.mbx("ipvsadm", "-a", "-t", "[fd00:198::a:100]:80", "-r", "[fd00:198::c:8]", "-g")
-	oneLineError(t, out, err, "not on-link")
-	if after := e.mustMbx("ipvsadm", "-Sn"); after != before {
-		t.Errorf("a refused command changed the configuration:\n%s\n%s", before, after)
-	}
+	e.refused("not on-link", "ipvsadm", "-a", "-t", "[fd00:198::a:100]:80", "-r", "[fd00:198::c:8]", "-g")
 }
 
 // TestPMTU6 is TestPMTU for IPv6 services: with the client's link at MTU
