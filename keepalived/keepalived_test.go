@@ -1,6 +1,7 @@
 package keepalived
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -173,5 +174,30 @@ virtual_server match SNAT2 {
 		if _, err := Parse("x.conf", bad.text); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%q: %v, want %q", bad.text, err, bad.want)
 		}
+	}
+}
+
+// IPv6 services from keepalived.conf: an IPv6 Full-NAT service and a NAT64
+// one (IPv6 VIP, IPv4 real server and LIP), as the DPVS tutorial writes
+// them.
+func TestIPv6Config(t *testing.T) {
+	res, err := Load("testdata/ipv6.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := (&lb.Config{}).Do(res.Ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range cfg.Services {
+		got = append(got, fmt.Sprintf("%s %s %s %s nat64=%v", s.Key, s.Reals[0].AddrPort(), s.Reals[0].Forward, s.LocalAddrs[0].Addr, s.IsNAT64()))
+	}
+	want := []string{
+		"TCP [fd00:198::a:100]:80 [fd00:198::b:2]:80 fnat fd00:198::b:200 nat64=false",
+		"TCP [fd00:198::a:100]:8080 198.18.1.2:80 fnat 198.18.1.200 nat64=true",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("services:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -220,3 +220,47 @@ func TestSNATMatchRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// IPv6 services (Full-NAT, NAT64, DR, tunnel) list with bracketed
+// addresses and survive -S then -R.
+func TestIPv6SaveRoundTrip(t *testing.T) {
+	cfg, err := (&lb.Config{}).Do(mustLines(t, `
+		-A -t [fd00:198::a:100]:80 -s rr
+		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:2]:8080 -b -w 2
+		--add-laddr -z fd00:198::b:200 -t [fd00:198::a:100]:80 -F lan0
+		-A -u [fd00:198::a:100]:53 -s sh
+		-a -u [fd00:198::a:100]:53 -r 198.18.1.2 -b
+		--add-laddr -z 198.18.1.200 -u [fd00:198::a:100]:53 -F lan0
+		-A -t [fd00:198::a:100]:443 -s wlc
+		-a -t [fd00:198::a:100]:443 -r [fd00:198::b:3] -g
+		-a -t [fd00:198::a:100]:443 -r [fd00:198::c:7] -i`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	Save(&b, &Command{}, cfg)
+	again, err := (&lb.Config{}).Do(mustLines(t, b.String()))
+	if err != nil {
+		t.Fatalf("restoring %q: %v", b.String(), err)
+	}
+	var b2 bytes.Buffer
+	Save(&b2, &Command{}, again)
+	if b.String() != b2.String() || !strings.Contains(b.String(), "-A -t [fd00:198::a:100]:80 -s rr") {
+		t.Fatalf("save/restore/save:\n%s\n%s", b.String(), b2.String())
+	}
+	st := &control.Status{}
+	for _, s := range cfg.Services {
+		ss := control.ServiceStatus{Service: *s}
+		for _, r := range s.Reals {
+			ss.RealStats = append(ss.RealStats, control.RealStatus{Real: r})
+		}
+		st.Services = append(st.Services, ss)
+	}
+	b.Reset()
+	List(&b, &Command{}, st)
+	for _, want := range []string{"TCP  [fd00:198::a:100]:80 rr", "-> [fd00:198::b:2]:8080", "FullNat 2", "-> 198.18.1.2:53", "Route", "Tunnel"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("-ln lacks %q:\n%s", want, b.String())
+		}
+	}
+}
