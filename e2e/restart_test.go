@@ -14,9 +14,9 @@ import (
 // Restart and upgrade without loss: with state pinned on a bpffs, `mbx stop
 // --keep-datapath` (and SIGUSR2) leave the datapath forwarding; the next
 // `mbx run` takes the links over atomically and restores its configuration.
-// wrk and a long iperf3 transfer run across two restarts (the second one a
-// different binary file) without a failed request and with the transfer
-// complete.
+// wrk and long iperf3 transfers, IPv4 and IPv6, run across two restarts
+// (the second one a different binary file) without a failed request and
+// with the transfers complete.
 func TestRestartWithoutLoss(t *testing.T) {
 	need(t, "nginx", "wrk", "iperf3", "curl")
 	e, _ := twoArmNoDaemon(t)
@@ -43,9 +43,15 @@ func TestRestartWithoutLoss(t *testing.T) {
 		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0
 		-A -t 198.18.0.100:5201 -s rr
 		-a -t 198.18.0.100:5201 -r 198.18.1.2 -b
-		--add-laddr -z 198.18.1.201 -t 198.18.0.100:5201 -F lan0`)
+		--add-laddr -z 198.18.1.201 -t 198.18.0.100:5201 -F lan0
+		-A -t [fd00:198::a:100]:5202 -s rr
+		-a -t [fd00:198::a:100]:5202 -r [fd00:198::b:2] -b
+		--add-laddr -z fd00:198::b:200 -t [fd00:198::a:100]:5202 -F lan0`)
+	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
 	e.background("rs1", "iperf3", "-s", "-p", "5201")
+	e.background("rs1", "iperf3", "-s", "-p", "5202")
 	e.waitTCP("rs1", "127.0.0.1:5201")
+	e.waitTCP("rs1", "127.0.0.1:5202")
 	before := e.mustMbx("ipvsadm", "-S", "-n")
 
 	wrk := e.lab.Command("client", "wrk", "-t2", "-c16", "-d10s", "http://"+vip+"/")
@@ -54,7 +60,11 @@ func TestRestartWithoutLoss(t *testing.T) {
 	iperf := e.lab.Command("client", "iperf3", "-c", vip, "-t", "9", "-J")
 	var iperfOut strings.Builder
 	iperf.Stdout = &iperfOut
-	for _, c := range []interface{ Start() error }{wrk, iperf} {
+	// An IPv6 transfer too: its connection lives in conns6, pinned as well.
+	iperf6 := e.lab.Command("client", "iperf3", "-c", vip6, "-p", "5202", "-t", "9", "-J")
+	var iperf6Out strings.Builder
+	iperf6.Stdout = &iperf6Out
+	for _, c := range []interface{ Start() error }{wrk, iperf, iperf6} {
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -112,6 +122,14 @@ func TestRestartWithoutLoss(t *testing.T) {
 		t.Fatal("iperf3 sent nothing")
 	}
 	t.Logf("iperf3 sent %.0f MB across two restarts", r.End.SumSent.Bytes/1e6)
+	if err := iperf6.Wait(); err != nil {
+		t.Fatalf("iperf3 over IPv6 across restarts: %v\n%s", err, iperf6Out.String())
+	}
+	if r6 := parseIperf(t, iperf6Out.String()); r6.End.SumSent.Bytes == 0 {
+		t.Fatal("iperf3 over IPv6 sent nothing")
+	} else {
+		t.Logf("iperf3 over IPv6 sent %.0f MB across two restarts", r6.End.SumSent.Bytes/1e6)
+	}
 
 	// --fresh discards the pinned state.
 	e.stopDaemon()

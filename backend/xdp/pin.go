@@ -17,7 +17,10 @@ import (
 
 // Maps whose contents outlive a restart: connections, tables, counters.
 // tx_ports is rebuilt from the interfaces; config_map is rewritten.
-var pinnedMaps = []string{"conns", "conns6", "services", "sched_slots", "sched_pos", "reals", "stats", "loads",
+// lb6_prog is pinned for its reference: the kernel empties a program
+// array when no process holds it, and a stopped mbx's datapath keeps
+// tail-calling mbx_lb6 until the next run takes over.
+var pinnedMaps = []string{"conns", "conns6", "lb6_prog", "services", "sched_slots", "sched_pos", "reals", "stats", "loads",
 	"laddrs", "laddr_conflicts", "local_addrs", "local_bits", "counters", "persist"}
 
 // ensureBPFFS makes sure dir lies on a bpffs. Under /sys/fs/bpf, where a

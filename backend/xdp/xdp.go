@@ -131,14 +131,16 @@ func Load(opts backend.Options) (*Backend, error) {
 		}
 		b.adopted = n
 	}
-	if err := b.objs.Lb6Prog.Put(uint32(0), b.objs.MbxLb6); err != nil {
-		b.objs.Close()
-		return nil, fmt.Errorf("lb6_prog: %w", err)
-	}
 	b.baseTO = opts.Timeouts
 	if err := b.writeConfig(); err != nil {
 		b.objs.Close()
 		return nil, err
+	}
+	// After the config: a pinned lb6_prog is also the running datapath's,
+	// which must not meet this program before its config is written.
+	if err := b.objs.Lb6Prog.Put(uint32(0), b.objs.MbxLb6); err != nil {
+		b.objs.Close()
+		return nil, fmt.Errorf("lb6_prog: %w", err)
 	}
 	return b, nil
 }
