@@ -64,6 +64,24 @@ func TestProbes(t *testing.T) {
 	}
 }
 
+// The probes reach IPv6 real servers (bracketed host:port, URL host).
+func TestProbesIPv6(t *testing.T) {
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})}
+	go srv.Serve(l)
+	defer srv.Close()
+	target := addrOf(t, l.Addr().String())
+	for _, typ := range []string{"tcp", "http"} {
+		c := &checker{check: defaults(lb.Check{Type: typ}), target: target}
+		if err := attempt(context.Background(), c); err != nil {
+			t.Errorf("%s check of %s: %v", typ, target, err)
+		}
+	}
+}
+
 // A server is taken down after Fall consecutive failures and brought back
 // after Rise consecutive successes; each transition is counted once.
 func TestRiseFall(t *testing.T) {
