@@ -169,6 +169,8 @@ func TestDPDKTap(t *testing.T) {
 			t.Fatalf("kernel service: %q", out)
 		}
 	}
+	// IPv6 services wait for neighbour discovery on DPDK ports: refused whole.
+	e.refused("neighbour discovery", "ipvsadm", "-A", "-t", "[fd00:198::a:100]:80", "-s", "rr")
 	e.stopDaemon()
 	if out, err := e.lab.Run("lb", "ip", "link", "show", "mbxk0"); err == nil {
 		t.Errorf("mbxk0 still exists after mbx stopped: %s", out)

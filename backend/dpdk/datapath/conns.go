@@ -45,25 +45,30 @@ const (
 	modeTUN
 )
 
-// conns is the connection table: entries in a slab (no allocation per
-// connection), found through a map from flow key to slab index.
-type conns struct {
-	index map[key]int32
-	slab  []entry
+// table is a connection table: entries in a slab (no allocation per
+// connection), found through a map from flow key to slab index. conns
+// holds IPv4 flows, conns6 IPv6 ones (v6.go).
+type table[K comparable, E any] struct {
+	index map[K]int32
+	slab  []E
 	free  []int32
 }
 
-func newConns(max int) *conns {
-	c := &conns{index: make(map[key]int32, max), slab: make([]entry, max), free: make([]int32, max)}
+type conns = table[key, entry]
+
+func newConns(max int) *conns { return newTable[key, entry](max) }
+
+func newTable[K comparable, E any](max int) *table[K, E] {
+	c := &table[K, E]{index: make(map[K]int32, max), slab: make([]E, max), free: make([]int32, max)}
 	for i := range c.free {
 		c.free[i] = int32(max - 1 - i)
 	}
 	return c
 }
 
-func (c *conns) len() int { return len(c.index) }
+func (c *table[K, E]) len() int { return len(c.index) }
 
-func (c *conns) get(k key) *entry {
+func (c *table[K, E]) get(k K) *E {
 	if i, ok := c.index[k]; ok {
 		return &c.slab[i]
 	}
@@ -71,18 +76,19 @@ func (c *conns) get(k key) *entry {
 }
 
 // add inserts k unless it exists; nil when it exists or the table is full.
-func (c *conns) add(k key) *entry {
+func (c *table[K, E]) add(k K) *E {
 	if _, ok := c.index[k]; ok || len(c.free) == 0 {
 		return nil
 	}
 	i := c.free[len(c.free)-1]
 	c.free = c.free[:len(c.free)-1]
 	c.index[k] = i
-	c.slab[i] = entry{}
+	var zero E
+	c.slab[i] = zero
 	return &c.slab[i]
 }
 
-func (c *conns) del(k key) bool {
+func (c *table[K, E]) del(k K) bool {
 	i, ok := c.index[k]
 	if !ok {
 		return false

@@ -6,13 +6,12 @@
 // the same real server, LIP and port on either backend.
 //
 // Built so far: Full-NAT, DR, IP-in-IP tunnel, NAT and SNAT (with pings)
-// for TCP and UDP
-// over IPv4, every
-// scheduler (lc/wlc on exact per-real connection counts), persistence,
-// the IPVS TCP state machine and timeouts, connected routes, and ARP. Not
-// yet: tunnel, SNAT, ICMP errors, fragments, the MTU check, IPv6
-// (docs/dpdk.md). Apply refuses a configuration that needs
-// them.
+// for TCP and UDP over IPv4 with ICMP errors, fragments and the MTU check;
+// IPv6 Full-NAT, DR and ip6ip6 (v6.go); every scheduler (lc/wlc on exact
+// per-real connection counts), persistence, the IPVS TCP state machine
+// and timeouts, connected and static routes, and ARP. Not yet: NAT64 and
+// the rest of docs/dpdk.md's list; Apply refuses a configuration that
+// needs them.
 //
 // One Datapath serves one polling core; it is not safe for concurrent use.
 package datapath
@@ -85,7 +84,7 @@ type service struct {
 
 type persistKey struct {
 	svc    *service
-	client [4]byte
+	client [16]byte // IPv4 as its mapped IPv6 form
 }
 
 type persistEntry struct {
@@ -131,6 +130,7 @@ type Datapath struct {
 	natReals map[netip.Addr]bool // NAT real servers: their replies are addressed to clients
 	snat     []snatRule          // match services, in lb's order (snat.go)
 	conns    *conns
+	conns6   *table[key6, entry6] // IPv6 flows (v6.go)
 	counters []uint64
 	now      int64  // Unix ns, set per burst (Tick)
 	gen      uint64 // neighbour generation: memoized next hops older than it are looked up again
@@ -159,7 +159,7 @@ type staticRoute struct {
 // AddRoute adds a static route: dst through the gateway via, which must be
 // on a port's network.
 func (d *Datapath) AddRoute(dst netip.Prefix, via netip.Addr) error {
-	if _, ok := d.connected(via); !ok || !dst.Addr().Is4() {
+	if _, ok := d.connected(via); !ok || dst.Addr().Is4() != via.Is4() {
 		return fmt.Errorf("route %s via %s: the gateway is on no port's network", dst, via)
 	}
 	d.routes = append(d.routes, staticRoute{dst.Masked(), via})
@@ -213,7 +213,7 @@ func New(ports []Port, opts Options) (*Datapath, error) {
 	}
 	d := &Datapath{gen: 1, now: time.Now().UnixNano(), opts: opts, fsm: flow.IPVSFSM(), ports: ports, neigh: map[netip.Addr]neighbor{},
 		services: map[svcKey]*service{}, local: map[netip.Addr]bool{},
-		conns: newConns(2 * opts.ConnMax), counters: make([]uint64, len(backend.DatapathCounters)),
+		conns: newConns(2 * opts.ConnMax), conns6: newTable[key6, entry6](max(2*opts.ConnMax/4, 1024)), counters: make([]uint64, len(backend.DatapathCounters)),
 		asked: map[resolveKey]int64{}, persist: map[persistKey]persistEntry{}, frags: map[fragKey]fragPorts{}}
 	if pf := opts.TunnelSrc; pf.IsValid() {
 		d.tunBase = addrU32(pf.Masked().Addr(), 0)
@@ -276,8 +276,8 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 		if s.Key.IsMatch() {
 			continue
 		}
-		if !s.Key.Addr.Is4() {
-			return fmt.Errorf("service %s: IPv6 is not in the DPDK datapath yet", s.Key)
+		if s.IsNAT64() {
+			return fmt.Errorf("service %s: NAT64 is not in the DPDK datapath yet (IPv6 Full-NAT, DR and tunnel are)", s.Key)
 		}
 		sch, ok := lb.LookupScheduler(s.Scheduler)
 		if !ok {
@@ -338,7 +338,7 @@ func (d *Datapath) Counters() map[string]uint64 {
 
 // Conns is how many connection entries the table holds (two per
 // Full-NAT connection).
-func (d *Datapath) Conns() int { return d.conns.len() }
+func (d *Datapath) Conns() int { return d.conns.len() + d.conns6.len() }
 
 // RealCounters calls fn with each real server's counters and connections.
 func (d *Datapath) RealCounters(fn func(svc lb.ServiceKey, real netip.AddrPort, st backend.RealStatus)) {
@@ -369,6 +369,25 @@ func (d *Datapath) ConnList(limit int, fn func(c backend.Conn)) {
 			Virtual: netip.AddrPortFrom(netip.AddrFrom4(k.dst), k.dport),
 			Local:   netip.AddrPortFrom(netip.AddrFrom4(e.src), e.sport),
 			Real:    netip.AddrPortFrom(netip.AddrFrom4(e.dst), e.dport),
+			State:   e.state,
+			Expire:  max(0, time.Duration(int64(d.opts.Timeouts[e.state%flow.NumStates])-(d.now-e.lastSeen))),
+		})
+	}
+	for k, i := range d.conns6.index {
+		e := &d.conns6.slab[i]
+		if e.reply || d.stale6(e, d.now) {
+			continue
+		}
+		if limit > 0 && n >= limit {
+			return
+		}
+		n++
+		fn(backend.Conn{
+			Proto:   lb.Proto(k.proto),
+			Client:  netip.AddrPortFrom(netip.AddrFrom16(k.src), k.sport),
+			Virtual: netip.AddrPortFrom(netip.AddrFrom16(k.dst), k.dport),
+			Local:   netip.AddrPortFrom(netip.AddrFrom16(e.src), e.sport),
+			Real:    netip.AddrPortFrom(netip.AddrFrom16(e.dst), e.dport),
 			State:   e.state,
 			Expire:  max(0, time.Duration(int64(d.opts.Timeouts[e.state%flow.NumStates])-(d.now-e.lastSeen))),
 		})

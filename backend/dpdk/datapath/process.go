@@ -37,6 +37,9 @@ func (d *Datapath) ProcessAt(in int, buf []byte, off, n int) (v Verdict, out, ne
 // process is bpf/mbx.c's process(), in its order of decisions.
 func (d *Datapath) process(in int, frame []byte) (v Verdict, out int) {
 	d.counters[cntRx]++
+	if len(frame) >= 14 && binary.BigEndian.Uint16(frame[12:]) == etherTypeIPv6 {
+		return d.process6(in, frame)
+	}
 	if d.opts.ARP && len(frame) >= 14 && binary.BigEndian.Uint16(frame[12:]) == etherTypeARP {
 		return d.handleARP(in, frame)
 	}
@@ -182,7 +185,7 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 		return nil, Drop
 	}
 	ri := -1
-	pk := persistKey{s, k.Src.As4()}
+	pk := persistKey{s, k.Src.As16()}
 	if s.persist > 0 {
 		// A client seen within the persistence timeout keeps its real
 		// server while that real server is still in the service.
@@ -619,11 +622,17 @@ func (d *Datapath) nextHop(dst netip.Addr) netip.Addr {
 // table frees itself (XDP's table is an LRU instead). It returns how many
 // entries it deleted.
 func (d *Datapath) Sweep() int {
-	n := d.conns.len()
+	n := d.Conns()
 	for k, i := range d.conns.index {
 		e := &d.conns.slab[i]
 		if d.stale(e, d.now) {
 			d.alive(e, k, d.now)
+		}
+	}
+	for k, i := range d.conns6.index {
+		e := &d.conns6.slab[i]
+		if d.stale6(e, d.now) {
+			d.alive6(e, k, d.now)
 		}
 	}
 	for k, pe := range d.persist {
@@ -631,7 +640,7 @@ func (d *Datapath) Sweep() int {
 			delete(d.persist, k)
 		}
 	}
-	return n - d.conns.len()
+	return n - d.Conns()
 }
 
 // account counts a forwarded packet for its real server, as IPVS does:
