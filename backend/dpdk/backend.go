@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/backend/dpdk/datapath"
@@ -52,21 +53,41 @@ type Backend struct {
 	stop  chan struct{}
 	done  chan struct{}
 	taps  []rte.Port // the exception path's TAP ports (--tap)
+	has6  bool       // a port has an IPv6 address
 }
 
-// portSpec is one --port: a DPDK device and the port's address.
+// portSpec is a DPDK device and the port's addresses (one --port each:
+// repeat it for an IPv6 address beside the IPv4 one).
 type portSpec struct {
-	name   string
-	prefix netip.Prefix
+	name     string
+	prefixes []netip.Prefix
 }
 
-func parsePort(s string) (portSpec, error) {
+func parsePort(s string) (name string, pf netip.Prefix, err error) {
 	name, addr, _ := strings.Cut(s, "=")
-	pf, err := netip.ParsePrefix(addr)
-	if name == "" || err != nil || !pf.Addr().Is4() {
-		return portSpec{}, fmt.Errorf("--port %q: give NAME=A.B.C.D/LEN, the DPDK device and the port's IPv4 address (e.g. net_af_xdp0=198.18.0.1/24)", s)
+	pf, err = netip.ParsePrefix(addr)
+	if name == "" || err != nil {
+		return "", pf, fmt.Errorf("--port %q: give NAME=A.B.C.D/LEN (or an IPv6 ADDR/LEN), the DPDK device and the port's address (e.g. net_af_xdp0=198.18.0.1/24)", s)
 	}
-	return portSpec{name, pf}, nil
+	return name, pf, nil
+}
+
+// parsePorts groups --port flags by device, in their order.
+func parsePorts(flags []string) ([]portSpec, error) {
+	var specs []portSpec
+	for _, f := range flags {
+		name, pf, err := parsePort(f)
+		if err != nil {
+			return nil, err
+		}
+		i := slices.IndexFunc(specs, func(s portSpec) bool { return s.name == name })
+		if i < 0 {
+			specs = append(specs, portSpec{name: name})
+			i = len(specs) - 1
+		}
+		specs[i].prefixes = append(specs[i].prefixes, pf)
+	}
+	return specs, nil
 }
 
 // Open starts the EAL, configures and starts the ports, and runs the
@@ -81,13 +102,9 @@ func Open(opts backend.Options) (backend.Backend, error) {
 	if len(opts.Ifaces) > 0 {
 		return nil, errors.New("--iface is for the xdp backend: DPDK ports are given with --port")
 	}
-	var specs []portSpec
-	for _, s := range opts.Ports {
-		p, err := parsePort(s)
-		if err != nil {
-			return nil, err
-		}
-		specs = append(specs, p)
+	specs, err := parsePorts(opts.Ports)
+	if err != nil {
+		return nil, err
 	}
 	eal := append([]string(nil), opts.EAL...)
 	if !hasArg(eal, "--no-shconf") && !hasArg(eal, "--file-prefix") {
@@ -112,7 +129,6 @@ func Open(opts backend.Options) (backend.Backend, error) {
 		rte.Cleanup()
 		return nil, err
 	}
-	var err error
 	if b.mp, err = rte.NewMempool("mbx", 16383); err != nil {
 		return fail(err)
 	}
@@ -143,8 +159,15 @@ func Open(opts backend.Options) (backend.Backend, error) {
 		if err != nil {
 			return fail(err)
 		}
-		dports = append(dports, datapath.Port{Name: s.name, MAC: mac, Prefixes: []netip.Prefix{s.prefix.Masked()},
-			Addrs: []netip.Addr{s.prefix.Addr()}, MTU: p.MTU()})
+		dp := datapath.Port{Name: s.name, MAC: mac, MTU: p.MTU()}
+		for _, pf := range s.prefixes {
+			dp.Prefixes = append(dp.Prefixes, pf.Masked())
+			dp.Addrs = append(dp.Addrs, pf.Addr())
+		}
+		dports = append(dports, dp)
+		for _, a := range dp.Addrs {
+			b.has6 = b.has6 || a.Is6()
+		}
 	}
 	if b.dp, err = datapath.New(dports, datapath.Options{ARP: true, Timeouts: opts.Timeouts, PortLo: opts.PortLo,
 		PortHi: opts.PortHi, HashSeed: opts.HashSeed, ConnMax: opts.ConnMax, TunnelSrc: opts.TunnelSrc}); err != nil {
@@ -207,10 +230,14 @@ func (b *Backend) addTap(spec string, specs []portSpec) error {
 	if err != nil {
 		return fmt.Errorf("--tap %q: %w", spec, err)
 	}
-	p := specs[i].prefix
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
-	if err := netlink.AddrAdd(l, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
-		return fmt.Errorf("--tap %q: address %s: %w", spec, p, err)
+	for _, p := range specs[i].prefixes {
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+		if p.Addr().Is6() {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(l, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("--tap %q: address %s: %w", spec, p, err)
+		}
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("--tap %q: %w", spec, err)
@@ -258,11 +285,10 @@ func (b *Backend) run() {
 // not run yet.
 func (b *Backend) Apply(cfg *lb.Config) error {
 	for _, s := range cfg.Services {
-		if !s.Key.IsMatch() && s.Key.Addr.Is6() {
-			// The Go datapath runs IPv6 Full-NAT, DR and tunnel (the vector
-			// files replay), but nothing answers neighbour solicitations
-			// for a DPDK port's addresses yet: clients could not reach it.
-			return fmt.Errorf("service %s: IPv6 on DPDK ports needs neighbour discovery, not built yet (docs/dpdk.md)", s.Key)
+		if !s.Key.IsMatch() && s.Key.Addr.Is6() && !b.has6 {
+			// Neighbour solicitations are answered from a port's IPv6
+			// address, and real servers solicited from it.
+			return fmt.Errorf("service %s: IPv6 needs an IPv6 address on the DPDK ports (--port NAME=ADDR/LEN, repeated)", s.Key)
 		}
 		for _, la := range s.LocalAddrs {
 			if la.Dev != "" && !slices.Contains(b.names, la.Dev) {

@@ -32,7 +32,7 @@ type Worker struct {
 	TxDropped uint64
 	mp        *rte.Mempool // for the datapath's own packets (ARP requests)
 	ctl       *rte.Burst
-	arp       [64]byte
+	arp       [128]byte // an ARP request or a neighbour solicitation
 	// The exception path (SetTap): per port, its TAP port or nil.
 	taps  []*rte.Port
 	tapTx []*rte.Burst

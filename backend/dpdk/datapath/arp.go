@@ -93,9 +93,10 @@ type resolveKey struct {
 	ip   netip.Addr
 }
 
-// Resolve writes an ARP request into buf (at least 42 bytes) for the next
-// next hop the datapath is missing, returning its length and port; n is 0
-// when nothing is pending.
+// Resolve writes an ARP request or an IPv6 neighbour solicitation into buf
+// (at least ndLen bytes) for the next next hop the datapath is missing,
+// returning its length and port; n is 0 when nothing is pending (or the
+// port has no address of that family to ask from).
 func (d *Datapath) Resolve(buf []byte) (n, port int) {
 	if len(d.resolve) == 0 {
 		return 0, 0
@@ -104,6 +105,16 @@ func (d *Datapath) Resolve(buf []byte) (n, port int) {
 	d.resolve = d.resolve[1:]
 	if len(d.resolve) == 0 {
 		d.resolve = d.resolveBuf[:0]
+	}
+	if k.ip.Is6() {
+		return d.solicit(buf, k.port, k.ip), k.port
+	}
+	var src [4]byte
+	for _, a := range d.ports[k.port].Addrs {
+		if a.Is4() {
+			src = a.As4()
+			break
+		}
 	}
 	for i := range 6 {
 		buf[i] = 0xff
@@ -116,7 +127,6 @@ func (d *Datapath) Resolve(buf []byte) (n, port int) {
 	a[4], a[5] = 6, 4
 	binary.BigEndian.PutUint16(a[6:], 1)
 	copy(a[8:14], d.macs[k.port][:])
-	src := d.ports[k.port].Addrs[0].As4()
 	copy(a[14:18], src[:])
 	clear(a[18:24])
 	dst := k.ip.As4()

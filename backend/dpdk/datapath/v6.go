@@ -10,10 +10,10 @@ import (
 
 // IPv6 services, bpf/lb6.h's twin: Full-NAT to IPv6 real servers from
 // IPv6 LIPs, DR and the ip6ip6 tunnel, in a table of their own (conns6,
-// 40-byte keys, as XDP's). Not here yet: NAT64, ICMPv6, IPv6 fragments
-// (placed: dropped when for a VIP/LIP), neighbour discovery (the vector
-// files' static neighbours only) and "packet too big" answers (a packet
-// that does not fit is dropped, drop_too_big). Apply refuses NAT64.
+// 40-byte keys, as XDP's); neighbour discovery is nd.go's. Not here yet:
+// NAT64, ICMPv6 errors, IPv6 fragments (dropped when for a VIP/LIP) and
+// "packet too big" answers (a packet that does not fit is dropped,
+// drop_too_big). Apply refuses NAT64.
 
 type key6 struct {
 	src, dst     [16]byte
@@ -138,6 +138,11 @@ func (e *entry6) setCsum(k key6) {
 
 // process6 is bpf/mbx.c's process6 for IPv6 frames.
 func (d *Datapath) process6(in int, frame []byte) (Verdict, int) {
+	if d.opts.ARP {
+		if v, ok := d.handleND(in, frame); ok {
+			return v, in
+		}
+	}
 	p, r := parse6(frame)
 	dst := netip.AddrFrom16(p.k.dst)
 	switch r {
@@ -370,7 +375,11 @@ func (d *Datapath) hop6(e *entry6, direct bool) (Verdict, bool) {
 	if e.nhGen == d.gen {
 		return 0, true
 	}
-	out, mac, r := d.route(netip.AddrFrom16(e.dst))
+	dst := netip.AddrFrom16(e.dst)
+	out, mac, r := d.route(dst)
+	if r == noNeighbor && d.opts.ARP {
+		d.wantNeighbor(out, d.nextHop(dst))
+	}
 	switch {
 	case r == noRoute && direct:
 		d.counters[cntDropFIB]++
