@@ -354,42 +354,34 @@ func (d *Datapath) RealCounters(fn func(svc lb.ServiceKey, real netip.AddrPort, 
 // up to limit (0: all).
 func (d *Datapath) ConnList(limit int, fn func(c backend.Conn)) {
 	n := 0
+	// more lists one client-side entry; false once limit is reached.
+	more := func(proto uint8, client, virtual, local, real netip.AddrPort, state flow.State, lastSeen int64) bool {
+		if limit > 0 && n >= limit {
+			return false
+		}
+		n++
+		fn(backend.Conn{Proto: lb.Proto(proto), Client: client, Virtual: virtual, Local: local, Real: real, State: state,
+			Expire: max(0, time.Duration(int64(d.opts.Timeouts[state%flow.NumStates])-(d.now-lastSeen)))})
+		return true
+	}
 	for k, i := range d.conns.index {
 		e := &d.conns.slab[i]
 		if e.reply || d.stale(e, d.now) {
 			continue
 		}
-		if limit > 0 && n >= limit {
+		if !more(k.proto, netip.AddrPortFrom(netip.AddrFrom4(k.src), k.sport), netip.AddrPortFrom(netip.AddrFrom4(k.dst), k.dport),
+			netip.AddrPortFrom(netip.AddrFrom4(e.src), e.sport), netip.AddrPortFrom(netip.AddrFrom4(e.dst), e.dport), e.state, e.lastSeen) {
 			return
 		}
-		n++
-		fn(backend.Conn{
-			Proto:   lb.Proto(k.proto),
-			Client:  netip.AddrPortFrom(netip.AddrFrom4(k.src), k.sport),
-			Virtual: netip.AddrPortFrom(netip.AddrFrom4(k.dst), k.dport),
-			Local:   netip.AddrPortFrom(netip.AddrFrom4(e.src), e.sport),
-			Real:    netip.AddrPortFrom(netip.AddrFrom4(e.dst), e.dport),
-			State:   e.state,
-			Expire:  max(0, time.Duration(int64(d.opts.Timeouts[e.state%flow.NumStates])-(d.now-e.lastSeen))),
-		})
 	}
 	for k, i := range d.conns6.index {
 		e := &d.conns6.slab[i]
 		if e.reply || d.stale6(e, d.now) {
 			continue
 		}
-		if limit > 0 && n >= limit {
+		if !more(k.proto, netip.AddrPortFrom(netip.AddrFrom16(k.src), k.sport), netip.AddrPortFrom(netip.AddrFrom16(k.dst), k.dport),
+			netip.AddrPortFrom(netip.AddrFrom16(e.src), e.sport), netip.AddrPortFrom(netip.AddrFrom16(e.dst), e.dport), e.state, e.lastSeen) {
 			return
 		}
-		n++
-		fn(backend.Conn{
-			Proto:   lb.Proto(k.proto),
-			Client:  netip.AddrPortFrom(netip.AddrFrom16(k.src), k.sport),
-			Virtual: netip.AddrPortFrom(netip.AddrFrom16(k.dst), k.dport),
-			Local:   netip.AddrPortFrom(netip.AddrFrom16(e.src), e.sport),
-			Real:    netip.AddrPortFrom(netip.AddrFrom16(e.dst), e.dport),
-			State:   e.state,
-			Expire:  max(0, time.Duration(int64(d.opts.Timeouts[e.state%flow.NumStates])-(d.now-e.lastSeen))),
-		})
 	}
 }

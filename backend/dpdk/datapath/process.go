@@ -551,8 +551,12 @@ func sumWords(b []byte) uint32 {
 
 // emit sets the memoized next hop's MAC addresses and sends.
 func (d *Datapath) emit(in int, frame []byte, e *entry) (Verdict, int) {
-	out := e.nhPort
-	copy(frame[0:6], e.nhMAC[:])
+	return d.emitTo(in, frame, e.nhPort, e.nhMAC)
+}
+
+// emitTo sends frame out of port out to the Ethernet address mac.
+func (d *Datapath) emitTo(in int, frame []byte, out int, mac [6]byte) (Verdict, int) {
+	copy(frame[0:6], mac[:])
 	copy(frame[6:12], d.macs[out][:])
 	if out == in {
 		d.counters[cntTx]++

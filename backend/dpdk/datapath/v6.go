@@ -473,13 +473,5 @@ func (d *Datapath) tunnel6(in int, frame []byte, p *pkt6, e *entry6) (Verdict, i
 }
 
 func (d *Datapath) emit6(in int, frame []byte, e *entry6) (Verdict, int) {
-	out := e.nhPort
-	copy(frame[0:6], e.nhMAC[:])
-	copy(frame[6:12], d.macs[out][:])
-	if out == in {
-		d.counters[cntTx]++
-		return Tx, out
-	}
-	d.counters[cntRedirect]++
-	return Redirect, out
+	return d.emitTo(in, frame, e.nhPort, e.nhMAC)
 }
