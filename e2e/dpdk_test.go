@@ -177,11 +177,12 @@ func TestDPDKTap(t *testing.T) {
 	}
 }
 
-// TestDPDKIPv6: IPv6 Full-NAT through the DPDK backend (net_af_xdp, no
-// hugepages): mbx answers neighbour solicitations for the VIP and the LIP
-// and solicits the real servers itself; curl under rr reaches both from
-// the IPv6 LIP, and a sha256-checked 20 MB download completes. The IPv4
-// service on the same ports keeps working.
+// TestDPDKIPv6: IPv6 Full-NAT and NAT64 through the DPDK backend
+// (net_af_xdp, no hugepages): mbx answers neighbour solicitations for the
+// VIP and the LIP and solicits the real servers itself; curl under rr
+// reaches both from the IPv6 LIP, and sha256-checked 20 MB downloads
+// complete, through Full-NAT and NAT64. The IPv4 service on the same ports
+// keeps working.
 func TestDPDKIPv6(t *testing.T) {
 	bin := buildDPDK(t)
 	e, sum := twoArmNoDaemon(t)
@@ -222,6 +223,18 @@ func TestDPDKIPv6(t *testing.T) {
 	}
 	if lnc := e.mustMbx("ipvsadm", "-lnc"); !strings.Contains(lnc, "[fd00:198::a:100]:80") {
 		t.Errorf("ipvsadm -lnc lacks the IPv6 connections:\n%s", lnc)
+	}
+	// NAT64: the IPv6 VIP in front of an IPv4 real server, from an IPv4 LIP.
+	e.ipvsadm(`
+		-A -t [fd00:198::a:100]:8080 -s rr
+		-a -t [fd00:198::a:100]:8080 -r 198.18.1.3:80 -b
+		--add-laddr -z 198.18.1.201 -t [fd00:198::a:100]:8080 -F net_af_xdp1`)
+	if out := e.curl("-g", url6(":8080/")); !strings.HasPrefix(out, "rs2 198.18.1.201:") {
+		t.Fatalf("NAT64 through DPDK: %q", out)
+	}
+	got := e.host("client", "bash", "-c", "curl -g -sS --max-time 30 'http://["+vip6+"]:8080/files/20M.bin' | sha256sum")
+	if f := strings.Fields(got); len(f) == 0 || f[0] != sum {
+		t.Fatalf("NAT64 download through DPDK: sha256 %q, want %s", got, sum)
 	}
 }
 

@@ -130,7 +130,8 @@ type Datapath struct {
 	natReals map[netip.Addr]bool // NAT real servers: their replies are addressed to clients
 	snat     []snatRule          // match services, in lb's order (snat.go)
 	conns    *conns
-	conns6   *table[key6, entry6] // IPv6 flows (v6.go)
+	conns6   *table[key6, entry6] // IPv6 flows (v6.go); NAT64's IPv4 side keyed by v4-mapped addresses
+	nat64    bool                 // a NAT64 service exists: unmatched IPv4 may be its reply
 	counters []uint64
 	now      int64  // Unix ns, set per burst (Tick)
 	gen      uint64 // neighbour generation: memoized next hops older than it are looked up again
@@ -244,6 +245,7 @@ func (d *Datapath) SetNeighbor(port int, ip netip.Addr, mac net.HardwareAddr) er
 // rewrite. A configuration this datapath cannot run is refused whole.
 func (d *Datapath) Apply(cfg *lb.Config) error {
 	services := map[svcKey]*service{}
+	nat64 := false
 	stats := map[realRef]*realState{}
 	natReals := map[netip.Addr]bool{}
 	local := map[netip.Addr]bool{}
@@ -276,9 +278,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 		if s.Key.IsMatch() {
 			continue
 		}
-		if s.IsNAT64() {
-			return fmt.Errorf("service %s: NAT64 is not in the DPDK datapath yet (IPv6 Full-NAT, DR and tunnel are)", s.Key)
-		}
+		nat64 = nat64 || s.IsNAT64()
 		sch, ok := lb.LookupScheduler(s.Scheduler)
 		if !ok {
 			return fmt.Errorf("service %s: unknown scheduler %q", s.Key, s.Scheduler)
@@ -323,7 +323,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 	if to := cfg.Timeouts.Effective(d.opts.Timeouts); to != d.opts.Timeouts {
 		d.opts.Timeouts = to
 	}
-	d.services, d.local, d.realStats, d.natReals, d.snat = services, local, stats, natReals, snat
+	d.services, d.local, d.realStats, d.natReals, d.snat, d.nat64 = services, local, stats, natReals, snat, nat64
 	return nil
 }
 

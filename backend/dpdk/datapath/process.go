@@ -109,6 +109,9 @@ func (d *Datapath) process(in int, frame []byte) (v Verdict, out int) {
 	} else {
 		s := d.services[svcKey{p.Key.Dst, p.Key.DstPort, p.Key.Proto}]
 		if s == nil {
+			if d.nat64 {
+				return d.reply64(in, frame, &p) // perhaps a NAT64 reply (v6.go)
+			}
 			d.counters[cntPassNotOurs]++
 			return Pass, 0
 		}

@@ -11,9 +11,9 @@ import (
 // IPv6 services, bpf/lb6.h's twin: Full-NAT to IPv6 real servers from
 // IPv6 LIPs, DR and the ip6ip6 tunnel, in a table of their own (conns6,
 // 40-byte keys, as XDP's); neighbour discovery is nd.go's. Not here yet:
-// NAT64, ICMPv6 errors, IPv6 fragments (dropped when for a VIP/LIP) and
-// "packet too big" answers (a packet that does not fit is dropped,
-// drop_too_big). Apply refuses NAT64.
+// ICMPv6 errors, IPv6 fragments (dropped when for a VIP/LIP) and "packet
+// too big" answers (a packet that does not fit is dropped, drop_too_big);
+// NAT64 is nat64.go's.
 
 type key6 struct {
 	src, dst     [16]byte
@@ -66,6 +66,9 @@ func parse6(frame []byte) (p pkt6, r flow.ParseResult) {
 	copy(p.k.dst[:], ip[24:40])
 	next := ip[6]
 	if next == 44 {
+		if plen < 8 {
+			return p, flow.ParseBadL3 // the fragment header cut short
+		}
 		return p, flow.ParseFragment
 	}
 	if next != 6 && next != 17 {
@@ -375,7 +378,7 @@ func (d *Datapath) hop6(e *entry6, direct bool) (Verdict, bool) {
 	if e.nhGen == d.gen {
 		return 0, true
 	}
-	dst := netip.AddrFrom16(e.dst)
+	dst := netip.AddrFrom16(e.dst).Unmap() // NAT64's real servers are IPv4
 	out, mac, r := d.route(dst)
 	if r == noNeighbor && d.opts.ARP {
 		d.wantNeighbor(out, d.nextHop(dst))
@@ -405,6 +408,9 @@ func (d *Datapath) xmit6(in int, frame []byte, p *pkt6, e *entry6) (Verdict, int
 	if e.mode == modeTUN {
 		overhead = ip6Len
 	}
+	if is4(e.dst) {
+		overhead = -20 // NAT64: the IPv4 header is shorter
+	}
 	v, ok := d.hop6(e, direct)
 	if ok && p.ipLen+overhead > d.portMTU(e.nhPort) {
 		d.counters[cntDropTooBig]++ // no "packet too big" answer here yet
@@ -421,20 +427,17 @@ func (d *Datapath) xmit6(in int, frame []byte, p *pkt6, e *entry6) (Verdict, int
 		}
 		return d.tunnel6(in, frame, p, e)
 	default:
+		if is4(e.dst) { // NAT64: out as IPv4 (nat64.go)
+			d.to4(frame, p, e)
+			if !ok {
+				return v, 0
+			}
+			return d.emit6(in, d.buf[d.off:d.off+d.n], e)
+		}
 		ip := frame[14:]
 		copy(ip[8:24], e.src[:])
 		copy(ip[24:40], e.dst[:])
-		l4 := frame[p.l4Off:]
-		binary.BigEndian.PutUint16(l4[0:], e.sport)
-		binary.BigEndian.PutUint16(l4[2:], e.dport)
-		if p.k.proto == 6 {
-			csumApply(l4[16:18], e.csumL4)
-		} else {
-			csumApply(l4[6:8], e.csumL4)
-			if l4[6] == 0 && l4[7] == 0 {
-				l4[6], l4[7] = 0xff, 0xff
-			}
-		}
+		d.rewriteL4(frame[p.l4Off:], p.k.proto, e.sport, e.dport, e.csumL4)
 		if !ok {
 			return v, 0
 		}
