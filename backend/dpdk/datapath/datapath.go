@@ -144,6 +144,7 @@ type Datapath struct {
 	// TunnelSrc as numbers: outer source = tunBase | (flow hash &^ tunMask).
 	tunBase, tunMask uint32
 	frags            map[fragKey]fragPorts // first fragments' ports (frag.go)
+	frags6           map[frag6Key]fragPorts
 	routes           []staticRoute
 	// The frame being processed and its room (ProcessAt): the tunnel grows
 	// it at the front.
@@ -215,7 +216,8 @@ func New(ports []Port, opts Options) (*Datapath, error) {
 	d := &Datapath{gen: 1, now: time.Now().UnixNano(), opts: opts, fsm: flow.IPVSFSM(), ports: ports, neigh: map[netip.Addr]neighbor{},
 		services: map[svcKey]*service{}, local: map[netip.Addr]bool{},
 		conns: newConns(2 * opts.ConnMax), conns6: newTable[key6, entry6](max(2*opts.ConnMax/4, 1024)), counters: make([]uint64, len(backend.DatapathCounters)),
-		asked: map[resolveKey]int64{}, persist: map[persistKey]persistEntry{}, frags: map[fragKey]fragPorts{}}
+		asked: map[resolveKey]int64{}, persist: map[persistKey]persistEntry{}, frags: map[fragKey]fragPorts{},
+		frags6: map[frag6Key]fragPorts{}}
 	if pf := opts.TunnelSrc; pf.IsValid() {
 		d.tunBase = addrU32(pf.Masked().Addr(), 0)
 		d.tunMask = ^uint32(0) << (32 - pf.Bits())

@@ -74,6 +74,5 @@ func FromVectorFile(f *vectors.File, opts Options) (*Datapath, map[string]int, e
 // NotYet names the vector files whose configuration Apply takes but whose
 // packets need what is not built here yet (replays skip them with this).
 var NotYet = map[string]string{
-	"fragments6": "IPv6 fragments are not placed by the DPDK datapath yet (dropped when for a VIP/LIP)",
-	"icmp6":      "ICMPv6 errors and packet-too-big answers are not in the DPDK datapath yet",
+	"icmp6": "ICMPv6 errors and packet-too-big answers are not in the DPDK datapath yet",
 }

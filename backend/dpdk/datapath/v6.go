@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"net/netip"
 
 	"github.com/mbx-net/mbx/flow"
@@ -10,10 +11,10 @@ import (
 
 // IPv6 services, bpf/lb6.h's twin: Full-NAT to IPv6 real servers from
 // IPv6 LIPs, DR and the ip6ip6 tunnel, in a table of their own (conns6,
-// 40-byte keys, as XDP's); neighbour discovery is nd.go's. Not here yet:
-// ICMPv6 errors, IPv6 fragments (dropped when for a VIP/LIP) and "packet
-// too big" answers (a packet that does not fit is dropped, drop_too_big);
-// NAT64 is nat64.go's.
+// 40-byte keys, as XDP's), fragments following their flow; neighbour
+// discovery is nd.go's, NAT64 nat64.go's. Not here yet: ICMPv6 errors and
+// "packet too big" answers (a packet that does not fit is dropped,
+// drop_too_big).
 
 type key6 struct {
 	src, dst     [16]byte
@@ -49,7 +50,9 @@ type pkt6 struct {
 	k        key6
 	tcpFlags uint8
 	ipLen    int // header and payload
-	l4Off    int
+	l4Off    int // 0: a later fragment (no transport header)
+	frag     bool
+	fragID   uint32
 }
 
 // parse6 is bpf/lb6.h's parse6 for IPv6 frames, with its verdicts.
@@ -65,19 +68,25 @@ func parse6(frame []byte) (p pkt6, r flow.ParseResult) {
 	copy(p.k.src[:], ip[8:24])
 	copy(p.k.dst[:], ip[24:40])
 	next := ip[6]
+	hlen := ip6Len
 	if next == 44 {
 		if plen < 8 {
 			return p, flow.ParseBadL3 // the fragment header cut short
 		}
-		return p, flow.ParseFragment
+		next, hlen = ip[40], ip6Len+8
+		p.frag, p.fragID = true, binary.BigEndian.Uint32(ip[44:48])
+		if binary.BigEndian.Uint16(ip[42:44])&0xfff8 != 0 {
+			p.k.proto, p.ipLen = next, ip6Len+plen
+			return p, flow.ParseFragment // a later fragment: fragment6 finds its ports
+		}
 	}
 	if next != 6 && next != 17 {
 		return p, flow.ParseOtherL4
 	}
 	p.k.proto = next
 	p.ipLen = ip6Len + plen
-	p.l4Off = 14 + ip6Len
-	l4 := ip[ip6Len : ip6Len+plen]
+	p.l4Off = 14 + hlen
+	l4 := ip[hlen : ip6Len+plen]
 	if next == 6 {
 		if len(l4) < 20 {
 			return p, flow.ParseBadL4
@@ -90,7 +99,8 @@ func parse6(frame []byte) (p pkt6, r flow.ParseResult) {
 		if len(l4) < 8 {
 			return p, flow.ParseBadL4
 		}
-		if ulen := int(binary.BigEndian.Uint16(l4[4:])); ulen < 8 || ulen > len(l4) {
+		// A first fragment's UDP length is the whole datagram's.
+		if ulen := int(binary.BigEndian.Uint16(l4[4:])); ulen < 8 || (ulen > len(l4) && !p.frag) {
 			return p, flow.ParseBadL4
 		}
 		if l4[6] == 0 && l4[7] == 0 {
@@ -151,9 +161,8 @@ func (d *Datapath) process6(in int, frame []byte) (Verdict, int) {
 	switch r {
 	case flow.ParseOK:
 	case flow.ParseFragment:
-		if d.local[dst] {
-			d.counters[cntDropFragment]++
-			return Drop, 0
+		if p.frag {
+			return d.fragment6(in, frame, &p)
 		}
 		d.counters[cntPassNotOurs]++
 		return Pass, 0
@@ -204,15 +213,64 @@ func (d *Datapath) process6(in int, frame []byte) (Verdict, int) {
 			return v, 0
 		}
 	}
+	d.account6(e, p.ipLen)
+	if p.frag {
+		d.rememberFrag6(p)
+	}
+	return d.xmit6(in, frame, &p, e)
+}
+
+func (d *Datapath) account6(e *entry6, ipLen int) {
 	st := e.svc.reals[e.real].stats
 	if e.reply {
 		st.OutPkts++
-		st.OutBytes += uint64(p.ipLen)
+		st.OutBytes += uint64(ipLen)
 	} else {
 		st.InPkts++
-		st.InBytes += uint64(p.ipLen)
+		st.InBytes += uint64(ipLen)
 	}
-	return d.xmit6(in, frame, &p, e)
+}
+
+// IPv6 fragments follow their flow as IPv4's do (frag.go): the first
+// fragment's ports, remembered by (addresses, identification, protocol).
+type frag6Key struct {
+	src, dst [16]byte
+	id       uint32
+	proto    uint8
+}
+
+func (d *Datapath) rememberFrag6(p pkt6) {
+	if len(d.frags6) >= maxFrags {
+		for old := range d.frags6 {
+			delete(d.frags6, old)
+			break
+		}
+	}
+	d.frags6[frag6Key{p.k.src, p.k.dst, p.fragID, p.k.proto}] = fragPorts{p.k.sport, p.k.dport}
+}
+
+// fragment6 sends a later fragment with its datagram's connection; one
+// that cannot be placed is dropped when it is for a VIP/LIP (the kernel's
+// otherwise).
+func (d *Datapath) fragment6(in int, frame []byte, p *pkt6) (Verdict, int) {
+	var e *entry6
+	if fp, ok := d.frags6[frag6Key{p.k.src, p.k.dst, p.fragID, p.k.proto}]; ok {
+		p.k.sport, p.k.dport = fp.sport, fp.dport
+		if e = d.conns6.get(p.k); e != nil && !d.alive6(e, p.k, d.now) {
+			e = nil
+		}
+	}
+	if e == nil {
+		if d.local[netip.AddrFrom16(p.k.dst)] {
+			d.counters[cntDropFragment]++
+			return Drop, 0
+		}
+		d.counters[cntPassNotOurs]++
+		return Pass, 0
+	}
+	d.counters[cntFragment]++
+	d.account6(e, p.ipLen)
+	return d.xmit6(in, frame, p, e)
 }
 
 func (d *Datapath) alive6(e *entry6, k key6, now int64) bool {
@@ -427,6 +485,10 @@ func (d *Datapath) xmit6(in int, frame []byte, p *pkt6, e *entry6) (Verdict, int
 		}
 		return d.tunnel6(in, frame, p, e)
 	default:
+		if is4(e.dst) && p.frag {
+			d.counters[cntDropMalformed]++ // NAT64 does not translate fragments
+			return Drop, 0
+		}
 		if is4(e.dst) { // NAT64: out as IPv4 (nat64.go)
 			d.to4(frame, p, e)
 			if !ok {
@@ -437,7 +499,9 @@ func (d *Datapath) xmit6(in int, frame []byte, p *pkt6, e *entry6) (Verdict, int
 		ip := frame[14:]
 		copy(ip[8:24], e.src[:])
 		copy(ip[24:40], e.dst[:])
-		d.rewriteL4(frame[p.l4Off:], p.k.proto, e.sport, e.dport, e.csumL4)
+		if p.l4Off != 0 { // a later fragment has no ports
+			d.rewriteL4(frame[p.l4Off:], p.k.proto, e.sport, e.dport, e.csumL4)
+		}
 		if !ok {
 			return v, 0
 		}
@@ -452,13 +516,7 @@ func (d *Datapath) tunnel6(in int, frame []byte, p *pkt6, e *entry6) (Verdict, i
 		d.counters[cntDropFIB]++
 		return Drop, 0
 	}
-	var src [16]byte
-	for _, a := range d.ports[e.nhPort].Addrs {
-		if a.Is6() {
-			src = a.As16()
-			break
-		}
-	}
+	src := d.source6(e.nhPort, netip.AddrFrom16(e.dst)).As16()
 	tc := frame[14]<<4 | frame[15]>>4
 	label := p.k.hash(d.opts.HashSeed) & 0xfffff
 	inner := p.ipLen
@@ -473,6 +531,53 @@ func (d *Datapath) tunnel6(in int, frame []byte, p *pkt6, e *entry6) (Verdict, i
 	copy(o[8:24], src[:])
 	copy(o[24:40], e.dst[:])
 	return d.emit6(in, f, e)
+}
+
+// source6 picks the egress port's source address toward dst as Linux's
+// source address selection would (RFC 6724 rule 8, the kernel's way): the
+// longest prefix shared with dst, counted at most to the address's own
+// prefix length, among the port's addresses and the local (VIP, LIP)
+// addresses on its networks. The XDP datapath gets the kernel's choice
+// from its fib lookup; this keeps the tunnel's outer source the same.
+func (d *Datapath) source6(port int, dst netip.Addr) netip.Addr {
+	var best netip.Addr
+	bestLen := -1
+	try := func(a netip.Addr, bits int) {
+		if !a.Is6() {
+			return
+		}
+		n := commonPrefix(a, dst)
+		if n > bits {
+			n = bits
+		}
+		if n > bestLen || (n == bestLen && a.Less(best)) { // ties: the lower address, not the map's order
+			best, bestLen = a, n
+		}
+	}
+	p := d.ports[port]
+	for i, a := range p.Addrs {
+		if i < len(p.Prefixes) {
+			try(a, p.Prefixes[i].Bits())
+		}
+	}
+	for a := range d.local {
+		for _, pf := range p.Prefixes {
+			if pf.Contains(a) {
+				try(a, 128)
+			}
+		}
+	}
+	return best
+}
+
+func commonPrefix(a, b netip.Addr) int {
+	x, y := a.As16(), b.As16()
+	for i := range x {
+		if d := x[i] ^ y[i]; d != 0 {
+			return i*8 + bits.LeadingZeros8(d)
+		}
+	}
+	return 128
 }
 
 func (d *Datapath) emit6(in int, frame []byte, e *entry6) (Verdict, int) {
