@@ -12,8 +12,8 @@ import (
 // conns6, the IPv4 side under v4-mapped addresses (::ffff:a.b.c.d). The
 // checksum deltas need nothing more: the mapped form's 0xffff word is a
 // one's-complement zero, so a delta between a v6 and a mapped tuple is the
-// pseudo-header change of RFC 7915. Not here yet: fragments, ICMP
-// translation and "too big" answers (drop_too_big).
+// pseudo-header change of RFC 7915. Fragments are dropped (v6.go); ICMP
+// across families is icmp6.go's.
 
 // is4 reports whether a table address is an IPv4 one (mapped).
 func is4(a [16]byte) bool { return netip.AddrFrom16(a).Is4In6() }
@@ -81,7 +81,12 @@ func (d *Datapath) reply64(in int, frame []byte, p *flow.Packet) (Verdict, int) 
 	st.OutPkts++
 	st.OutBytes += uint64(p.IPLen)
 	v, ok := d.hop6(e, false)
-	if ok && p.IPLen+20 > d.portMTU(e.nhPort) {
+	if mtu := d.portMTU(e.nhPort); ok && p.IPLen+20 > mtu {
+		// As IPv6 it grows by 20 bytes: "fragmentation needed" to the
+		// real server when it forbade fragments, else dropped.
+		if ip[6]&0x40 != 0 {
+			return d.icmpTooBig(in, frame, mtu-20, [4]byte(ip[16:20]))
+		}
 		d.counters[cntDropTooBig]++
 		return Drop, 0
 	}

@@ -115,3 +115,40 @@ func TestND(t *testing.T) {
 		t.Fatalf("SYN after the advertisement: %s out %d", v, out)
 	}
 }
+
+// An established IPv6 Full-NAT packet allocates nothing either.
+func TestNoAllocationsIPv6(t *testing.T) {
+	f, err := vectors.Find("fnat6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, idx, err := FromVectorFile(f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := f.ConfigModel()
+	if err := d.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	d.Tick(time.Now())
+	pkt := func(flags string) []byte {
+		b, err := f.Build(vectors.Packet{Iface: "wan0", Eth: map[string]any{"src": "client", "dst": "wan0"},
+			IP:  map[string]any{"src": "fd00:198::a:2", "dst": "fd00:198::a:100"},
+			TCP: map[string]any{"sport": 40000, "dport": 80, "flags": flags}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if v, _ := d.Process(idx["wan0"], pkt("S")); v != Redirect {
+		t.Fatalf("SYN: %s", v)
+	}
+	ack := pkt("A")
+	buf := make([]byte, len(ack))
+	if n := testing.AllocsPerRun(1000, func() {
+		copy(buf, ack)
+		d.Process(idx["wan0"], buf)
+	}); n != 0 {
+		t.Errorf("%.1f allocations per established IPv6 packet", n)
+	}
+}

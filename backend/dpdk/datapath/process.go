@@ -58,6 +58,11 @@ func (d *Datapath) process(in int, frame []byte) (v Verdict, out int) {
 			if v, out := d.icmpError(in, frame, &p); v != Pass {
 				return v, out
 			}
+			if d.nat64 { // perhaps about a NAT64 connection (icmp6.go)
+				if v, out, ok := d.icmp46(in, frame); ok {
+					return v, out
+				}
+			}
 		}
 		d.counters[cntPassNotOurs]++
 		return Pass, 0

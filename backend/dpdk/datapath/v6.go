@@ -12,9 +12,7 @@ import (
 // IPv6 services, bpf/lb6.h's twin: Full-NAT to IPv6 real servers from
 // IPv6 LIPs, DR and the ip6ip6 tunnel, in a table of their own (conns6,
 // 40-byte keys, as XDP's), fragments following their flow; neighbour
-// discovery is nd.go's, NAT64 nat64.go's. Not here yet: ICMPv6 errors and
-// "packet too big" answers (a packet that does not fit is dropped,
-// drop_too_big).
+// discovery is nd.go's, NAT64 nat64.go's, ICMPv6 icmp6.go's.
 
 type key6 struct {
 	src, dst     [16]byte
@@ -167,6 +165,9 @@ func (d *Datapath) process6(in int, frame []byte) (Verdict, int) {
 		d.counters[cntPassNotOurs]++
 		return Pass, 0
 	case flow.ParseOtherL4:
+		if v, out, ok := d.icmp6Error(in, frame); ok {
+			return v, out
+		}
 		d.counters[cntPassNotOurs]++
 		return Pass, 0
 	case flow.ParseBadL3:
@@ -470,9 +471,10 @@ func (d *Datapath) xmit6(in int, frame []byte, p *pkt6, e *entry6) (Verdict, int
 		overhead = -20 // NAT64: the IPv4 header is shorter
 	}
 	v, ok := d.hop6(e, direct)
-	if ok && p.ipLen+overhead > d.portMTU(e.nhPort) {
-		d.counters[cntDropTooBig]++ // no "packet too big" answer here yet
-		return Drop, 0
+	if mtu := d.portMTU(e.nhPort); ok && p.ipLen+overhead > mtu {
+		// IPv6 is never fragmented on the way: the sender learns the MTU
+		// its packets may have (bpf/nat6.h).
+		return d.icmp6TooBig(in, frame, mtu-overhead)
 	}
 	switch e.mode {
 	case modeDR:

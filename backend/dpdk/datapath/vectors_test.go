@@ -11,7 +11,7 @@ import (
 
 // runs names the vector files this datapath must pass; the others are
 // skipped with the reason Apply gives (modes not built here yet).
-var runs = []string{"fnat-tcp", "fnat-udp", "passthrough", "malformed", "dr", "nat", "tunnel", "fragments", "snat", "icmp", "pmtu", "fnat6", "dr6", "tunnel6", "nat64", "malformed6", "fragments6"}
+var runs = []string{"fnat-tcp", "fnat-udp", "passthrough", "malformed", "dr", "nat", "tunnel", "fragments", "snat", "icmp", "pmtu", "fnat6", "dr6", "tunnel6", "nat64", "malformed6", "fragments6", "icmp6"}
 
 type vectorDatapath struct {
 	d     *Datapath
