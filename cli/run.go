@@ -118,6 +118,28 @@ func runCommand() *ucli.Command {
 				}
 				tunSrc = p
 			}
+			eal, ports, routes, taps := strings.Fields(c.String("eal")), c.StringSlice("port"), c.StringSlice("route"), c.StringSlice("tap")
+			if configPath != "" && c.String("keepalived-conf") == "" && c.String("backend") == "dpdk" {
+				// The YAML file's dpdk section stands in for absent flags.
+				sec, err := control.LoadDPDKFile(configPath)
+				if err != nil {
+					return err
+				}
+				if sec != nil {
+					if len(eal) == 0 {
+						eal = strings.Fields(sec.EAL)
+					}
+					if len(ports) == 0 {
+						ports = sec.Ports
+					}
+					if len(routes) == 0 {
+						routes = sec.Routes
+					}
+					if len(taps) == 0 {
+						taps = sec.Taps
+					}
+				}
+			}
 			be, err := backend.Open(c.String("backend"), backend.Options{
 				TunnelSrc: tunSrc,
 				PinDir:    pinDir,
@@ -127,10 +149,10 @@ func runCommand() *ucli.Command {
 				ConnMax:   c.Int("conn-max"),
 				HashSeed:  uint32(c.Uint("hash-seed")),
 				Logger:    log,
-				EAL:       strings.Fields(c.String("eal")),
-				Ports:     c.StringSlice("port"),
-				Routes:    c.StringSlice("route"),
-				Taps:      c.StringSlice("tap"),
+				EAL:       eal,
+				Ports:     ports,
+				Routes:    routes,
+				Taps:      taps,
 			})
 			if err != nil {
 				return err

@@ -36,12 +36,44 @@ import (
 //	bricks:                        # docs/bricks.md
 //	  engines: [{name: e0, iface: tap0, link: lb0, start: true}]
 //	  bricks: [{name: lb0, type: loadbalancer, hash: 4tuple, outputs: ["tap0}0", "tap0}1"]}]
+//	dpdk:                          # mbx run --backend dpdk (docs/dpdk.md); read at start
+//	  eal: "-l 0 --no-huge --no-pci -m 512 --vdev=net_af_xdp0,iface=wan0"
+//	  ports: [net_af_xdp0=198.18.0.1/24]
+//	  routes: [198.18.5.0/24=198.18.1.254]
+//	  taps: [net_af_xdp0=mbxk0]
 type fileConfig struct {
 	Timeouts  *lb.Timeouts     `yaml:"timeouts"`
 	Maglev    *lb.MaglevParams `yaml:"maglev"`
 	Addresses []fileAddr       `yaml:"addresses"`
 	Services  []fileService    `yaml:"services"`
 	Bricks    *bricks.Model    `yaml:"bricks"`
+	DPDK      *DPDKSection     `yaml:"dpdk"`
+}
+
+// DPDKSection is the YAML file's dpdk section: the flags of the same names
+// (--eal, --port, --route, --tap), which take precedence when given. The
+// data plane is set up once: a reload does not change it.
+type DPDKSection struct {
+	EAL    string   `yaml:"eal"`
+	Ports  []string `yaml:"ports"`
+	Routes []string `yaml:"routes"`
+	Taps   []string `yaml:"taps"`
+}
+
+// LoadDPDKFile reads the dpdk section of a YAML configuration (nil when it
+// has none).
+func LoadDPDKFile(path string) (*DPDKSection, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var fc struct {
+		DPDK *DPDKSection `yaml:"dpdk"`
+	}
+	if err := yaml.Unmarshal(data, &fc); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return fc.DPDK, nil
 }
 
 type fileAddr struct {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -134,5 +135,53 @@ func TestYAMLSNATMatch(t *testing.T) {
 	}
 	if _, err := ParseConfig([]byte("services:\n  - match: proto=tcp\n")); err == nil || !strings.HasPrefix(err.Error(), "2: ") {
 		t.Errorf("a match without conditions: %v, want an error on line 2", err)
+	}
+}
+
+// The YAML file's dpdk section: accepted beside the services, read apart.
+func TestDPDKSection(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mbx.yaml")
+	if err := os.WriteFile(path, []byte(`services:
+  - {vip: 198.18.0.100:80, scheduler: rr, reals: [{addr: 198.18.1.2:80, forward: fnat}]}
+dpdk:
+  eal: "-l 0 --no-huge"
+  ports: [net_af_xdp0=198.18.0.1/24]
+  routes: [198.18.5.0/24=198.18.1.254]
+  taps: [net_af_xdp0=mbxk0]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfigFile(path); err != nil {
+		t.Fatal(err)
+	}
+	sec, err := LoadDPDKFile(path)
+	if err != nil || sec == nil || sec.EAL != "-l 0 --no-huge" || len(sec.Ports) != 1 || sec.Routes[0] != "198.18.5.0/24=198.18.1.254" || sec.Taps[0] != "net_af_xdp0=mbxk0" {
+		t.Fatalf("dpdk section %+v, %v", sec, err)
+	}
+}
+
+// IPv6 and NAT64 services in the YAML file.
+func TestYAMLIPv6(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mbx.yaml")
+	if err := os.WriteFile(path, []byte(`services:
+  - vip: "[fd00:198::a:100]:80"
+    reals: [{addr: "[fd00:198::b:2]:80"}]
+    laddrs: [{addr: "fd00:198::b:200", dev: lan0}]
+  - vip: "[fd00:198::a:100]:8080"
+    reals: [{addr: "198.18.1.2:80"}]
+    laddrs: [{addr: 198.18.1.200, dev: lan0}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ops, err := LoadConfigFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := (&lb.Config{}).Do(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Services) != 2 || cfg.Services[0].IsNAT64() || !cfg.Services[1].IsNAT64() {
+		t.Fatalf("services %+v", cfg.Services)
 	}
 }

@@ -192,12 +192,17 @@ func TestDPDKIPv6(t *testing.T) {
 	for _, p := range []string{"p0", "p1", "p2", "p3"} {
 		e.host("sw", "ethtool", "-K", p, "gro", "off", "tso", "off", "gso", "off", "tx", "off")
 	}
-	eal := "-l 0 --no-pci --no-huge -m 512 --vdev=net_af_xdp0,iface=wan0 --vdev=net_af_xdp1,iface=lan0"
+	// The data plane from the YAML file's dpdk section this time.
+	conf := filepath.Join(e.dir, "mbx.yaml")
+	if err := os.WriteFile(conf, []byte(`dpdk:
+  eal: "-l 0 --no-pci --no-huge -m 512 --vdev=net_af_xdp0,iface=wan0 --vdev=net_af_xdp1,iface=lan0"
+  ports: [net_af_xdp0=198.18.0.1/24, "net_af_xdp0=fd00:198::a:1/112", net_af_xdp1=198.18.1.1/24, "net_af_xdp1=fd00:198::b:1/112"]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	saved := mbxBin
 	mbxBin = bin
-	e.startDaemon("--backend", "dpdk", "--eal", eal, "--conn-max", "65536",
-		"--port", "net_af_xdp0=198.18.0.1/24", "--port", "net_af_xdp0=fd00:198::a:1/112",
-		"--port", "net_af_xdp1=198.18.1.1/24", "--port", "net_af_xdp1=fd00:198::b:1/112")
+	e.startDaemon("--backend", "dpdk", "--config", conf, "--conn-max", "65536")
 	mbxBin = saved
 	e.ipvsadm(`
 		-A -t [fd00:198::a:100]:80 -s rr
