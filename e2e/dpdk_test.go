@@ -212,6 +212,8 @@ func TestDPDKIPv6(t *testing.T) {
 		-A -t 198.18.0.100:80 -s rr
 		-a -t 198.18.0.100:80 -r 198.18.1.2 -b
 		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F net_af_xdp1`)
+	// mbx answers neighbour solicitations and ping for the VIP itself.
+	e.host("client", "ping", "-6", "-c", "2", "-W", "2", vip6)
 	out := e.curl6(10)
 	c := countFirstWords(out)
 	if c["rs1"] != 5 || c["rs2"] != 5 || !strings.Contains(out, "fd00:198::b:200") {

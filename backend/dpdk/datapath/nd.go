@@ -9,8 +9,9 @@ import (
 // a neighbour solicitation for a local address (a port's own, a VIP, a
 // LIP) is answered in place; solicitations and advertisements from on-link
 // senders teach their link-layer addresses; a next hop with no entry is
-// solicited (Resolve). Everything else of ICMPv6 (router discovery, echo)
-// is the kernel's, through the TAP when there is one.
+// solicited (Resolve); echo requests to them are answered (echoReply6).
+// The rest of ICMPv6 (router discovery, echo to others) is the kernel's,
+// through the TAP when there is one.
 
 const (
 	icmp6NS  = 135
@@ -23,13 +24,16 @@ const (
 // handleND processes an ICMPv6 frame received on port in; ok is false
 // when it is no neighbour discovery mbx takes part in.
 func (d *Datapath) handleND(in int, frame []byte) (v Verdict, ok bool) {
-	if len(frame) < 14+ip6Len+24 || frame[14+6] != 58 {
+	if len(frame) < 14+ip6Len+8 || frame[14+6] != 58 {
 		return 0, false
 	}
 	ip := frame[14:]
 	icmp := ip[ip6Len:]
 	typ := icmp[0]
-	if typ != icmp6NS && typ != icmp6NA {
+	if typ == 128 {
+		return d.echoReply6(in, frame)
+	}
+	if (typ != icmp6NS && typ != icmp6NA) || len(icmp) < 24 {
 		return 0, false
 	}
 	src := netip.AddrFrom16([16]byte(ip[8:24]))
@@ -116,4 +120,27 @@ func (d *Datapath) solicit(buf []byte, port int, ip netip.Addr) int {
 	copy(m[26:32], d.macs[port][:])
 	icmp6Checksum(p)
 	return ndLen
+}
+
+// echoReply6 answers an ICMPv6 echo request to a local address (a port's,
+// a VIP, a LIP) in place, as echoReply does for IPv4, so operators can
+// ping6 a VIP on a DPDK port.
+func (d *Datapath) echoReply6(in int, frame []byte) (Verdict, bool) {
+	ip := frame[14:]
+	plen := int(binary.BigEndian.Uint16(ip[4:]))
+	dst := netip.AddrFrom16([16]byte(ip[24:40]))
+	if plen < 8 || ip6Len+plen > len(ip) || !(d.local[dst] || d.ownAddr(in, dst)) {
+		return 0, false
+	}
+	var a [16]byte
+	copy(a[:], ip[8:24])
+	copy(ip[8:24], ip[24:40])
+	copy(ip[24:40], a[:])
+	ip[7] = 64
+	ip[ip6Len] = 129 // echo reply
+	icmp6Checksum(ip[:ip6Len+plen])
+	copy(frame[0:6], frame[6:12])
+	copy(frame[6:12], d.macs[in][:])
+	d.counters[cntTx]++
+	return Tx, true
 }

@@ -152,3 +152,39 @@ func TestNoAllocationsIPv6(t *testing.T) {
 		t.Errorf("%.1f allocations per established IPv6 packet", n)
 	}
 }
+
+// ping6 to a VIP is answered on the port it came in on.
+func TestEchoReply6(t *testing.T) {
+	f, err := vectors.Find("fnat6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, idx, err := FromVectorFile(f, Options{ARP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := f.ConfigModel()
+	if err := d.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	cm, _ := net.ParseMAC("02:00:00:00:01:02")
+	eth := &layers.Ethernet{SrcMAC: cm, DstMAC: d.macs[idx["wan0"]][:], EthernetType: layers.EthernetTypeIPv6}
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6,
+		SrcIP: net.ParseIP("fd00:198::a:2"), DstIP: net.ParseIP("fd00:198::a:100")}
+	ic := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypeEchoRequest, 0)}
+	_ = ic.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		eth, ip, ic, &layers.ICMPv6Echo{Identifier: 7, SeqNumber: 1}, gopacket.Payload("ping")); err != nil {
+		t.Fatal(err)
+	}
+	fr := buf.Bytes()
+	v, out := d.Process(idx["wan0"], fr)
+	p := gopacket.NewPacket(fr, layers.LayerTypeEthernet, gopacket.Default)
+	rip, _ := p.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+	ric, _ := p.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6)
+	if v != Tx || out != idx["wan0"] || rip == nil || ric == nil || ric.TypeCode.Type() != layers.ICMPv6TypeEchoReply ||
+		rip.SrcIP.String() != "fd00:198::a:100" || rip.DstIP.String() != "fd00:198::a:2" || vectors.VerifyChecksums(fr) != nil {
+		t.Fatalf("echo reply: %s out %d: % x", v, out, fr)
+	}
+}
