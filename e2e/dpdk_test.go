@@ -10,6 +10,22 @@ import (
 	"time"
 )
 
+// dpdkOffloads keeps frames within a vdev's 2 KB buffers: the hosts send
+// no TSO/GSO segments, the switch does not coalesce them (GRO), nor do
+// lb's own veths (AF_PACKET taps a device after GRO: 64 KB frames).
+func (e *env) dpdkOffloads() {
+	e.t.Helper()
+	for _, h := range []string{"client", "rs1", "rs2"} {
+		e.host(h, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off", "tx", "off")
+	}
+	for _, p := range []string{"p0", "p1", "p2", "p3"} {
+		e.host("sw", "ethtool", "-K", p, "gro", "off", "tso", "off", "gso", "off", "tx", "off")
+	}
+	for _, p := range []string{"wan0", "lan0"} {
+		e.host("lb", "ethtool", "-K", p, "gro", "off")
+	}
+}
+
 // buildDPDK builds mbx with the dpdk backend (skips without libdpdk-dev).
 func buildDPDK(t *testing.T) string {
 	t.Helper()
@@ -47,21 +63,7 @@ func TestDPDKFullNAT(t *testing.T) {
 				withHugepages(t, 512)
 			}
 			e, sum := twoArmNoDaemon(t)
-			for _, h := range []string{"client", "rs1", "rs2"} {
-				// af_packet's PMD sends what it is given; the peers must
-				// not hand it frames larger than its 2 KB buffers.
-				e.host(h, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off", "tx", "off")
-			}
-			// The switch must not coalesce the real servers' segments (GRO)
-			// into frames larger than the vdev's 2 KB buffers either.
-			for _, p := range []string{"p0", "p1", "p2", "p3"} {
-				e.host("sw", "ethtool", "-K", p, "gro", "off", "tso", "off", "gso", "off", "tx", "off")
-			}
-			// Nor lb's own veths: AF_PACKET taps a device after GRO, so
-			// with GRO on the PMD would get coalesced 64 KB frames.
-			for _, p := range []string{"wan0", "lan0"} {
-				e.host("lb", "ethtool", "-K", p, "gro", "off")
-			}
+			e.dpdkOffloads()
 			eal := "-l 0 --no-pci " + mem + " --vdev=" + vdev + "0,iface=wan0 --vdev=" + vdev + "1,iface=lan0"
 			saved := mbxBin
 			mbxBin = bin
@@ -134,9 +136,7 @@ func TestDPDKFullNAT(t *testing.T) {
 func TestDPDKTap(t *testing.T) {
 	bin := buildDPDK(t)
 	e, _ := twoArmNoDaemon(t)
-	for _, h := range []string{"client", "rs1", "rs2"} {
-		e.host(h, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off", "tx", "off")
-	}
+	e.dpdkOffloads()
 	e.host("lb", "ip", "addr", "flush", "dev", "wan0")
 	e.background("lb", mbxBin, "lab", "serve", "--name", "lbnode", "--listen", "0.0.0.0:8080")
 	eal := "-l 0 --no-pci --no-huge -m 512 --vdev=net_af_xdp0,iface=wan0 --vdev=net_af_xdp1,iface=lan0"
@@ -186,12 +186,7 @@ func TestDPDKTap(t *testing.T) {
 func TestDPDKIPv6(t *testing.T) {
 	bin := buildDPDK(t)
 	e, sum := twoArmNoDaemon(t)
-	for _, h := range []string{"client", "rs1", "rs2"} {
-		e.host(h, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off", "tx", "off")
-	}
-	for _, p := range []string{"p0", "p1", "p2", "p3"} {
-		e.host("sw", "ethtool", "-K", p, "gro", "off", "tso", "off", "gso", "off", "tx", "off")
-	}
+	e.dpdkOffloads()
 	// The data plane from the YAML file's dpdk section this time.
 	conf := filepath.Join(e.dir, "mbx.yaml")
 	if err := os.WriteFile(conf, []byte(`dpdk:

@@ -39,16 +39,15 @@ func ndFrame(t *testing.T, na bool, srcMAC string, src, dst, target string) []by
 	return buf.Bytes()
 }
 
-// Neighbour discovery on ports DPDK owns: solicitations for the port's
-// address, a VIP and a LIP are answered; others pass; the solicitor is
-// learnt; a missing next hop is solicited at its solicited-node address,
-// and the advertisement lets the flow out.
-func TestND(t *testing.T) {
+// fnat6Datapath is a datapath for the fnat6 vector file's topology with
+// its services applied.
+func fnat6Datapath(t *testing.T, opts Options) (*Datapath, map[string]int, *vectors.File) {
+	t.Helper()
 	f, err := vectors.Find("fnat6")
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, idx, err := FromVectorFile(f, Options{ARP: true})
+	d, idx, err := FromVectorFile(f, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +59,15 @@ func TestND(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Tick(time.Now())
+	return d, idx, f
+}
+
+// Neighbour discovery on ports DPDK owns: solicitations for the port's
+// address, a VIP and a LIP are answered; others pass; the solicitor is
+// learnt; a missing next hop is solicited at its solicited-node address,
+// and the advertisement lets the flow out.
+func TestND(t *testing.T) {
+	d, idx, f := fnat6Datapath(t, Options{ARP: true})
 	d.neigh = map[netip.Addr]neighbor{}
 	wan, lan := idx["wan0"], idx["lan0"]
 	for _, c := range []struct {
@@ -118,19 +126,7 @@ func TestND(t *testing.T) {
 
 // An established IPv6 Full-NAT packet allocates nothing either.
 func TestNoAllocationsIPv6(t *testing.T) {
-	f, err := vectors.Find("fnat6")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, idx, err := FromVectorFile(f, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := f.ConfigModel()
-	if err := d.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
-	d.Tick(time.Now())
+	d, idx, f := fnat6Datapath(t, Options{})
 	pkt := func(flags string) []byte {
 		b, err := f.Build(vectors.Packet{Iface: "wan0", Eth: map[string]any{"src": "client", "dst": "wan0"},
 			IP:  map[string]any{"src": "fd00:198::a:2", "dst": "fd00:198::a:100"},
@@ -155,18 +151,7 @@ func TestNoAllocationsIPv6(t *testing.T) {
 
 // ping6 to a VIP is answered on the port it came in on.
 func TestEchoReply6(t *testing.T) {
-	f, err := vectors.Find("fnat6")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, idx, err := FromVectorFile(f, Options{ARP: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := f.ConfigModel()
-	if err := d.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
+	d, idx, _ := fnat6Datapath(t, Options{ARP: true})
 	cm, _ := net.ParseMAC("02:00:00:00:01:02")
 	eth := &layers.Ethernet{SrcMAC: cm, DstMAC: d.macs[idx["wan0"]][:], EthernetType: layers.EthernetTypeIPv6}
 	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6,
