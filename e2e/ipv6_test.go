@@ -150,6 +150,25 @@ func TestDR6(t *testing.T) {
 	}
 }
 
+// TestDROneArm6: client, mbx and the real servers on one link; the real
+// servers answer the client directly from the VIP on their loopback.
+func TestDROneArm6(t *testing.T) {
+	need(t, "nginx", "curl", "ethtool")
+	e := newEnv(t, "fnat-one-arm")
+	sum := writeRandom(t, filepath.Join(e.filesDir(), "20M.bin"), 20<<20)
+	for _, rs := range []string{"rs1", "rs2"} {
+		e.nginx(rs)
+		e.host(rs, "ip", "-6", "addr", "add", vip6+"/128", "dev", "lo")
+	}
+	e.startDaemon("--iface", "eth0", "--pin-dir", "none")
+	e.mustMbx("addr", "add", vip6+"/128", "dev", "eth0")
+	e.ipvsadm(`
+		-A -t [fd00:198::a:100]:80 -s rr
+		-a -t [fd00:198::a:100]:80 -r [fd00:198::a:3] -g
+		-a -t [fd00:198::a:100]:80 -r [fd00:198::a:4] -g`)
+	checkMode6(t, e, sum, client6, "rs1", "rs2")
+}
+
 // TestTunnel6: ip6ip6 to an on-link and a routed real server, each running
 // `mbx decap` for the IPv6 VIP.
 func TestTunnel6(t *testing.T) {

@@ -392,14 +392,14 @@ var Topologies = map[string]*Topology{
 	"fnat-one-arm": {
 		Name: "fnat-one-arm",
 		Doc: "One-arm Full-NAT: client 198.18.0.2, lb eth0 198.18.0.1, rs1 198.18.0.3, rs2 198.18.0.4 on one switch. " +
-			"VIP 198.18.0.100, LIP 198.18.0.200.",
+			"VIP 198.18.0.100, LIP 198.18.0.200. IPv6 alongside: client fd00:198::a:2, lb fd00:198::a:1, rs1 fd00:198::a:3, rs2 fd00:198::a:4.",
 		Hosts:   []string{"client", "lb", "sw", "rs1", "rs2"},
 		Bridged: []string{"sw"},
 		Links: []Link{
-			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.0.2/24"}}, End{Host: "sw", Iface: "p0"}},
-			{End{Host: "lb", Iface: "eth0", Addrs: []string{"198.18.0.1/24"}}, End{Host: "sw", Iface: "p1"}},
-			{End{Host: "rs1", Iface: "eth0", Addrs: []string{"198.18.0.3/24"}}, End{Host: "sw", Iface: "p2"}},
-			{End{Host: "rs2", Iface: "eth0", Addrs: []string{"198.18.0.4/24"}}, End{Host: "sw", Iface: "p3"}},
+			{End{Host: "client", Iface: "eth0", Addrs: []string{"198.18.0.2/24", "fd00:198::a:2/112"}}, End{Host: "sw", Iface: "p0"}},
+			{End{Host: "lb", Iface: "eth0", Addrs: []string{"198.18.0.1/24", "fd00:198::a:1/112"}}, End{Host: "sw", Iface: "p1"}},
+			{End{Host: "rs1", Iface: "eth0", Addrs: []string{"198.18.0.3/24", "fd00:198::a:3/112"}}, End{Host: "sw", Iface: "p2"}},
+			{End{Host: "rs2", Iface: "eth0", Addrs: []string{"198.18.0.4/24", "fd00:198::a:4/112"}}, End{Host: "sw", Iface: "p3"}},
 		},
 	},
 }
