@@ -370,17 +370,7 @@ static __always_inline __u32 fold6(const __u32 *a)
 
 static __always_inline void account6(const struct conn6 *c, const struct pkt6 *p)
 {
-	__u32 id = c->real_id;
-	struct real_stats *st = bpf_map_lookup_elem(&stats, &id);
-	if (!st)
-		return;
-	if (c->flags & CONN_F_REPLY) {
-		st->outpkts++;
-		st->outbytes += p->ip_len;
-	} else {
-		st->inpkts++;
-		st->inbytes += p->ip_len;
-	}
+	count_real(c->real_id, c->flags & CONN_F_REPLY, p->ip_len);
 }
 
 #endif

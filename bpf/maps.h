@@ -193,6 +193,23 @@ struct {
 	__type(value, struct real_stats);
 } stats SEC(".maps");
 
+/* count_real adds a forwarded packet of len bytes to its real server's
+ * IPVS counters: in = client to real server, out = the replies. */
+static __always_inline void count_real(__u32 id, int reply, __u32 len)
+{
+	struct real_stats *st = bpf_map_lookup_elem(&stats, &id);
+	if (!st)
+		return;
+	if (reply) {
+		st->outpkts++;
+		st->outbytes += len;
+	} else {
+		st->inpkts++;
+		st->inbytes += len;
+	}
+}
+
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_REALS);

@@ -51,17 +51,7 @@ static __always_inline int maybe_nat_reply(const struct flow_key *k)
 
 static __always_inline void account(const struct conn *c, const struct pkt *p)
 {
-	__u32 id = c->real_id;
-	struct real_stats *st = bpf_map_lookup_elem(&stats, &id);
-	if (!st)
-		return;
-	if (c->flags & CONN_F_REPLY) {
-		st->outpkts++;
-		st->outbytes += p->ip_len;
-	} else {
-		st->inpkts++;
-		st->inbytes += p->ip_len;
-	}
+	count_real(c->real_id, c->flags & CONN_F_REPLY, p->ip_len);
 }
 
 /* A new flow to a service: pick the real server from the service's table

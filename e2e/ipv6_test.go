@@ -56,16 +56,25 @@ func checkMode6(t *testing.T, e *env, sum, seenFrom string, reals ...string) {
 	wrkClean(t, w)
 }
 
+// daemon6 starts mbx on the two-arm lab with the IPv6 VIP on wan0 and,
+// with fnat, the IPv6 Full-NAT service of rs1 and rs2 from the IPv6 LIP.
+func (e *env) daemon6(fnat bool) {
+	e.t.Helper()
+	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
+	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
+	if fnat {
+		e.ipvsadm(`
+			-A -t [fd00:198::a:100]:80 -s rr
+			-a -t [fd00:198::a:100]:80 -r [fd00:198::b:2] -b
+			-a -t [fd00:198::a:100]:80 -r [fd00:198::b:3] -b
+			--add-laddr -z fd00:198::b:200 -t [fd00:198::a:100]:80 -F lan0`)
+	}
+}
+
 // TestFullNAT6: an IPv6 VIP, IPv6 real servers, an IPv6 LIP.
 func TestFullNAT6(t *testing.T) {
 	e, sum := twoArmNoDaemon(t)
-	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
-	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
-	e.ipvsadm(`
-		-A -t [fd00:198::a:100]:80 -s rr
-		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:2] -b
-		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:3] -b
-		--add-laddr -z fd00:198::b:200 -t [fd00:198::a:100]:80 -F lan0`)
+	e.daemon6(true)
 	checkMode6(t, e, sum, "fd00:198::b:200", "rs1", "rs2")
 	ln := e.mustMbx("ipvsadm", "-ln")
 	if !strings.Contains(ln, "TCP  [fd00:198::a:100]:80 rr") || strings.Count(ln, "FullNat") != 2 {
@@ -94,8 +103,7 @@ func TestFullNAT6(t *testing.T) {
 // IPv4 LIP (the DPVS tutorial's "IPv6-IPv4 for fullnat").
 func TestNAT64(t *testing.T) {
 	e, sum := twoArmNoDaemon(t)
-	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
-	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
+	e.daemon6(false)
 	e.ipvsadm(`
 		-A -t [fd00:198::a:100]:80 -s rr
 		-a -t [fd00:198::a:100]:80 -r 198.18.1.2 -b
@@ -138,8 +146,7 @@ func TestDR6(t *testing.T) {
 		e.host(rs, "ip", "-6", "addr", "add", vip6+"/128", "dev", "lo")
 		e.host(rs, "ip", "-6", "route", "add", "default", "via", "fd00:198::b:1")
 	}
-	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
-	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
+	e.daemon6(false)
 	e.ipvsadm(`
 		-A -t [fd00:198::a:100]:80 -s rr
 		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:2] -g
@@ -256,8 +263,7 @@ func TestPMTU6(t *testing.T) {
 func TestFragments6(t *testing.T) {
 	need(t, "iperf3")
 	e, _ := twoArmNoDaemon(t)
-	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
-	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
+	e.daemon6(false)
 	e.background("rs1", "iperf3", "-s", "-p", "5201")
 	e.waitTCP("rs1", "127.0.0.1:5201")
 	e.ipvsadm(`
@@ -287,13 +293,7 @@ func TestFragments6(t *testing.T) {
 func TestCaptureIPv6(t *testing.T) {
 	need(t, "tshark")
 	e, _ := twoArmNoDaemon(t)
-	e.startDaemon("--iface", "wan0", "--iface", "lan0", "--pin-dir", "none")
-	e.mustMbx("addr", "add", vip6+"/128", "dev", "wan0")
-	e.ipvsadm(`
-		-A -t [fd00:198::a:100]:80 -s rr
-		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:2] -b
-		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:3] -b
-		--add-laddr -z fd00:198::b:200 -t [fd00:198::a:100]:80 -F lan0`)
+	e.daemon6(true)
 	pcapng := filepath.Join(e.dir, "cap6.pcapng")
 	capLog := filepath.Join(e.dir, "capture6.log")
 	logf, err := os.Create(capLog)
