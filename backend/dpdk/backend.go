@@ -40,20 +40,37 @@ var idleSleep = func() time.Duration {
 	return 50 * time.Microsecond
 }()
 
-// Backend is the DPDK data plane: the EAL, its ports, and one polling
-// worker (one queue per port) running the Go datapath.
+// Backend is the DPDK data plane: the EAL, its ports, and a polling
+// worker per lcore of the EAL's -l list, each with a queue of every port
+// and a Go datapath of its own.
 type Backend struct {
-	opts  backend.Options
-	names []string
-	ports []rte.Port
-	mp    *rte.Mempool
-	mu    sync.Mutex // the datapath between the worker and the control plane
-	dp    *datapath.Datapath
-	w     *Worker
-	stop  chan struct{}
-	done  chan struct{}
-	taps  []rte.Port // the exception path's TAP ports (--tap)
-	has6  bool       // a port has an IPv6 address
+	opts    backend.Options
+	names   []string
+	ports   []rte.Port
+	mp      *rte.Mempool
+	workers []*lane
+	stop    chan struct{}
+	done    sync.WaitGroup
+	taps    []rte.Port // the exception path's TAP ports (--tap)
+	has6    bool       // a port has an IPv6 address
+}
+
+// lane is one worker, its datapath, the CPU it polls on, and the lock the
+// control plane takes between its rounds.
+type lane struct {
+	mu  sync.Mutex
+	dp  *datapath.Datapath
+	w   *Worker
+	cpu int
+}
+
+// each runs fn on every worker's datapath, between its rounds.
+func (b *Backend) each(fn func(l *lane)) {
+	for _, l := range b.workers {
+		l.mu.Lock()
+		fn(l)
+		l.mu.Unlock()
+	}
 }
 
 // portSpec is a DPDK device and the port's addresses (one --port each:
@@ -120,7 +137,8 @@ func Open(opts backend.Options) (backend.Backend, error) {
 		}
 		return nil, fmt.Errorf("%w%s", err, hint)
 	}
-	b := &Backend{opts: opts, stop: make(chan struct{}), done: make(chan struct{})}
+	b := &Backend{opts: opts, stop: make(chan struct{})}
+	cpus := rte.LcoreCPUs()
 	fail := func(err error) (backend.Backend, error) {
 		for _, p := range append(b.taps, b.ports...) {
 			p.Stop()
@@ -138,19 +156,28 @@ func Open(opts backend.Options) (backend.Backend, error) {
 		if err != nil {
 			return fail(err)
 		}
-		// A pool per port: an AF_XDP port's UMEM is its pool's memory.
-		// Without hugepages, buffers one 4 KB page each: AF_XDP drops
-		// those that cross a page (rte.NewMempoolTiled).
-		var pool *rte.Mempool
-		if hasArg(eal, "--no-huge") {
-			pool, err = rte.NewMempoolTiled(fmt.Sprintf("mbx_rx%d", i), 16383)
-		} else {
-			pool, err = rte.NewMempool(fmt.Sprintf("mbx_rx%d", i), 16383)
+		// A pool per port and queue: an AF_XDP queue's UMEM is its
+		// pool's memory. Without hugepages, buffers one 4 KB page each:
+		// AF_XDP drops those that cross a page (rte.NewMempoolTiled).
+		var pools []*rte.Mempool
+		for q := range cpus {
+			name := fmt.Sprintf("mbx_rx%d_%d", i, q)
+			var pool *rte.Mempool
+			if hasArg(eal, "--no-huge") {
+				pool, err = rte.NewMempoolTiled(name, 16383)
+			} else {
+				pool, err = rte.NewMempool(name, 16383)
+			}
+			if err != nil {
+				return fail(err)
+			}
+			pools = append(pools, pool)
 		}
-		if err != nil {
-			return fail(err)
-		}
-		if err := p.Setup(1, 1, 4096, pool); err != nil {
+		if err := p.SetupQueues(len(cpus), len(cpus), 4096, pools); err != nil {
+			if len(cpus) > 1 {
+				err = fmt.Errorf("%w (a worker per lcore of -l needs %d queues: e.g. qpairs=%d for net_af_packet, queue_count=%d for net_af_xdp)",
+					err, len(cpus), len(cpus), len(cpus))
+			}
 			return fail(err)
 		}
 		b.ports = append(b.ports, p)
@@ -169,29 +196,48 @@ func Open(opts backend.Options) (backend.Backend, error) {
 			b.has6 = b.has6 || a.Is6()
 		}
 	}
-	if b.dp, err = datapath.New(dports, datapath.Options{ARP: true, Timeouts: opts.Timeouts, PortLo: opts.PortLo,
-		PortHi: opts.PortHi, HashSeed: opts.HashSeed, ConnMax: opts.ConnMax, TunnelSrc: opts.TunnelSrc}); err != nil {
-		return fail(err)
+	// Each worker's table holds its share of the connections.
+	connMax := opts.ConnMax
+	if connMax > 0 {
+		connMax = (connMax + len(cpus) - 1) / len(cpus)
 	}
-	for _, r := range opts.Routes {
-		dst, via, _ := strings.Cut(r, "=")
-		pf, err1 := netip.ParsePrefix(dst)
-		gw, err2 := netip.ParseAddr(via)
-		if err1 != nil || err2 != nil {
-			return fail(fmt.Errorf("--route %q: give DST/LEN=GATEWAY (e.g. 198.18.5.0/24=198.18.1.254)", r))
+	shared := datapath.NewShared()
+	var workers []*Worker
+	for q, cpu := range cpus {
+		dp, err := datapath.New(dports, datapath.Options{ARP: true, Timeouts: opts.Timeouts, PortLo: opts.PortLo,
+			PortHi: opts.PortHi, HashSeed: opts.HashSeed, ConnMax: connMax, TunnelSrc: opts.TunnelSrc,
+			Workers: len(cpus), Worker: q, Shared: shared})
+		if err != nil {
+			return fail(err)
 		}
-		if err := b.dp.AddRoute(pf, gw); err != nil {
-			return fail(fmt.Errorf("--route %q: %w", r, err))
+		for _, r := range opts.Routes {
+			dst, via, _ := strings.Cut(r, "=")
+			pf, err1 := netip.ParsePrefix(dst)
+			gw, err2 := netip.ParseAddr(via)
+			if err1 != nil || err2 != nil {
+				return fail(fmt.Errorf("--route %q: give DST/LEN=GATEWAY (e.g. 198.18.5.0/24=198.18.1.254)", r))
+			}
+			if err := dp.AddRoute(pf, gw); err != nil {
+				return fail(fmt.Errorf("--route %q: %w", r, err))
+			}
 		}
+		w := NewWorker(b.ports, q, dp, 32, b.mp)
+		workers = append(workers, w)
+		b.workers = append(b.workers, &lane{dp: dp, w: w, cpu: cpu})
 	}
-	b.w = NewWorker(b.ports, 0, b.dp, 32, b.mp)
+	Connect(workers)
 	for _, t := range opts.Taps {
 		if err := b.addTap(t, specs); err != nil {
-			b.w.Close()
+			for _, w := range workers {
+				w.Close()
+			}
 			return fail(err)
 		}
 	}
-	go b.run()
+	for _, l := range b.workers {
+		b.done.Add(1)
+		go b.run(l)
+	}
 	return b, nil
 }
 
@@ -223,7 +269,7 @@ func (b *Backend) addTap(spec string, specs []portSpec) error {
 	if err != nil {
 		return err
 	}
-	if err := tap.Setup(1, 1, 1024, pool); err != nil {
+	if err := tap.Setup(len(b.workers), len(b.workers), 1024, pool); err != nil {
 		return fmt.Errorf("--tap %q: %w", spec, err)
 	}
 	l, err := netlink.LinkByName(ifname)
@@ -242,7 +288,9 @@ func (b *Backend) addTap(spec string, specs []portSpec) error {
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("--tap %q: %w", spec, err)
 	}
-	b.w.SetTap(i, tap)
+	for _, l := range b.workers {
+		l.w.SetTap(i, tap)
+	}
 	return nil
 }
 
@@ -255,11 +303,16 @@ func hasArg(args []string, name string) bool {
 	return false
 }
 
-// run polls on an OS thread of its own until Close. The control plane
-// takes the lock between rounds.
-func (b *Backend) run() {
+// run polls on an OS thread of its own, on its lcore's CPU, until Close.
+// The control plane takes the lock between rounds.
+func (b *Backend) run(l *lane) {
 	runtime.LockOSThread()
-	defer close(b.done)
+	defer b.done.Done()
+	var set unix.CPUSet
+	set.Set(l.cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil && b.opts.Logger != nil {
+		b.opts.Logger.Warn("dpdk worker: CPU affinity", "cpu", l.cpu, "err", err)
+	}
 	idle := 0
 	for {
 		select {
@@ -267,9 +320,9 @@ func (b *Backend) run() {
 			return
 		default:
 		}
-		b.mu.Lock()
-		n := b.w.Poll()
-		b.mu.Unlock()
+		l.mu.Lock()
+		n := l.w.Poll()
+		l.mu.Unlock()
 		// A polling core spins; on a shared lab machine, yield when idle.
 		if n == 0 && idleSleep > 0 {
 			if idle++; idle > idleSpins {
@@ -296,33 +349,54 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 			}
 		}
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.dp.Apply(cfg)
+	// The first datapath validates: the others, configured alike, then
+	// take the same configuration without fail.
+	var err error
+	b.each(func(l *lane) {
+		if err == nil {
+			err = l.dp.Apply(cfg)
+		}
+	})
+	return err
 }
 
 // Snapshot reads the datapath's counters, per real server and per service.
 func (b *Backend) Snapshot() (*backend.Snapshot, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	s := &backend.Snapshot{Services: map[lb.ServiceKey]backend.Counters{}, Reals: map[backend.RealRef]backend.RealStatus{},
-		Laddrs: map[backend.LaddrRef]backend.LaddrStatus{}, Datapath: b.dp.Counters(), Ifaces: map[string]backend.Verdicts{},
-		ConnsMax: b.opts.ConnMax, Entries: b.dp.Conns(), LocalPorts: int(b.opts.PortHi) - int(b.opts.PortLo) + 1}
-	b.dp.RealCounters(func(svc lb.ServiceKey, real netip.AddrPort, st backend.RealStatus) {
-		s.Reals[backend.RealRef{Service: svc, Real: real}] = st
-		sc := s.Services[svc]
-		sc.Add(st.Counters)
-		s.Services[svc] = sc
+		Laddrs: map[backend.LaddrRef]backend.LaddrStatus{}, Datapath: map[string]uint64{}, Ifaces: map[string]backend.Verdicts{},
+		ConnsMax: b.opts.ConnMax, LocalPorts: int(b.opts.PortHi) - int(b.opts.PortLo) + 1}
+	b.each(func(l *lane) {
+		for k, v := range l.dp.Counters() {
+			s.Datapath[k] += v
+		}
+		s.Entries += l.dp.Conns()
+		// Packets received by one worker and forwarded by their owner.
+		s.Datapath["handed_off"] += l.w.Handed
+		s.Datapath["drop_handoff"] += l.w.HandDropped
+		l.dp.RealCounters(func(svc lb.ServiceKey, real netip.AddrPort, st backend.RealStatus) {
+			ref := backend.RealRef{Service: svc, Real: real}
+			r := s.Reals[ref]
+			r.Counters.Add(st.Counters)
+			r.Active += st.Active
+			r.Inactive += st.Inactive
+			s.Reals[ref] = r
+			sc := s.Services[svc]
+			sc.Add(st.Counters)
+			s.Services[svc] = sc
+		})
 	})
 	return s, nil
 }
 
 // Conns lists live connections.
 func (b *Backend) Conns(limit int) ([]backend.Conn, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var out []backend.Conn
-	b.dp.ConnList(limit, func(c backend.Conn) { out = append(out, c) })
+	b.each(func(l *lane) {
+		if limit > 0 && len(out) >= limit {
+			return
+		}
+		l.dp.ConnList(limit-len(out), func(c backend.Conn) { out = append(out, c) })
+	})
 	return out, nil
 }
 
@@ -334,15 +408,22 @@ func (b *Backend) Close() error {
 	default:
 	}
 	close(b.stop)
-	<-b.done
-	if b.opts.Logger != nil {
-		b.opts.Logger.Info("dpdk worker", "tx_dropped", b.w.TxDropped, "to_kernel", b.w.ToKernel, "from_kernel", b.w.FromKernel)
+	b.done.Wait()
+	for i, l := range b.workers {
+		if b.opts.Logger != nil {
+			w := l.w
+			b.opts.Logger.Info("dpdk worker", "worker", i, "cpu", l.cpu, "rx", l.dp.Counters()["rx"], "handed", w.Handed,
+				"taken", w.Taken, "hand_dropped", w.HandDropped, "tx_dropped", w.TxDropped, "to_kernel", w.ToKernel,
+				"from_kernel", w.FromKernel)
+		}
 	}
 	for _, t := range b.taps {
 		t.Stop()
 		t.Close() // the kernel interface goes with it
 	}
-	b.w.Close()
+	for _, l := range b.workers {
+		l.w.Close()
+	}
 	for i, p := range b.ports {
 		if st, err := p.Stats(); err == nil && b.opts.Logger != nil {
 			b.opts.Logger.Info("dpdk port", "port", b.names[i], "rx", st.InPackets, "tx", st.OutPackets,

@@ -66,9 +66,7 @@ func (b *Backend) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) 
 	for range monQueue {
 		lm.free <- make([]byte, monSnap)
 	}
-	b.mu.Lock()
-	b.w.Observe = lm.observe
-	b.mu.Unlock()
+	b.each(func(l *lane) { l.w.Observe = lm.observe })
 	return lm, nil
 }
 
@@ -109,9 +107,7 @@ func (lm *liveMonitor) Run() error {
 // Stop detaches the tracker from the worker.
 func (lm *liveMonitor) Stop() {
 	lm.once.Do(func() {
-		lm.b.mu.Lock()
-		lm.b.w.Observe = nil
-		lm.b.mu.Unlock()
+		lm.b.each(func(l *lane) { l.w.Observe = nil })
 		close(lm.stopCh)
 	})
 }

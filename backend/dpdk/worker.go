@@ -9,9 +9,12 @@ import (
 	"github.com/mbx-net/mbx/backend/dpdk/rte"
 )
 
-// Worker is one polling core's loop: it receives bursts from one queue of
-// each port, runs them through its own datapath (share-nothing), and sends
-// each packet out of the port the datapath chose, one burst per port.
+// Worker is one polling core's loop: it receives bursts from its queue of
+// each port (its index), runs them through its own datapath
+// (share-nothing), and sends each packet out of the port the datapath
+// chose, one burst per port, on its queue. With several workers (Connect)
+// a packet another worker owns (datapath.Owner: a Full-NAT or NAT reply
+// the NIC's RSS put on the wrong queue) is handed to it through a ring.
 type Worker struct {
 	ports []rte.Port
 	queue int
@@ -39,11 +42,50 @@ type Worker struct {
 	tapRx *rte.Burst
 	// ToKernel and FromKernel count the exception path's packets.
 	ToKernel, FromKernel uint64
+	// Several workers (Connect): rings to and from each other worker
+	// (nil for itself), the burst handed packets are taken into, and the
+	// neighbours the others learnt.
+	to, from []*rte.Ring
+	handed   *rte.Burst
+	tags     []int
+	inbox    chan datapath.Neighbor
+	peers    []*Worker
+	// Handed counts packets given to their owner, HandDropped those its
+	// full ring refused (dropped), Taken those received from the others.
+	Handed, HandDropped, Taken uint64
 }
 
-// SetTap makes tap (a net_tap port) port's exception path: packets the
-// datapath passes go to the kernel through it (moved, not copied), and
-// what the kernel sends on it leaves through port.
+// handRing is the slots of each worker-to-worker ring: a few bursts.
+const handRing = 1024
+
+// Connect lets workers (each on queue i of every port) hand each other
+// the packets they own, and tell each other the neighbours they learn.
+func Connect(workers []*Worker) {
+	if len(workers) < 2 {
+		return
+	}
+	for _, w := range workers {
+		w.to = make([]*rte.Ring, len(workers))
+		w.from = make([]*rte.Ring, len(workers))
+		w.handed = rte.NewBurst(w.rx.Cap())
+		w.tags = make([]int, w.rx.Cap())
+		w.inbox = make(chan datapath.Neighbor, 256)
+	}
+	for i, w := range workers {
+		for j, o := range workers {
+			if i != j {
+				r := rte.NewRing(handRing)
+				w.to[j], o.from[i] = r, r
+				w.peers = append(w.peers, o)
+			}
+		}
+	}
+}
+
+// SetTap makes tap (a net_tap port with a queue per worker) port's
+// exception path: packets the datapath passes go to the kernel through it
+// (moved, not copied), and what the kernel sends on it leaves through
+// port; each worker uses its own queue of both.
 func (w *Worker) SetTap(port int, tap rte.Port) {
 	if w.taps == nil {
 		w.taps = make([]*rte.Port, len(w.ports))
@@ -68,6 +110,9 @@ func NewWorker(ports []rte.Port, queue int, dp *datapath.Datapath, burst int, mp
 func (w *Worker) Close() {
 	w.rx.Close()
 	w.ctl.Close()
+	if w.handed != nil {
+		w.handed.Close()
+	}
 	if w.tapRx != nil {
 		w.tapRx.Close()
 	}
@@ -90,6 +135,7 @@ func (w *Worker) Poll() int {
 		w.swept = now
 		w.dp.Sweep()
 	}
+	w.neighbors()
 	n := 0
 	for in := range w.ports {
 		n += w.PollPort(in)
@@ -97,12 +143,56 @@ func (w *Worker) Poll() int {
 			n += w.pollTap(in)
 		}
 	}
-	return n
+	return n + w.pollHanded()
+}
+
+// neighbors applies what the other workers learnt and tells them what
+// this one did.
+func (w *Worker) neighbors() {
+	if w.inbox == nil {
+		return
+	}
+	for {
+		select {
+		case nb := <-w.inbox:
+			_ = w.dp.SetNeighbor(nb.Port, nb.Addr, nb.MAC[:])
+			continue
+		default:
+		}
+		break
+	}
+	for _, nb := range w.dp.Learnt() {
+		for _, p := range w.peers {
+			select {
+			case p.inbox <- nb:
+			default: // full: the peer asks again (arp.go)
+			}
+		}
+	}
+}
+
+// pollHanded forwards what the other workers handed this one.
+func (w *Worker) pollHanded() int {
+	total := 0
+	for _, r := range w.from {
+		if r == nil || r.Len() == 0 {
+			continue
+		}
+		n := w.handed.Take(r, w.tags)
+		for i := range n {
+			w.forward(w.handed, i, w.tags[i])
+		}
+		w.handed.Free()
+		w.flush()
+		w.Taken += uint64(n)
+		total += n
+	}
+	return total
 }
 
 // pollTap sends what the kernel wrote to port's TAP out of port.
 func (w *Worker) pollTap(port int) int {
-	n := w.tapRx.Rx(*w.taps[port], 0)
+	n := w.tapRx.Rx(*w.taps[port], w.queue)
 	for i := range n {
 		if w.Observe != nil {
 			w.Observe(port, w.tapRx.Data(i), w.now)
@@ -118,55 +208,80 @@ func (w *Worker) pollTap(port int) int {
 	return n
 }
 
-// PollPort receives one burst from port in and forwards it.
+// PollPort receives one burst from port in and forwards it, handing the
+// packets other workers own to them.
 func (w *Worker) PollPort(in int) int {
 	n := w.rx.Rx(w.ports[in], w.queue)
 	for i := range n {
-		if w.Observe != nil {
-			w.Observe(in, w.rx.Data(i), w.now)
-		}
-		room, off := w.rx.Room(i)
-		plen := len(w.rx.Data(i))
-		v, out, noff, nlen := w.dp.ProcessAt(in, room, off, plen)
-		if noff != off || nlen != plen {
-			w.rx.SetView(i, noff, nlen) // within room: cannot fail
-		}
-		switch v {
-		case datapath.Tx, datapath.Redirect:
-			if w.Observe != nil {
-				w.Observe(out, w.rx.Data(i), w.now)
+		if w.to != nil {
+			if o := w.dp.Owner(w.rx.Data(i)); o != w.queue {
+				if w.rx.Hand(i, w.to[o], in) {
+					w.Handed++
+				} else {
+					w.rx.Keep(i, false)
+					w.HandDropped++
+				}
+				continue
 			}
-			// The output bursts are as large as the input one and are
-			// sent below: Move cannot find them full.
-			w.rx.Move(i, w.tx[out])
-		case datapath.Pass:
-			if w.Passed != nil {
-				w.Passed(in, w.rx.Data(i))
-			}
-			if w.taps != nil && w.taps[in] != nil {
-				w.rx.Move(i, w.tapTx[in])
-			} else {
-				w.rx.Keep(i, false)
-			}
-		default:
-			w.rx.Keep(i, false)
 		}
+		w.forward(w.rx, i, in)
 	}
 	w.rx.Free()
+	w.flush()
+	return n
+}
+
+// forward runs packet i of b, received on port in, through the datapath
+// and moves it to the burst of the port it leaves by (or the TAP's).
+func (w *Worker) forward(b *rte.Burst, i, in int) {
+	if w.Observe != nil {
+		w.Observe(in, b.Data(i), w.now)
+	}
+	room, off := b.Room(i)
+	plen := len(b.Data(i))
+	v, out, noff, nlen := w.dp.ProcessAt(in, room, off, plen)
+	if noff != off || nlen != plen {
+		b.SetView(i, noff, nlen) // within room: cannot fail
+	}
+	switch v {
+	case datapath.Tx, datapath.Redirect:
+		if w.Observe != nil {
+			w.Observe(out, b.Data(i), w.now)
+		}
+		// The output bursts are as large as the input one and are
+		// sent after it: Move cannot find them full.
+		b.Move(i, w.tx[out])
+	case datapath.Pass:
+		if w.Passed != nil {
+			w.Passed(in, b.Data(i))
+		}
+		if w.taps != nil && w.taps[in] != nil {
+			b.Move(i, w.tapTx[in])
+		} else {
+			b.Keep(i, false)
+		}
+	default:
+		b.Keep(i, false)
+	}
+}
+
+// flush sends what one input burst left in the output bursts, and the
+// ARP requests the datapath asks for.
+func (w *Worker) flush() {
 	for out, b := range w.tx {
 		if k := b.Len(); k > 0 {
 			w.TxDropped += uint64(k - b.Tx(w.ports[out], w.queue))
 		}
 	}
-	if w.taps != nil && w.taps[in] != nil {
-		if k := w.tapTx[in].Len(); k > 0 {
-			sent := w.tapTx[in].Tx(*w.taps[in], 0)
+	for port, b := range w.tapTx {
+		if b != nil && b.Len() > 0 {
+			k := b.Len()
+			sent := b.Tx(*w.taps[port], w.queue)
 			w.ToKernel += uint64(sent)
 			w.TxDropped += uint64(k - sent)
 		}
 	}
 	w.resolve()
-	return n
 }
 
 // resolve sends the ARP requests the datapath asks for.

@@ -31,11 +31,7 @@ func (d *Datapath) handleARP(in int, frame []byte) (Verdict, int) {
 	spa := netip.AddrFrom4([4]byte(a[14:18]))
 	tpa := netip.AddrFrom4([4]byte(a[24:28]))
 	if d.onLink(in, spa) {
-		mac := [6]byte(a[8:14])
-		if n, ok := d.neigh[spa]; !ok || n.port != in || n.mac != mac {
-			d.neigh[spa] = neighbor{in, mac}
-			d.gen++
-		}
+		d.learn(in, spa, [6]byte(a[8:14]))
 	}
 	if op != 1 || !(d.local[tpa] || d.ownAddr(in, tpa)) {
 		d.counters[cntPassNotOurs]++

@@ -65,6 +65,11 @@ type Options struct {
 	// TunnelSrc, when set, gives tunnel outer sources: one address of it
 	// per flow (receivers' RSS spreads flows); unset: the egress port's.
 	TunnelSrc netip.Prefix
+	// Workers is how many datapaths share the ports, Worker this one's
+	// index (owner.go): it allocates only its share of the local ports.
+	// Shared is what they share; 0 or 1 worker needs none.
+	Workers, Worker int
+	Shared          *Shared
 }
 
 type neighbor struct {
@@ -74,6 +79,7 @@ type neighbor struct {
 
 type service struct {
 	key     lb.ServiceKey
+	id      svcKey
 	pick    lb.Pick
 	table   []int // indices into reals
 	reals   []real
@@ -82,14 +88,17 @@ type service struct {
 	persist int64 // ns a client keeps its real server (ipvsadm -p); 0: none
 }
 
+// persistKey is a client of a service, for persistence (ipvsadm -p): in
+// Shared, since a client's connections may belong to several workers.
 type persistKey struct {
-	svc    *service
+	svc    svcKey
 	client [16]byte // IPv4 as its mapped IPv6 form
 }
 
 type persistEntry struct {
 	real     netip.AddrPort
 	lastSeen int64
+	ttl      int64
 }
 
 type real struct {
@@ -127,6 +136,10 @@ type Datapath struct {
 	neigh    map[netip.Addr]neighbor
 	services map[svcKey]*service
 	local    map[netip.Addr]bool // VIPs and LIPs
+	vips     map[netip.Addr]bool // services' addresses (owner.go)
+	lips     map[netip.Addr]bool // LIPs and SNAT's WAN addresses: replies' destinations
+	shared   *Shared
+	learnt   []Neighbor          // neighbours learnt for the other workers (Learnt)
 	natReals map[netip.Addr]bool // NAT real servers: their replies are addressed to clients
 	snat     []snatRule          // match services, in lb's order (snat.go)
 	conns    *conns
@@ -148,9 +161,8 @@ type Datapath struct {
 	routes           []staticRoute
 	// The frame being processed and its room (ProcessAt): the tunnel grows
 	// it at the front.
-	buf     []byte
-	off, n  int
-	persist map[persistKey]persistEntry
+	buf    []byte
+	off, n int
 }
 
 type staticRoute struct {
@@ -213,11 +225,21 @@ func New(ports []Port, opts Options) (*Datapath, error) {
 	if opts.ConnMax <= 0 {
 		opts.ConnMax = 1 << 17
 	}
+	if opts.Workers < 1 {
+		opts.Workers, opts.Worker = 1, 0
+	}
+	if opts.Worker < 0 || opts.Worker >= opts.Workers || int(opts.PortHi)-int(opts.PortLo)+1 < 2*opts.Workers {
+		return nil, fmt.Errorf("worker %d of %d: the local port range %d-%d cannot be shared", opts.Worker, opts.Workers, opts.PortLo, opts.PortHi)
+	}
 	d := &Datapath{gen: 1, now: time.Now().UnixNano(), opts: opts, fsm: flow.IPVSFSM(), ports: ports, neigh: map[netip.Addr]neighbor{},
 		services: map[svcKey]*service{}, local: map[netip.Addr]bool{},
 		conns: newConns(2 * opts.ConnMax), conns6: newTable[key6, entry6](max(2*opts.ConnMax/4, 1024)), counters: make([]uint64, len(backend.DatapathCounters)),
-		asked: map[resolveKey]int64{}, persist: map[persistKey]persistEntry{}, frags: map[fragKey]fragPorts{},
-		frags6: map[frag6Key]fragPorts{}}
+		asked: map[resolveKey]int64{}, frags: map[fragKey]fragPorts{},
+		frags6: map[frag6Key]fragPorts{}, vips: map[netip.Addr]bool{}, lips: map[netip.Addr]bool{}, shared: opts.Shared,
+		learnt: make([]Neighbor, 0, 64)}
+	if d.shared == nil {
+		d.shared = NewShared()
+	}
 	if pf := opts.TunnelSrc; pf.IsValid() {
 		d.tunBase = addrU32(pf.Masked().Addr(), 0)
 		d.tunMask = ^uint32(0) << (32 - pf.Bits())
@@ -251,6 +273,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 	stats := map[realRef]*realState{}
 	natReals := map[netip.Addr]bool{}
 	local := map[netip.Addr]bool{}
+	vips, lips := map[netip.Addr]bool{}, map[netip.Addr]bool{}
 	var snat []snatRule
 	for _, s := range cfg.MatchServices() {
 		sch, ok := lb.LookupScheduler(s.Scheduler)
@@ -273,6 +296,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 			stats[ref] = st
 			ns.reals = append(ns.reals, real{addr: r.Addr, port: r.Port, mode: lb.SNAT, weight: r.Weight, stats: st})
 			local[r.Addr] = true // replies come back to the WAN addresses
+			lips[r.Addr] = true
 		}
 		snat = append(snat, newSNATRule(m, ns))
 	}
@@ -285,7 +309,8 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 		if !ok {
 			return fmt.Errorf("service %s: unknown scheduler %q", s.Key, s.Scheduler)
 		}
-		ns := &service{key: s.Key, pick: sch.Pick(), table: sch.Table(s.Reals, cfg.Maglev), persist: int64(s.Persistence) * 1e9}
+		ns := &service{key: s.Key, id: svcKey{s.Key.Addr, s.Key.Port, uint8(s.Key.Proto)}, pick: sch.Pick(),
+			table: sch.Table(s.Reals, cfg.Maglev), persist: int64(s.Persistence) * 1e9}
 		for _, r := range s.Reals {
 			switch r.Forward {
 			case lb.FullNAT, lb.Masquerade:
@@ -315,17 +340,23 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 		for _, la := range s.LocalAddrs {
 			ns.laddrs = append(ns.laddrs, la.Addr)
 			local[la.Addr] = true
+			lips[la.Addr] = true
 		}
+		// Each worker's round robin starts elsewhere: the first clients
+		// of several workers do not all get the first real server.
+		ns.rrPos = uint32(d.opts.Worker)
 		if old := d.services[svcKey{s.Key.Addr, s.Key.Port, uint8(s.Key.Proto)}]; old != nil {
 			ns.rrPos = old.rrPos
 		}
 		services[svcKey{s.Key.Addr, s.Key.Port, uint8(s.Key.Proto)}] = ns
 		local[s.Key.Addr] = true
+		vips[s.Key.Addr] = true
 	}
 	if to := cfg.Timeouts.Effective(d.opts.Timeouts); to != d.opts.Timeouts {
 		d.opts.Timeouts = to
 	}
 	d.services, d.local, d.realStats, d.natReals, d.snat, d.nat64 = services, local, stats, natReals, snat, nat64
+	d.vips, d.lips = vips, lips
 	return nil
 }
 

@@ -42,6 +42,13 @@ func fnatPairOpts(tb testing.TB, config string, opts Options) *Datapath {
 			tb.Fatal(err)
 		}
 	}
+	applyConfig(tb, d, config)
+	return d
+}
+
+// applyConfig applies ipvsadm lines.
+func applyConfig(tb testing.TB, d *Datapath, config string) {
+	tb.Helper()
 	ops, err := ipvsadm.ParseLines(config)
 	if err != nil {
 		tb.Fatal(err)
@@ -53,7 +60,6 @@ func fnatPairOpts(tb testing.TB, config string, opts Options) *Datapath {
 	if err := d.Apply(cfg); err != nil {
 		tb.Fatal(err)
 	}
-	return d
 }
 
 const fnatConfig = `

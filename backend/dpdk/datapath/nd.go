@@ -49,10 +49,7 @@ func (d *Datapath) handleND(in int, frame []byte) (v Verdict, ok bool) {
 		learn = target
 	}
 	if hasLL && !learn.IsUnspecified() && d.onLink(in, learn) {
-		if n, known := d.neigh[learn]; !known || n.port != in || n.mac != lladdr {
-			d.neigh[learn] = neighbor{in, lladdr}
-			d.gen++
-		}
+		d.learn(in, learn, lladdr)
 	}
 	if typ != icmp6NS || !hasLL || len(frame) < ndLen || !(d.local[target] || d.ownAddr(in, target)) {
 		d.counters[cntPassNotOurs]++

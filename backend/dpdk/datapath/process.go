@@ -193,13 +193,13 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 		return nil, Drop
 	}
 	ri := -1
-	pk := persistKey{s, k.Src.As16()}
+	pk := persistKey{s.id, k.Src.As16()}
 	if s.persist > 0 {
 		// A client seen within the persistence timeout keeps its real
 		// server while that real server is still in the service.
-		if pe, ok := d.persist[pk]; ok && now-pe.lastSeen < s.persist {
+		if pr, ok := d.shared.persisted(pk, now); ok {
 			for i, r := range s.reals {
-				if netip.AddrPortFrom(r.addr, r.port) == pe.real {
+				if netip.AddrPortFrom(r.addr, r.port) == pr {
 					ri = i
 				}
 			}
@@ -220,7 +220,7 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 	}
 	rs := s.reals[ri]
 	if s.persist > 0 {
-		d.persist[pk] = persistEntry{netip.AddrPortFrom(rs.addr, rs.port), now}
+		d.shared.persist(pk, persistEntry{netip.AddrPortFrom(rs.addr, rs.port), now, s.persist})
 	}
 	state := flow.StateUDP
 	if k.Proto == 6 {
@@ -241,6 +241,7 @@ func (d *Datapath) newConn(k flow.Key, s *service, now int64) (*entry, Verdict) 
 	h := k.Hash(d.opts.HashSeed)
 	for i := range portTries {
 		li, lport := flow.LocalCandidate(h, i, max(len(s.laddrs), 1), d.opts.PortLo, d.opts.PortHi)
+		lport = d.ownPort(lport)
 		// The reply comes from the real server to a LIP and port; for SNAT
 		// from the flow's own destination to the WAN address (the "real
 		// server" scheduled) and port.
@@ -647,10 +648,8 @@ func (d *Datapath) Sweep() int {
 			d.alive6(e, k, d.now)
 		}
 	}
-	for k, pe := range d.persist {
-		if d.now-pe.lastSeen >= k.svc.persist {
-			delete(d.persist, k)
-		}
+	if d.opts.Worker == 0 { // the workers share it: one sweeps
+		d.shared.sweepPersist(d.now)
 	}
 	return n - d.Conns()
 }

@@ -321,12 +321,12 @@ func (d *Datapath) track6(e *entry6, p pkt6) {
 
 // pick6 is bpf/mbx.c's pick_real for an IPv6 flow with hash h.
 func (d *Datapath) pick6(k key6, s *service, h uint32, now int64) int {
-	pk := persistKey{s, k.src}
+	pk := persistKey{s.id, k.src}
 	if s.persist > 0 {
-		if pe, ok := d.persist[pk]; ok && now-pe.lastSeen < s.persist {
+		if pr, ok := d.shared.persisted(pk, now); ok {
 			for i, r := range s.reals {
-				if netip.AddrPortFrom(r.addr, r.port) == pe.real {
-					d.persist[pk] = persistEntry{pe.real, now}
+				if netip.AddrPortFrom(r.addr, r.port) == pr {
+					d.shared.persist(pk, persistEntry{pr, now, s.persist})
 					return i
 				}
 			}
@@ -349,7 +349,7 @@ func (d *Datapath) pick6(k key6, s *service, h uint32, now int64) int {
 	}
 	ri := s.table[n%uint32(len(s.table))]
 	if s.persist > 0 {
-		d.persist[pk] = persistEntry{netip.AddrPortFrom(s.reals[ri].addr, s.reals[ri].port), now}
+		d.shared.persist(pk, persistEntry{netip.AddrPortFrom(s.reals[ri].addr, s.reals[ri].port), now, s.persist})
 	}
 	return ri
 }
@@ -392,6 +392,7 @@ func (d *Datapath) newConn6(k key6, s *service, now int64) (*entry6, Verdict) {
 	}
 	for i := range portTries {
 		li, lport := flow.LocalCandidate(h, i, len(s.laddrs), d.opts.PortLo, d.opts.PortHi)
+		lport = d.ownPort(lport)
 		rk := key6{rs.addr.As16(), s.laddrs[li].As16(), rs.port, lport, k.proto}
 		re := d.conns6.add(rk)
 		if re == nil {

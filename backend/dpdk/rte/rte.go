@@ -93,6 +93,18 @@ static int mbx_alloc(struct rte_mempool *mp, struct rte_mbuf **bufs, struct mbx_
 
 static int mbx_errno(void) { return rte_errno; }
 
+// mbx_lcore_cpus writes the CPU of each enabled lcore, main first.
+static int mbx_lcore_cpus(int *cpus, int max)
+{
+	int n = 0;
+	unsigned lc;
+	RTE_LCORE_FOREACH(lc) {
+		if (n < max)
+			cpus[n++] = rte_lcore_to_cpu_id(lc);
+	}
+	return n;
+}
+
 // mbx_pool_tiled is a packet pool whose elements are exactly one 4 KB page
 // and not spread (RTE_MEMPOOL_F_NO_SPREAD), so without hugepages no buffer
 // crosses a page boundary: an AF_XDP socket drops descriptors that do
@@ -122,11 +134,24 @@ fail:
 	return NULL;
 }
 
-static int mbx_port_setup(uint16_t port, uint16_t nrxq, uint16_t ntxq, uint16_t ndesc, struct rte_mempool *mp)
+// mbx_port_setup configures nrxq receive queues (queue q filling from
+// pools[q], or pools[0] with one pool) and ntxq send queues; with several
+// receive queues, RSS on the IP addresses and ports where the PMD has it.
+static int mbx_port_setup(uint16_t port, uint16_t nrxq, uint16_t ntxq, uint16_t ndesc,
+			  struct rte_mempool **pools, uint16_t npools)
 {
 	struct rte_eth_conf conf;
+	struct rte_eth_dev_info info;
 	memset(&conf, 0, sizeof(conf));
-	int rc = rte_eth_dev_configure(port, nrxq, ntxq, &conf);
+	int rc = rte_eth_dev_info_get(port, &info);
+	if (rc < 0)
+		return rc;
+	uint64_t rss = (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) & info.flow_type_rss_offloads;
+	if (nrxq > 1 && rss) {
+		conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+		conf.rx_adv_conf.rss_conf.rss_hf = rss;
+	}
+	rc = rte_eth_dev_configure(port, nrxq, ntxq, &conf);
 	if (rc < 0)
 		return rc;
 	uint16_t nrx = ndesc, ntx = ndesc;
@@ -137,7 +162,7 @@ static int mbx_port_setup(uint16_t port, uint16_t nrxq, uint16_t ntxq, uint16_t 
 	if (socket < 0)
 		socket = 0;
 	for (uint16_t q = 0; q < nrxq; q++) {
-		rc = rte_eth_rx_queue_setup(port, q, nrx, socket, NULL, mp);
+		rc = rte_eth_rx_queue_setup(port, q, nrx, socket, NULL, pools[q < npools ? q : 0]);
 		if (rc < 0)
 			return rc;
 	}
@@ -215,6 +240,18 @@ func Init(args []string) error {
 		return eal.err
 	}
 	return nil
+}
+
+// LcoreCPUs is the CPU of each lcore the EAL runs (its -l list), the
+// main lcore's first: one polling worker each.
+func LcoreCPUs() []int {
+	var cpus [C.RTE_MAX_LCORE]C.int
+	n := int(C.mbx_lcore_cpus(&cpus[0], C.RTE_MAX_LCORE))
+	out := make([]int, n)
+	for i := range n {
+		out[i] = int(cpus[i])
+	}
+	return out
 }
 
 // removeRuntimeDir removes the EAL's runtime directory and its parent
@@ -317,7 +354,20 @@ func (p Port) Name() string {
 // Setup configures rx and tx queues of ndesc descriptors each, receiving
 // into mp, and starts the port in promiscuous mode.
 func (p Port) Setup(rxq, txq, ndesc int, mp *Mempool) error {
-	if rc := C.mbx_port_setup(C.uint16_t(p), C.uint16_t(rxq), C.uint16_t(txq), C.uint16_t(ndesc), mp.p); rc < 0 {
+	return p.SetupQueues(rxq, txq, ndesc, []*Mempool{mp})
+}
+
+// SetupQueues is Setup with a pool per receive queue (pools[q] for queue q;
+// with fewer pools than queues, pools[0] for the rest): an AF_XDP queue's
+// UMEM is its pool's memory, which two queues must not share. Several
+// receive queues get RSS where the PMD has it.
+func (p Port) SetupQueues(rxq, txq, ndesc int, pools []*Mempool) error {
+	cp := (**C.struct_rte_mempool)(C.calloc(C.size_t(len(pools)), C.size_t(unsafe.Sizeof(pools[0].p))))
+	defer C.free(unsafe.Pointer(cp))
+	for i, mp := range pools {
+		unsafe.Slice(cp, len(pools))[i] = mp.p
+	}
+	if rc := C.mbx_port_setup(C.uint16_t(p), C.uint16_t(rxq), C.uint16_t(txq), C.uint16_t(ndesc), cp, C.uint16_t(len(pools))); rc < 0 {
 		return errorf(fmt.Sprintf("configuring %s", p.Name()), rc)
 	}
 	if rc := C.rte_eth_dev_start(C.uint16_t(p)); rc < 0 {

@@ -1,0 +1,195 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+)
+
+const workersConfig = fnatConfig + `
+-A -u 198.18.0.100:9000 -s rr
+-a -u 198.18.0.100:9000 -r 198.18.1.2 -b
+-a -u 198.18.0.100:9000 -r 198.18.1.3 -b
+--add-laddr -z 198.18.1.200 -u 198.18.0.100:9000 -F lan0
+-A -u 198.18.0.100:53 -s rr
+-a -u 198.18.0.100:53 -r 198.18.1.2 -m
+-a -u 198.18.0.100:53 -r 198.18.1.3 -m
+`
+
+// workerSet is n datapaths sharing two ports, as n polling workers run
+// them, with clients 198.18.0.2-41 known on the WAN side.
+func workerSet(t *testing.T, n int) []*Datapath {
+	t.Helper()
+	shared := NewShared()
+	var dps []*Datapath
+	for w := range n {
+		d := fnatPairOpts(t, workersConfig, Options{Workers: n, Worker: w, Shared: shared})
+		for c := range 40 {
+			if err := d.SetNeighbor(0, client(c), mac("02:00:00:00:08:08")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dps = append(dps, d)
+	}
+	return dps
+}
+
+func client(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 0, byte(2 + i)}) }
+
+func datagram(src, dst string, sport, dport uint16, payload int) []byte {
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4()}
+	udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+	udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	_ = gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&layers.Ethernet{SrcMAC: make(net.HardwareAddr, 6), DstMAC: make(net.HardwareAddr, 6), EthernetType: layers.EthernetTypeIPv4},
+		ip, udp, gopacket.Payload(make([]byte, payload)))
+	return buf.Bytes()
+}
+
+// owners asks every worker for frame's owner: they must agree, whoever
+// received it.
+func owners(t *testing.T, dps []*Datapath, frame []byte, what string) int {
+	t.Helper()
+	o := dps[0].Owner(frame)
+	for _, d := range dps[1:] {
+		if d.Owner(frame) != o {
+			t.Fatalf("%s: workers disagree on the owner", what)
+		}
+	}
+	return o
+}
+
+// outTuple is an output frame's IPv4 addresses and ports.
+func outTuple(f []byte) (src, dst string, sport, dport uint16) {
+	ip := f[14:]
+	l4 := ip[int(ip[0]&0xf)*4:]
+	return net.IP(ip[12:16]).String(), net.IP(ip[16:20]).String(), binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
+}
+
+// With several workers each connection's packets, both ways, are owned by
+// the worker that made it, whichever worker receives them: Full-NAT
+// replies by their local port (each worker allocates its own), NAT
+// replies by their client, ICMP errors by the connection they quote, a
+// reply datagram's later fragment by its first; and another worker could
+// not have forwarded them.
+func TestWorkerOwnership(t *testing.T) {
+	const n = 3
+	dps := workerSet(t, n)
+	perWorker := make([]int, n)
+	for c := range 40 {
+		cl := client(c).String()
+		for _, svc := range []struct {
+			proto string
+			port  uint16
+		}{{"tcp", 80}, {"udp", 9000}, {"udp", 53}} {
+			what := fmt.Sprintf("%s %s:%d", svc.proto, cl, svc.port)
+			in := segment(cl, "198.18.0.100", 40000, svc.port, true)
+			if svc.proto == "udp" {
+				in = datagram(cl, "198.18.0.100", 40000, svc.port, 10)
+			}
+			w := owners(t, dps, in, what)
+			perWorker[w]++
+			if v, _ := dps[w].Process(0, in); v != Redirect {
+				t.Fatalf("%s: %s on its owner", what, v)
+			}
+			src, dst, sport, dport := outTuple(in)
+			if svc.port != 53 && int(sport)%n != w {
+				t.Fatalf("%s: worker %d chose local port %d", what, w, sport)
+			}
+			var reply []byte
+			if svc.proto == "tcp" {
+				reply = segment(dst, src, dport, sport, false)
+			} else {
+				reply = datagram(dst, src, dport, sport, 10)
+			}
+			if o := owners(t, dps, reply, what+" reply"); o != w {
+				t.Fatalf("%s: the reply is owned by worker %d, the connection by %d", what, o, w)
+			}
+			other := dps[(w+1)%n]
+			if v, _ := other.Process(1, append([]byte(nil), reply...)); v == Redirect {
+				t.Fatalf("%s: another worker forwarded the reply without the connection", what)
+			}
+			quote := append([]byte(nil), in[14:14+28]...)
+			if o := owners(t, dps, icmpUnreachable(dst, src, quote), what+" ICMP error"); o != w {
+				t.Fatalf("%s: an ICMP error about it is owned by worker %d, not %d", what, o, w)
+			}
+			if v, _ := dps[w].Process(1, reply); v != Redirect {
+				t.Fatalf("%s: the reply on its owner: %s", what, v)
+			}
+			if svc.port == 9000 {
+				first, later := fragments(dst, src, dport, sport, uint16(c+1))
+				if o := owners(t, dps, first, what+" first fragment"); o != w {
+					t.Fatalf("%s: first fragment owned by %d", what, o)
+				}
+				if o := owners(t, dps, later, what+" later fragment"); o != w {
+					t.Fatalf("%s: later fragment owned by %d, not %d", what, o, w)
+				}
+			}
+		}
+	}
+	for w, k := range perWorker {
+		if k == 0 {
+			t.Errorf("worker %d owns no connection: %v", w, perWorker)
+		}
+	}
+}
+
+// icmpUnreachable is a port unreachable from src to dst quoting quote.
+func icmpUnreachable(src, dst string, quote []byte) []byte {
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4()}
+	buf := gopacket.NewSerializeBuffer()
+	_ = gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&layers.Ethernet{SrcMAC: make(net.HardwareAddr, 6), DstMAC: make(net.HardwareAddr, 6), EthernetType: layers.EthernetTypeIPv4},
+		ip, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(quote))
+	return buf.Bytes()
+}
+
+// fragments are a UDP datagram's first fragment and a later one.
+func fragments(src, dst string, sport, dport, id uint16) (first, later []byte) {
+	first = datagram(src, dst, sport, dport, 64)
+	ip := first[14:]
+	binary.BigEndian.PutUint16(ip[4:], id)
+	binary.BigEndian.PutUint16(ip[6:], 0x2000)
+	later = append([]byte(nil), first...)
+	binary.BigEndian.PutUint16(later[14+6:], 72/8)
+	for i := 14 + 20; i < len(later); i++ {
+		later[i] = 0xab // no UDP header: payload
+	}
+	return first, later
+}
+
+// Persistence holds across workers: one client's connections, spread over
+// the workers by their ports, all reach the real server its first got.
+func TestWorkerPersistence(t *testing.T) {
+	const n = 2
+	dps := workerSet(t, n)
+	for _, d := range dps {
+		ops := workersConfig + `
+-A -t 198.18.0.100:443 -s rr -p 300
+-a -t 198.18.0.100:443 -r 198.18.1.2 -b
+-a -t 198.18.0.100:443 -r 198.18.1.3 -b
+--add-laddr -z 198.18.1.200 -t 198.18.0.100:443 -F lan0`
+		applyConfig(t, d, ops)
+	}
+	used := map[int]bool{}
+	reals := map[string]bool{}
+	for port := range uint16(20) {
+		in := segment("198.18.0.2", "198.18.0.100", 41000+port, 443, true)
+		w := owners(t, dps, in, "persistent")
+		used[w] = true
+		if v, _ := dps[w].Process(0, in); v != Redirect {
+			t.Fatalf("connection %d: %s", port, v)
+		}
+		_, rs, _, _ := outTuple(in)
+		reals[rs] = true
+	}
+	if len(used) != n || len(reals) != 1 {
+		t.Errorf("workers used %v, real servers %v: want every worker and one real server", used, reals)
+	}
+}
