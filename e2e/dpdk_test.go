@@ -209,17 +209,19 @@ func TestDPDKWorkers(t *testing.T) {
 // business to the TAP, the kernel resolves the client through it (ARP
 // replies are passed too) and its answers leave through the port. The
 // load balancer keeps working beside it, and the TAP is gone after stop.
+// Two workers, each with its own queue of the TAP.
 func TestDPDKTap(t *testing.T) {
 	bin := buildDPDK(t)
 	e, _ := twoArmNoDaemon(t)
 	e.dpdkOffloads()
 	e.host("lb", "ip", "addr", "flush", "dev", "wan0")
 	e.background("lb", mbxBin, "lab", "serve", "--name", "lbnode", "--listen", "0.0.0.0:8080")
-	eal := "-l 0 --no-pci --no-huge -m 512 --vdev=net_af_xdp0,iface=wan0 --vdev=net_af_xdp1,iface=lan0"
+	// Two workers: the TAP has a queue pair per worker.
+	eal := "-l 0,1 --no-pci --no-huge -m 1024 --vdev=net_af_packet0,iface=wan0,qpairs=2 --vdev=net_af_packet1,iface=lan0,qpairs=2"
 	saved := mbxBin
 	mbxBin = bin
 	e.startDaemon("--backend", "dpdk", "--eal", eal, "--conn-max", "65536",
-		"--port", "net_af_xdp0=198.18.0.1/24", "--port", "net_af_xdp1=198.18.1.1/24", "--tap", "net_af_xdp0=mbxk0")
+		"--port", "net_af_packet0=198.18.0.1/24", "--port", "net_af_packet1=198.18.1.1/24", "--tap", "net_af_packet0=mbxk0")
 	mbxBin = saved
 	addr, link := e.host("lb", "ip", "-br", "addr", "show", "mbxk0"), e.host("lb", "ip", "link", "show", "mbxk0")
 	if mac := strings.Fields(e.host("lb", "cat", "/sys/class/net/wan0/address"))[0]; !strings.Contains(addr, "198.18.0.1/24") ||
@@ -235,7 +237,7 @@ func TestDPDKTap(t *testing.T) {
 		-A -t 198.18.0.100:80 -s rr
 		-a -t 198.18.0.100:80 -r 198.18.1.2 -b
 		-a -t 198.18.0.100:80 -r 198.18.1.3 -b
-		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F net_af_xdp1`)
+		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F net_af_packet1`)
 	c := countFirstWords(e.curl("-H", "Connection: close", "http://"+vip+"/?[1-10]"))
 	if c["rs1"] != 5 || c["rs2"] != 5 {
 		t.Fatalf("the load balancer beside the TAP: %v", c)

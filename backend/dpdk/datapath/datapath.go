@@ -14,6 +14,7 @@
 // needs them.
 //
 // One Datapath serves one polling core; it is not safe for concurrent use.
+// Several cores run one each and hand each other packets (owner.go).
 package datapath
 
 import (
@@ -129,25 +130,27 @@ type svcKey struct {
 
 // Datapath is the Go packet path of one polling core.
 type Datapath struct {
-	opts     Options
-	fsm      flow.FSM
-	ports    []Port
-	macs     [][6]byte
-	neigh    map[netip.Addr]neighbor
-	services map[svcKey]*service
-	local    map[netip.Addr]bool // VIPs and LIPs
-	vips     map[netip.Addr]bool // services' addresses (owner.go)
-	lips     map[netip.Addr]bool // LIPs and SNAT's WAN addresses: replies' destinations
-	shared   *Shared
-	learnt   []Neighbor          // neighbours learnt for the other workers (Learnt)
-	natReals map[netip.Addr]bool // NAT real servers: their replies are addressed to clients
-	snat     []snatRule          // match services, in lb's order (snat.go)
-	conns    *conns
-	conns6   *table[key6, entry6] // IPv6 flows (v6.go); NAT64's IPv4 side keyed by v4-mapped addresses
-	nat64    bool                 // a NAT64 service exists: unmatched IPv4 may be its reply
-	counters []uint64
-	now      int64  // Unix ns, set per burst (Tick)
-	gen      uint64 // neighbour generation: memoized next hops older than it are looked up again
+	opts       Options
+	fsm        flow.FSM
+	ports      []Port
+	macs       [][6]byte
+	neigh      map[netip.Addr]neighbor
+	services   map[svcKey]*service
+	local      map[netip.Addr]bool // VIPs and LIPs
+	vips       map[netip.Addr]bool // services' addresses (owner.go)
+	lips       addrSet             // LIPs and SNAT's WAN addresses: replies' destinations
+	natRealSet addrSet             // natReals, for Owner
+	vipSet     addrSet             // vips, for Owner
+	shared     *Shared
+	learnt     []Neighbor          // neighbours learnt for the other workers (Learnt)
+	natReals   map[netip.Addr]bool // NAT real servers: their replies are addressed to clients
+	snat       []snatRule          // match services, in lb's order (snat.go)
+	conns      *conns
+	conns6     *table[key6, entry6] // IPv6 flows (v6.go); NAT64's IPv4 side keyed by v4-mapped addresses
+	nat64      bool                 // a NAT64 service exists: unmatched IPv4 may be its reply
+	counters   []uint64
+	now        int64  // Unix ns, set per burst (Tick)
+	gen        uint64 // neighbour generation: memoized next hops older than it are looked up again
 	// Next hops to resolve (arp.go): a bounded queue and when each was
 	// last asked for.
 	resolve    []resolveKey
@@ -235,7 +238,7 @@ func New(ports []Port, opts Options) (*Datapath, error) {
 		services: map[svcKey]*service{}, local: map[netip.Addr]bool{},
 		conns: newConns(2 * opts.ConnMax), conns6: newTable[key6, entry6](max(2*opts.ConnMax/4, 1024)), counters: make([]uint64, len(backend.DatapathCounters)),
 		asked: map[resolveKey]int64{}, frags: map[fragKey]fragPorts{},
-		frags6: map[frag6Key]fragPorts{}, vips: map[netip.Addr]bool{}, lips: map[netip.Addr]bool{}, shared: opts.Shared,
+		frags6: map[frag6Key]fragPorts{}, vips: map[netip.Addr]bool{}, shared: opts.Shared,
 		learnt: make([]Neighbor, 0, 64)}
 	if d.shared == nil {
 		d.shared = NewShared()
@@ -356,7 +359,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 		d.opts.Timeouts = to
 	}
 	d.services, d.local, d.realStats, d.natReals, d.snat, d.nat64 = services, local, stats, natReals, snat, nat64
-	d.vips, d.lips = vips, lips
+	d.vips, d.lips, d.natRealSet, d.vipSet = vips, newAddrSet(lips), newAddrSet(natReals), newAddrSet(vips)
 	return nil
 }
 

@@ -68,13 +68,13 @@ func (d *Datapath) Owner(frame []byte) int {
 	default:
 		return d.opts.Worker
 	}
-	fk := fragOwnerKey{t.src, t.dst, f.id, t.proto}
 	if f.later {
-		if w, ok := d.shared.fragOwner(fk); ok {
+		if w, ok := d.shared.fragOwner(fragOwnerKey{t.src, t.dst, f.id, t.proto}); ok {
 			return w
 		}
 		return d.opts.Worker
 	}
+	outer := t // a first fragment's key, before t may become a quoted packet's answer
 	if q, ok := quoted(t.proto, l4); ok {
 		// An ICMP error belongs to the connection of the packet it quotes:
 		// the owner of that packet's answer.
@@ -82,10 +82,11 @@ func (d *Datapath) Owner(frame []byte) int {
 	} else {
 		t.sport, t.dport, t.ports = transportPorts(t.proto, l4)
 	}
-	w := d.owner(t)
-	if f.first {
-		d.shared.setFragOwner(fk, w, d.now)
+	if !f.first {
+		return d.owner(t)
 	}
+	w := d.owner(t)
+	d.shared.setFragOwner(fragOwnerKey{outer.src, outer.dst, f.id, outer.proto}, w, d.now)
 	return w
 }
 
@@ -108,13 +109,47 @@ func (d *Datapath) owner(t tuple) int {
 	if !t.ports {
 		return d.opts.Worker
 	}
-	if d.lips[t.dst] && d.services[svcKey{t.dst, t.dport, t.proto}] == nil {
+	if d.lips.has(t.dst) && !(d.vipSet.has(t.dst) && d.services[svcKey{t.dst, t.dport, t.proto}] != nil) {
 		return int(t.dport) % d.opts.Workers
 	}
-	if d.natReals[t.src] && !d.vips[t.dst] {
+	if d.natRealSet.has(t.src) && !d.vipSet.has(t.dst) {
 		return d.clientOwner(t.dst, t.dport)
 	}
 	return d.clientOwner(t.src, t.sport)
+}
+
+// addrSet is a set of addresses for a per-packet question: IPv4 ones as
+// numbers (a netip.Addr map key costs ~20 ns to hash), empty at no cost.
+type addrSet struct {
+	v4 map[uint32]struct{}
+	v6 map[netip.Addr]struct{}
+}
+
+func newAddrSet(addrs map[netip.Addr]bool) addrSet {
+	s := addrSet{v4: map[uint32]struct{}{}, v6: map[netip.Addr]struct{}{}}
+	for a := range addrs {
+		if a.Is4() {
+			s.v4[addrU32(a, 0)] = struct{}{}
+		} else {
+			s.v6[a] = struct{}{}
+		}
+	}
+	return s
+}
+
+func (s addrSet) has(a netip.Addr) bool {
+	if a.Is4() {
+		if len(s.v4) == 0 {
+			return false
+		}
+		_, ok := s.v4[addrU32(a, 0)]
+		return ok
+	}
+	if len(s.v6) == 0 {
+		return false
+	}
+	_, ok := s.v6[a]
+	return ok
 }
 
 // transportPorts are a TCP or UDP packet's ports, or an ICMP echo's

@@ -193,3 +193,22 @@ func TestWorkerPersistence(t *testing.T) {
 		t.Errorf("workers used %v, real servers %v: want every worker and one real server", used, reals)
 	}
 }
+
+// The price of several workers on each received packet: finding its
+// owner (a Full-NAT reply to a LIP, and a client's packet).
+func BenchmarkOwner(b *testing.B) {
+	d := fnatPairOpts(b, workersConfig, Options{Workers: 2, Shared: NewShared()})
+	for _, c := range []struct {
+		name  string
+		frame []byte
+	}{
+		{"reply", segment("198.18.1.2", "198.18.1.200", 80, 40001, false)},
+		{"client", segment("198.18.0.2", "198.18.0.100", 40000, 80, false)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				d.Owner(c.frame)
+			}
+		})
+	}
+}
