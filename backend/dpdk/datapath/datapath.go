@@ -7,11 +7,11 @@
 //
 // Built so far: Full-NAT, DR, IP-in-IP tunnel, NAT and SNAT (with pings)
 // for TCP and UDP over IPv4 with ICMP errors, fragments and the MTU check;
-// IPv6 Full-NAT, DR and ip6ip6 (v6.go); every scheduler (lc/wlc on exact
-// per-real connection counts), persistence, the IPVS TCP state machine
-// and timeouts, connected and static routes, and ARP. Not yet: NAT64 and
-// the rest of docs/dpdk.md's list; Apply refuses a configuration that
-// needs them.
+// IPv6 Full-NAT, DR and ip6ip6 (v6.go), NAT64 (nat64.go), ICMPv6 and
+// IPv6 fragments; every scheduler (lc/wlc on exact per-worker connection
+// counts), persistence, the IPVS TCP state machine and timeouts, connected
+// and static routes, ARP and neighbour discovery. Apply refuses, whole, a
+// configuration it cannot run.
 //
 // One Datapath serves one polling core; it is not safe for concurrent use.
 // Several cores run one each and hand each other packets (owner.go).
