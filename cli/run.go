@@ -30,7 +30,7 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "backend", Value: "xdp", Usage: "data plane: xdp or dpdk"},
 			&ucli.StringSliceFlag{Name: "iface", Usage: "interface to attach to (repeat)"},
 			&ucli.StringFlag{Name: "eal", Usage: `dpdk backend: the EAL's arguments, e.g. "-l 0 --no-huge --no-pci -m 512 --vdev=net_af_xdp0,iface=eth0"`},
-			&ucli.StringSliceFlag{Name: "port", Usage: "dpdk backend: a DPDK port mbx runs on and its address, NAME=A.B.C.D/LEN (repeat per port; repeat a port with an IPv6 ADDR/LEN for IPv6 services)"},
+			&ucli.StringSliceFlag{Name: "port", Usage: "dpdk backend: a DPDK port mbx runs on and its address, NAME=A.B.C.D/LEN (repeat per port; repeat a port with an IPv6 ADDR/LEN for IPv6 services; NAME alone: a port without an address, e.g. an --inline pair's)"},
 			&ucli.StringSliceFlag{Name: "route", Usage: "dpdk backend: a static route, DST/LEN=GATEWAY (repeat; e.g. to real servers behind a router)"},
 			&ucli.StringSliceFlag{Name: "tap", Usage: "dpdk backend: the kernel exception path of a port, PORT=IFNAME: a TAP interface with the port's MAC and address gets the packets that are not mbx's (ssh, routing daemons) and sends the kernel's replies out of the port (repeat per port)"},
 			&ucli.StringFlag{Name: "config", Usage: "YAML configuration file"},

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -331,7 +332,7 @@ func TestDPDKBadInput(t *testing.T) {
 	}{
 		{"no port", []string{"--eal", noHuge}, "needs --port"},
 		{"no eal", []string{"--port", "net_null0=198.18.0.1/24"}, "needs --eal"},
-		{"bad port", []string{"--eal", noHuge, "--port", "net_null0"}, "give NAME=A.B.C.D/LEN"},
+		{"bad port", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1"}, "give NAME=A.B.C.D/LEN"},
 		{"iface", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--iface", "lo"}, "given with --port"},
 		{"bad eal", []string{"--eal", "-l 0 --no-huge --bogus", "--port", "net_null0=198.18.0.1/24"}, "EAL initialisation"},
 		{"missing port", []string{"--eal", noHuge, "--port", "net_null7=198.18.0.1/24"}, "--vdev=net_null7"},
@@ -395,4 +396,90 @@ func withHugepages(t *testing.T, n int) {
 		}
 		t.Cleanup(func() { _ = exec.Command("umount", "/dev/hugepages").Run() })
 	}
+}
+
+// TestDPDKInline: the stream monitor inline between two DPDK ports (two
+// workers, net_af_packet): mbx run --inline is mOS's midstat on DPDK, with
+// ping, wrk, a sha256-checked download and iperf3 through it and every
+// connection started and ended; then the inline firewall example on the
+// same ports blocks the connection that sends the forbidden request and
+// rewrites the server's answers, its handlers running on the workers.
+func TestDPDKInline(t *testing.T) {
+	bin := buildDPDK(t)
+	e, sum := inlineEnv(t)
+	for _, h := range []struct{ host, dev string }{{"client", "eth0"}, {"srv", "eth0"}, {"lb", "in0"}, {"lb", "in1"}} {
+		e.host(h.host, "ethtool", "-K", h.dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off")
+	}
+	eal := "-l 0,1 --no-pci --no-huge -m 1024 --vdev=net_af_packet0,iface=in0,qpairs=2 --vdev=net_af_packet1,iface=in1,qpairs=2"
+	logPath := filepath.Join(t.TempDir(), "events.jsonl")
+	saved := mbxBin
+	mbxBin = bin
+	e.startDaemon("--backend", "dpdk", "--eal", eal, "--port", "net_af_packet0", "--port", "net_af_packet1",
+		"--inline", "net_af_packet0:net_af_packet1", "--monitor-log", logPath)
+	mbxBin = saved
+	e.host("client", "ping", "-c", "2", "-W", "2", "198.18.6.10")
+	wrkClean(t, e.host("client", "wrk", "-t1", "-c4", "-d2s", "http://198.18.6.10/"))
+	e.download(sum)
+	e.host("client", "iperf3", "-c", "198.18.6.10", "-p", "5201", "-n", "20M")
+	lives := waitAllEnded(t, logPath)
+	web, iperf := 0, 0
+	for id, l := range lives {
+		if !l.started || (l.endReason != "fin" && l.endReason != "rst") {
+			t.Errorf("conn %d to %s: started %v, ended %q", id, l.server, l.started, l.endReason)
+		}
+		switch l.server {
+		case "198.18.6.10:80":
+			web++
+		case "198.18.6.10:5201":
+			iperf++
+		}
+	}
+	if web < 5 || web > 6 || iperf != 2 {
+		t.Errorf("%d web connections (want 5 or 6), %d iperf3 (want 2)", web, iperf)
+	}
+	st := e.monitorStatus(t)
+	if !st.Inline || st.Stats.ToGo == 0 || st.Stats.GoDropped != 0 || st.Stats.GoForwarded != st.Stats.ToGo {
+		t.Errorf("everything through the Go tracker, nothing dropped: %+v", st.Stats)
+	}
+	e.stopDaemon()
+
+	fwBin := filepath.Join(t.TempDir(), "inline-firewall")
+	if out, err := exec.Command("go", "build", "-tags", "dpdk", "-o", fwBin, "../examples/inline-firewall").CombinedOutput(); err != nil {
+		t.Fatalf("building the example: %v\n%s", err, out)
+	}
+	outPath := filepath.Join(t.TempDir(), "firewall.out")
+	outFile, err := os.Create(outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outFile.Close()
+	output := func() string { b, _ := os.ReadFile(outPath); return string(b) }
+	fw := e.lab.Command("lb", fwBin, "-backend", "dpdk", "-eal", eal, "-pair", "net_af_packet0:net_af_packet1",
+		"-filter", "tcp port 80", "-deny", "GET /files/secret", "-rewrite", "srv 198=SRV 198")
+	fw.Stdout, fw.Stderr = outFile, outFile
+	if err := fw.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fw.Process.Kill(); fw.Wait() })
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(output(), "INFO inline") }, "the firewall running")
+	for range 3 {
+		if got := e.curl("http://198.18.6.10/"); !strings.HasPrefix(got, "SRV 198.18.6.2:") {
+			t.Errorf("the answer %q was not rewritten", got)
+		}
+	}
+	blocked := e.lab.Command("client", "curl", "-sS", "--max-time", "2", "http://198.18.6.10/files/secret")
+	if b, err := blocked.CombinedOutput(); err == nil || !strings.Contains(string(b), "timed out") {
+		t.Errorf("the forbidden request went through: %v %s", err, b)
+	}
+	wrkClean(t, e.host("client", "wrk", "-t1", "-c4", "-d2s", "http://198.18.6.10/"))
+	e.download(sum)
+	e.host("client", "iperf3", "-c", "198.18.6.10", "-p", "5201", "-n", "20M")
+	fw.Process.Signal(syscall.SIGINT)
+	if err := fw.Wait(); err != nil {
+		t.Fatalf("the firewall: %v\n%s", err, output())
+	}
+	if !strings.Contains(output(), "blocked 1 connections") {
+		t.Errorf("the firewall's report: %s", output())
+	}
+	t.Logf("%s", output())
 }

@@ -80,11 +80,15 @@ type portSpec struct {
 	prefixes []netip.Prefix
 }
 
+// parsePort reads NAME=ADDR/LEN, or NAME alone: a port without an address
+// (an inline monitor's, which forwards without answering for anything).
 func parsePort(s string) (name string, pf netip.Prefix, err error) {
-	name, addr, _ := strings.Cut(s, "=")
-	pf, err = netip.ParsePrefix(addr)
-	if name == "" || err != nil {
-		return "", pf, fmt.Errorf("--port %q: give NAME=A.B.C.D/LEN (or an IPv6 ADDR/LEN), the DPDK device and the port's address (e.g. net_af_xdp0=198.18.0.1/24)", s)
+	name, addr, hasAddr := strings.Cut(s, "=")
+	if hasAddr {
+		pf, err = netip.ParsePrefix(addr)
+	}
+	if name == "" || err != nil || strings.ContainsAny(name, " /") {
+		return "", pf, fmt.Errorf("--port %q: give NAME=A.B.C.D/LEN (or an IPv6 ADDR/LEN), the DPDK device and the port's address (e.g. net_af_xdp0=198.18.0.1/24), or NAME alone for a port without one", s)
 	}
 	return name, pf, nil
 }
@@ -102,7 +106,9 @@ func parsePorts(flags []string) ([]portSpec, error) {
 			specs = append(specs, portSpec{name: name})
 			i = len(specs) - 1
 		}
-		specs[i].prefixes = append(specs[i].prefixes, pf)
+		if pf.IsValid() {
+			specs[i].prefixes = append(specs[i].prefixes, pf)
+		}
 	}
 	return specs, nil
 }

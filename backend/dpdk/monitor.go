@@ -48,7 +48,7 @@ type liveMonitor struct {
 func (b *Backend) StartMonitor(m *monitor.Monitor, opts backend.MonitorOptions) (backend.MonitorRun, error) {
 	switch {
 	case len(opts.Inline) > 0:
-		return nil, errors.New("the inline stream monitor is not in the dpdk backend yet (passive --monitor PORT is)")
+		return b.startInline(m, opts)
 	case opts.Sample != 0:
 		return nil, errors.New("--monitor-sample is for the xdp backend (on dpdk the Go tracker sees every packet)")
 	case len(opts.Ifaces) == 0:

@@ -53,6 +53,44 @@ type Worker struct {
 	// Handed counts packets given to their owner, HandDropped those its
 	// full ring refused (dropped), Taken those received from the others.
 	Handed, HandDropped, Taken uint64
+	// The inline stream monitor (SetInline): per port its peer or -1,
+	// and the judge of each packet received on one.
+	inline []int
+	judge  func(frame []byte, now time.Time) (drop bool, out []byte)
+	// InlineTooLarge counts replaced frames that did not fit their buffer
+	// (dropped).
+	InlineTooLarge uint64
+}
+
+// SetInline puts the ports with a peer (peer[port] >= 0) inline: what
+// arrives on one is judged (the stream monitor) and sent out of its peer,
+// not run through the datapath. nil takes them out.
+func (w *Worker) SetInline(peer []int, judge func(frame []byte, now time.Time) (drop bool, out []byte)) {
+	w.inline, w.judge = peer, judge
+}
+
+// inlinePort reports whether port in is inline.
+func (w *Worker) inlinePort(in int) bool { return w.inline != nil && w.inline[in] >= 0 }
+
+// forwardInline judges packet i of b, received on inline port in, and
+// moves it to its peer's burst unless dropped; a replacement frame is
+// copied into the packet's buffer (dropped if it does not fit).
+func (w *Worker) forwardInline(b *rte.Burst, i, in int) {
+	data := b.Data(i)
+	drop, out := w.judge(data, w.now)
+	if drop {
+		b.Keep(i, false)
+		return
+	}
+	if len(out) != len(data) || (len(out) > 0 && &out[0] != &data[0]) {
+		if b.SetLen(i, len(out)) != nil {
+			w.InlineTooLarge++
+			b.Keep(i, false)
+			return
+		}
+		copy(b.Data(i), out)
+	}
+	b.Move(i, w.tx[w.inline[in]])
 }
 
 // handRing is the slots of each worker-to-worker ring: a few bursts.
@@ -213,7 +251,7 @@ func (w *Worker) pollTap(port int) int {
 func (w *Worker) PollPort(in int) int {
 	n := w.rx.Rx(w.ports[in], w.queue)
 	for i := range n {
-		if w.to != nil {
+		if w.to != nil && !w.inlinePort(in) {
 			if o := w.dp.Owner(w.rx.Data(i)); o != w.queue {
 				if w.rx.Hand(i, w.to[o], in) {
 					w.Handed++
@@ -234,6 +272,10 @@ func (w *Worker) PollPort(in int) int {
 // forward runs packet i of b, received on port in, through the datapath
 // and moves it to the burst of the port it leaves by (or the TAP's).
 func (w *Worker) forward(b *rte.Burst, i, in int) {
+	if w.inlinePort(in) {
+		w.forwardInline(b, i, in)
+		return
+	}
 	if w.Observe != nil {
 		w.Observe(in, b.Data(i), w.now)
 	}

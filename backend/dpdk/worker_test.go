@@ -4,13 +4,16 @@ package dpdk
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/mbx-net/mbx/backend/dpdk/datapath"
 	"github.com/mbx-net/mbx/backend/dpdk/rte"
 	"github.com/mbx-net/mbx/backend/dpdk/rte/rtetest"
 	"github.com/mbx-net/mbx/backend/vectors"
+	"github.com/mbx-net/mbx/filter"
 	"github.com/mbx-net/mbx/lb"
+	"github.com/mbx-net/mbx/monitor"
 )
 
 // Two net_ring ports (each loops what it sends back to its receive queue)
@@ -75,8 +78,11 @@ func TestVectorsOnRings(t *testing.T) {
 		if why, ok := datapath.NotYet[f.Name]; ok {
 			t.Skip(why)
 		}
-		if f.Inline != nil || len(f.Ifaces) > len(rings) {
-			t.Skip("not in the DPDK datapath yet (inline) or more interfaces than rings")
+		if len(f.Ifaces) > len(rings) {
+			t.Skip("more interfaces than rings")
+		}
+		if f.Inline != nil && !f.Inline.Sockets {
+			t.Skip("no sockets to close on DPDK: Go is the data plane, it cannot fail to read")
 		}
 		dp, ports, err := datapath.FromVectorFile(f, datapath.Options{})
 		if err != nil {
@@ -90,6 +96,9 @@ func TestVectorsOnRings(t *testing.T) {
 		r.w = NewWorker(r.rings, 0, dp, 32, mp)
 		r.w.Passed = func(_ int, frame []byte) { r.pass = append([]byte(nil), frame...) }
 		t.Cleanup(func() { r.w.Close(); r.b.Close() })
+		if f.Inline != nil {
+			return inlineOnRings(t, r, f.Inline)
+		}
 		return r
 	})
 	if ran < 6 {
@@ -162,4 +171,52 @@ func BenchmarkWorkerRing(b *testing.B) {
 		b.Fatalf("%d packets, %v", pkts, dp.Counters())
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(pkts), "ns/pkt")
+}
+
+// inlineRings is ringDatapath with the stream monitor inline: XDP's
+// inline counters from the inline monitor's, handlers' decisions through
+// its flow table.
+type inlineRings struct {
+	*ringDatapath
+	im *inlineMonitor
+}
+
+func inlineOnRings(t *testing.T, r *ringDatapath, in *vectors.Inline) *inlineRings {
+	var f *filter.Filter
+	if in.Filter != "" {
+		var err error
+		if f, err = filter.Compile(in.Filter); err != nil {
+			t.Fatal(err)
+		}
+	}
+	im := newInlineMonitor(monitor.New(monitor.Options{}), f)
+	peer := make([]int, len(r.rings))
+	for i := range peer {
+		peer[i] = -1
+	}
+	for _, p := range in.Pairs {
+		a, b := r.ports[p[0]], r.ports[p[1]]
+		peer[a], peer[b] = b, a
+	}
+	r.w.SetInline(peer, im.judge)
+	return &inlineRings{r, im}
+}
+
+func (r *inlineRings) Counters() (map[string]uint64, error) {
+	c, err := r.ringDatapath.Counters()
+	st, _ := r.im.Stats()
+	c["inline_to_go"], c["inline_forwarded"], c["inline_dropped"] = st.ToGo, st.Forwarded, st.Dropped
+	return c, err
+}
+
+// Flow applies a handler's decision, as Conn.Drop and StopMonitoring do.
+func (r *inlineRings) Flow(client, server netip.AddrPort, action string) error {
+	a := map[string]monitor.FlowAction{"drop": monitor.FlowDrop, "bypass": monitor.FlowBypass}[action]
+	if a == 0 {
+		return fmt.Errorf("unknown flow action %q", action)
+	}
+	r.im.mu.Lock()
+	defer r.im.mu.Unlock()
+	r.im.flowAction(&monitor.Conn{Client: client, Server: server}, a)
+	return nil
 }

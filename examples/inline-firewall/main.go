@@ -10,6 +10,12 @@
 // forwarded in XDP and never reach Go. A blocked connection's packet with
 // the pattern is dropped, and the rest of the connection is dropped in XDP.
 // On SIGINT or SIGTERM it prints what it did and exits.
+//
+// On DPDK ports (built with -tags dpdk), the same handlers run on the
+// polling workers:
+//
+//	inline-firewall -backend dpdk -eal "-l 0 --no-huge -m 512 --vdev=net_af_packet0,iface=in0 --vdev=net_af_packet1,iface=in1" \
+//	        -pair net_af_packet0:net_af_packet1 -deny 'GET /secret'
 package main
 
 import (
@@ -23,7 +29,8 @@ import (
 	"syscall"
 
 	"github.com/mbx-net/mbx/backend"
-	"github.com/mbx-net/mbx/backend/xdp"
+	_ "github.com/mbx-net/mbx/backend/dpdk" // with -tags dpdk
+	_ "github.com/mbx-net/mbx/backend/xdp"
 	"github.com/mbx-net/mbx/filter"
 	"github.com/mbx-net/mbx/monitor"
 )
@@ -33,14 +40,21 @@ func main() {
 	expr := flag.String("filter", "tcp", "tcpdump expression: the connections the firewall inspects")
 	deny := flag.String("deny", "", "block a connection whose client sends this")
 	rewrite := flag.String("rewrite", "", "OLD=NEW: replace OLD with NEW (same length) in what servers send")
+	be := flag.String("backend", "xdp", "the data plane: xdp (interfaces), or dpdk (ports; a binary built with -tags dpdk)")
+	eal := flag.String("eal", "", "dpdk: the EAL's arguments, with a --vdev per port of -pair")
 	flag.Parse()
-	if err := run(*pair, *expr, *deny, *rewrite); err != nil {
+	opts := backend.Options{ConnMax: 1 << 16} // the load balancer's table: unused here
+	if *be == "dpdk" {
+		a, b, _ := strings.Cut(*pair, ":")
+		opts.EAL, opts.Ports = strings.Fields(*eal), []string{a, b}
+	}
+	if err := run(*be, opts, *pair, *expr, *deny, *rewrite); err != nil {
 		fmt.Fprintln(os.Stderr, "inline-firewall:", err)
 		os.Exit(1)
 	}
 }
 
-func run(pair, expr, deny, rewrite string) error {
+func run(beName string, opts backend.Options, pair, expr, deny, rewrite string) error {
 	a, b, ok := strings.Cut(pair, ":")
 	if !ok || a == "" || b == "" {
 		return fmt.Errorf("-pair %q: want IF1:IF2", pair)
@@ -93,12 +107,19 @@ func run(pair, expr, deny, rewrite string) error {
 		})
 	}
 
-	be, err := xdp.Open(backend.Options{Ifaces: []string{a, b}})
+	if beName == "xdp" {
+		opts.Ifaces = []string{a, b}
+	}
+	be, err := backend.Open(beName, opts)
 	if err != nil {
 		return err
 	}
 	defer be.Close()
-	inl, err := be.StartMonitor(m, backend.MonitorOptions{Inline: [][2]string{{a, b}}, Filter: f})
+	mp, ok := be.(backend.MonitorPlane)
+	if !ok {
+		return fmt.Errorf("backend %s has no stream monitor", beName)
+	}
+	inl, err := mp.StartMonitor(m, backend.MonitorOptions{Inline: [][2]string{{a, b}}, Filter: f})
 	if err != nil {
 		return err
 	}
@@ -113,7 +134,7 @@ func run(pair, expr, deny, rewrite string) error {
 	}
 	inl.Stop()
 	st, _ := inl.Stats()
-	fmt.Printf("blocked %d connections, rewrote %d packets; XDP forwarded %d, dropped %d; Go forwarded %d, dropped %d\n",
-		blocked, rewritten, st.Forwarded, st.Dropped, st.GoForwarded, st.GoDropped)
+	fmt.Printf("blocked %d connections, rewrote %d packets; %s forwarded %d, dropped %d by connection; the handlers forwarded %d, dropped %d\n",
+		blocked, rewritten, beName, st.Forwarded, st.Dropped, st.GoForwarded, st.GoDropped)
 	return err
 }

@@ -20,11 +20,14 @@ func FromVectorFile(f *vectors.File, opts Options) (*Datapath, map[string]int, e
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", ifc.Name, err)
 		}
-		pf, err := netip.ParsePrefix(ifc.Addr)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", ifc.Name, err)
+		port := Port{Name: ifc.Name, MAC: mac, MTU: ifc.MTU}
+		if ifc.Addr != "" { // an inline pair's interfaces have none
+			pf, err := netip.ParsePrefix(ifc.Addr)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s: %w", ifc.Name, err)
+			}
+			port.Prefixes, port.Addrs = []netip.Prefix{pf.Masked()}, []netip.Addr{pf.Addr()}
 		}
-		port := Port{Name: ifc.Name, MAC: mac, Prefixes: []netip.Prefix{pf.Masked()}, Addrs: []netip.Addr{pf.Addr()}, MTU: ifc.MTU}
 		// Extra addresses with a network (not a VIP's or LIP's host route)
 		// are the port's too: a second family's subnet.
 		for _, a := range ifc.Addrs {
