@@ -41,7 +41,7 @@ func runCommand() *ucli.Command {
 			&ucli.UintFlag{Name: "hash-seed", Usage: "flow hash seed; give every node of a cluster the same one"},
 			&ucli.StringFlag{Name: "tunnel-src", Usage: "tunnel (-i) outer sources: one address of this IPv4 prefix per flow, so receivers' RSS spreads flows (default: the egress address)"},
 			&ucli.StringFlag{Name: "instance", Usage: "instance name for pinned state /sys/fs/bpf/mbx/NAME (default: the socket's file name)"},
-			&ucli.StringFlag{Name: "pin-dir", Usage: "where state is pinned for restarts without loss (default /sys/fs/bpf/mbx/INSTANCE; 'none' disables)"},
+			&ucli.StringFlag{Name: "pin-dir", Usage: "where state is pinned for restarts without loss (default /sys/fs/bpf/mbx/INSTANCE; with --backend dpdk a plain directory, /run/mbx/INSTANCE, holding the saved connections; 'none' disables)"},
 			&ucli.BoolFlag{Name: "fresh", Usage: "discard state a previous run left (drops its connections)"},
 			&ucli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error (changeable at run time: mbx log-level)"},
 			&ucli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
@@ -104,10 +104,13 @@ func runCommand() *ucli.Command {
 				instance = strings.TrimSuffix(filepath.Base(c.String("socket")), ".sock")
 			}
 			pinDir := c.String("pin-dir")
-			switch pinDir {
-			case "":
+			switch {
+			case pinDir == "" && c.String("backend") == "dpdk":
+				// A plain directory: DPDK's connections are saved to a file.
+				pinDir = filepath.Join("/run/mbx", instance)
+			case pinDir == "":
 				pinDir = filepath.Join("/sys/fs/bpf/mbx", instance)
-			case "none":
+			case pinDir == "none":
 				pinDir = ""
 			}
 			var tunSrc netip.Prefix

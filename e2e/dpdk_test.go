@@ -483,3 +483,100 @@ func TestDPDKInline(t *testing.T) {
 	}
 	t.Logf("%s", output())
 }
+
+// TestDPDKRestartWithoutLoss: issue 4's restart without loss on the dpdk
+// backend (two workers, net_af_packet). `mbx stop --keep-datapath` and
+// SIGUSR2 (an upgrade to another binary) save the connections; the next
+// `mbx run` restores the configuration and puts each connection back on
+// its owner. wrk (a generous timeout: nothing forwards for the second the
+// EAL takes to start) and an iperf3 transfer run across both restarts
+// without a failed request, and the transfer completes.
+func TestDPDKRestartWithoutLoss(t *testing.T) {
+	bin := buildDPDK(t)
+	need(t, "wrk", "iperf3")
+	e, _ := twoArmNoDaemon(t)
+	e.dpdkOffloads()
+	pin := filepath.Join(e.dir, "pin")
+	upgraded := filepath.Join(e.dir, "mbx-dpdk-new")
+	copyFile(t, bin, upgraded)
+	eal := "-l 0,1 --no-pci --no-huge -m 1024 --vdev=net_af_packet0,iface=wan0,qpairs=2 --vdev=net_af_packet1,iface=lan0,qpairs=2"
+	start := func(b string, extra ...string) {
+		saved := mbxBin
+		mbxBin = b
+		e.startDaemon(append([]string{"--backend", "dpdk", "--eal", eal, "--conn-max", "65536", "--pin-dir", pin,
+			"--port", "net_af_packet0=198.18.0.1/24", "--port", "net_af_packet1=198.18.1.1/24"}, extra...)...)
+		mbxBin = saved
+	}
+	start(bin)
+	e.ipvsadm(`
+		-A -t 198.18.0.100:80 -s rr
+		-a -t 198.18.0.100:80 -r 198.18.1.2 -b
+		-a -t 198.18.0.100:80 -r 198.18.1.3 -b
+		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F net_af_packet1
+		-A -t 198.18.0.100:5201 -s rr
+		-a -t 198.18.0.100:5201 -r 198.18.1.2 -b
+		--add-laddr -z 198.18.1.201 -t 198.18.0.100:5201 -F net_af_packet1`)
+	e.background("rs1", "iperf3", "-s", "-p", "5201")
+	e.waitTCP("rs1", "127.0.0.1:5201")
+	before := e.mustMbx("ipvsadm", "-S", "-n")
+
+	wrk := e.lab.Command("client", "wrk", "-t2", "-c16", "-d12s", "--timeout", "10s", "http://"+vip+"/")
+	var wrkOut strings.Builder
+	wrk.Stdout, wrk.Stderr = &wrkOut, &wrkOut
+	// Bounded: connections the restart lost would hang it.
+	iperf := e.lab.Command("client", "timeout", "40", "iperf3", "-c", vip, "-t", "11", "-J")
+	var iperfOut strings.Builder
+	iperf.Stdout = &iperfOut
+	for _, c := range []interface{ Start() error }{wrk, iperf} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restart := func(how, b string) {
+		time.Sleep(2 * time.Second)
+		if how == "stop" {
+			e.mustMbx("stop", "--keep-datapath")
+		} else {
+			e.daemon.Process.Signal(syscall.SIGUSR2)
+		}
+		e.daemon.Wait()
+		e.daemon = nil
+		start(b)
+		if got := e.mustMbx("ipvsadm", "-S", "-n"); got != before {
+			t.Fatalf("configuration after restart:\n%s\nwant:\n%s", got, before)
+		}
+		if lnc := e.mustMbx("ipvsadm", "-lnc"); !strings.Contains(lnc, "198.18.1.2:5201") {
+			t.Errorf("the iperf3 connection is not in the restored table:\n%s", lnc)
+		}
+	}
+	restart("stop", bin)
+	restart("usr2", upgraded)
+	if err := wrk.Wait(); err != nil {
+		t.Fatalf("wrk: %v", err)
+	}
+	if err := iperf.Wait(); err != nil {
+		t.Fatalf("iperf3 across restarts: %v\n%s", err, iperfOut.String())
+	}
+	t.Logf("%s", wrkOut.String())
+	wrkClean(t, wrkOut.String())
+	r := parseIperf(t, iperfOut.String())
+	if r.End.SumSent.Bytes == 0 {
+		t.Fatal("iperf3 sent nothing")
+	}
+	t.Logf("iperf3 sent %.0f MB across two restarts", r.End.SumSent.Bytes/1e6)
+	l, _ := os.ReadFile(e.log)
+	if !strings.Contains(string(l), "connections of the previous run restored") {
+		t.Errorf("no restore in the log:\n%s", l)
+	}
+	// --fresh discards what a keep-datapath stop saved.
+	e.mustMbx("stop", "--keep-datapath")
+	e.daemon.Wait()
+	e.daemon = nil
+	start(bin, "--fresh")
+	if got := e.mustMbx("ipvsadm", "-S", "-n"); strings.TrimSpace(got) != "" {
+		t.Fatalf("--fresh kept: %s", got)
+	}
+	if _, err := os.Stat(filepath.Join(pin, "dpdk-state.gob")); err == nil {
+		t.Error("--fresh left the saved connections")
+	}
+}

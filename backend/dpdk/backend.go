@@ -53,6 +53,10 @@ type Backend struct {
 	done    sync.WaitGroup
 	taps    []rte.Port // the exception path's TAP ports (--tap)
 	has6    bool       // a port has an IPv6 address
+	// A previous process's connections (save.go), put back by the first
+	// Apply; adopted is how many entries its file held.
+	saved   *savedState
+	adopted int
 }
 
 // lane is one worker, its datapath, the CPU it polls on, and the lock the
@@ -240,6 +244,12 @@ func Open(opts backend.Options) (backend.Backend, error) {
 			return fail(err)
 		}
 	}
+	if err := b.loadState(); err != nil {
+		for _, w := range workers {
+			w.Close()
+		}
+		return fail(err)
+	}
 	for _, l := range b.workers {
 		b.done.Add(1)
 		go b.run(l)
@@ -363,6 +373,9 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 			err = l.dp.Apply(cfg)
 		}
 	})
+	if err == nil && b.saved != nil && len(cfg.Services) > 0 {
+		b.restore()
+	}
 	return err
 }
 
@@ -406,15 +419,29 @@ func (b *Backend) Conns(limit int) ([]backend.Conn, error) {
 	return out, nil
 }
 
-// Close stops the worker and the ports and releases the EAL.
+// Close stops the workers and the ports and releases the EAL.
 func (b *Backend) Close() error {
+	if !b.halt() {
+		return nil
+	}
+	b.release()
+	return nil
+}
+
+// halt stops the workers; false when they were stopped already.
+func (b *Backend) halt() bool {
 	select {
 	case <-b.stop:
-		return nil
+		return false
 	default:
 	}
 	close(b.stop)
 	b.done.Wait()
+	return true
+}
+
+// release closes the ports and the EAL (after halt).
+func (b *Backend) release() {
 	for i, l := range b.workers {
 		if b.opts.Logger != nil {
 			w := l.w
@@ -439,17 +466,23 @@ func (b *Backend) Close() error {
 		p.Close()
 	}
 	rte.Cleanup()
-	return nil
 }
 
-// Handover is refused: the DPDK backend's state lives in this process.
+// Handover stops forwarding and saves the connections, persistence and
+// neighbours for the next mbx run (save.go), then releases the ports.
 func (b *Backend) Handover() error {
-	return errors.New("the dpdk backend cannot hand over to a new process: its connection table lives in this one (stop and start drops connections)")
+	if !b.halt() {
+		return errors.New("the dpdk backend is stopped already")
+	}
+	err := b.saveState()
+	b.release()
+	return err
 }
 
 // OwnsAddresses is backend.AddressOwner's: DPDK owns the ports, the
 // datapath answers ARP for VIPs and LIPs.
 func (b *Backend) OwnsAddresses() bool { return true }
 
-// Adopted is 0: nothing survives a restart.
-func (b *Backend) Adopted() int { return 0 }
+// Adopted is how many connection entries a previous run left (at least 1
+// when it left a state file): the daemon then restores its configuration.
+func (b *Backend) Adopted() int { return b.adopted }

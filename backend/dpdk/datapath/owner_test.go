@@ -212,3 +212,64 @@ func BenchmarkOwner(b *testing.B) {
 		})
 	}
 }
+
+// Connections saved by one set of workers (Handover) and restored into a
+// new set, of the same size or not, keep forwarding: a reply is rewritten
+// exactly as before the restart, by whichever worker owns it now.
+func TestSaveRestore(t *testing.T) {
+	for _, after := range []int{2, 3} {
+		t.Run(fmt.Sprintf("2to%d", after), func(t *testing.T) {
+			old := workerSet(t, 2)
+			type conn struct{ reply, want []byte }
+			var conns []conn
+			for c := range 20 {
+				for _, port := range []uint16{80, 53} {
+					in := segment(client(c).String(), "198.18.0.100", 40000, port, true)
+					if port == 53 {
+						in = datagram(client(c).String(), "198.18.0.100", 40000, port, 10)
+					}
+					w := owners(t, old, in, "new")
+					if v, _ := old[w].Process(0, in); v != Redirect {
+						t.Fatalf("%v", v)
+					}
+					src, dst, sport, dport := outTuple(in)
+					reply := segment(dst, src, dport, sport, false)
+					if port == 53 {
+						reply = datagram(dst, src, dport, sport, 10)
+					}
+					want := append([]byte(nil), reply...)
+					if v, _ := old[w].Process(1, want); v != Redirect {
+						t.Fatalf("reply before: %v", v)
+					}
+					conns = append(conns, conn{reply, want})
+				}
+			}
+			var saved []SavedConn
+			for _, d := range old {
+				saved = append(saved, d.Save()...)
+			}
+			if len(saved) != 20*2+20*2 {
+				t.Fatalf("saved %d entries", len(saved))
+			}
+			fresh := workerSet(t, after)
+			total := 0
+			for _, d := range fresh {
+				n, dropped := d.Restore(saved)
+				if dropped != 0 {
+					t.Errorf("%d entries dropped", dropped)
+				}
+				total += n
+			}
+			if total != len(saved) {
+				t.Fatalf("restored %d of %d entries", total, len(saved))
+			}
+			for i, c := range conns {
+				w := owners(t, fresh, c.reply, "reply")
+				got := append([]byte(nil), c.reply...)
+				if v, _ := fresh[w].Process(1, got); v != Redirect || string(got) != string(c.want) {
+					t.Fatalf("connection %d after the restart: %v, rewritten alike %v", i, v, string(got) == string(c.want))
+				}
+			}
+		})
+	}
+}
