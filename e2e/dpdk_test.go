@@ -325,6 +325,13 @@ func TestDPDKBadInput(t *testing.T) {
 	bin := buildDPDK(t)
 	dir := t.TempDir()
 	noHuge := "-l 0 --no-huge --no-pci -m 256 --vdev=net_null0"
+	badPin := filepath.Join(dir, "badpin") // a state file this mbx did not write
+	if err := os.MkdirAll(badPin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(badPin, "dpdk-state.gob"), []byte("not gob"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name string
 		args []string
@@ -341,6 +348,7 @@ func TestDPDKBadInput(t *testing.T) {
 		{"gateway off-link", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--route", "198.18.5.0/24=198.18.9.1"}, "on no port's network"},
 		{"tap of no port", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--tap", "net_null1=mbxk0"}, "give PORT=IFNAME"},
 		{"tap name taken", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--tap", "net_null0=lo"}, "already exists"},
+		{"unreadable saved state", []string{"--eal", noHuge, "--port", "net_null0=198.18.0.1/24", "--pin-dir", badPin}, "--fresh"},
 		{"fewer queues than workers", []string{"--eal", "-l 0,1 --no-huge --no-pci -m 256 --vdev=net_af_packet0,iface=lo", "--port", "net_af_packet0=198.18.0.1/24"}, "needs 2 queues"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
