@@ -273,3 +273,21 @@ func TestSaveRestore(t *testing.T) {
 		})
 	}
 }
+
+// Finding a packet's owner allocates nothing (it runs on every packet
+// with several workers).
+func TestOwnerNoAllocations(t *testing.T) {
+	d := fnatPairOpts(t, workersConfig, Options{Workers: 2, Shared: NewShared()})
+	frames := [][]byte{
+		segment("198.18.1.2", "198.18.1.200", 80, 40001, false),
+		segment("198.18.0.2", "198.18.0.100", 40000, 80, false),
+		datagram("198.18.1.2", "198.18.0.2", 53, 40000, 10),
+	}
+	if n := testing.AllocsPerRun(1000, func() {
+		for _, f := range frames {
+			d.Owner(f)
+		}
+	}); n != 0 {
+		t.Errorf("%.1f allocations per round", n)
+	}
+}
