@@ -435,7 +435,7 @@ func redirectReadProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 		asm.LoadMem(asm.R5, asm.R2, 14+16, asm.Word), // ip->daddr
 		asm.JNE.Imm(asm.R5, vipWord, "pass"),
 		asm.LoadMem(asm.R5, asm.R2, 14+20+2, asm.Half), // udp->dest
-		asm.JNE.Imm(asm.R5, 0x8813, "pass"), // 5000, network order
+		asm.JNE.Imm(asm.R5, 0x8813, "pass"),            // 5000, network order
 	}
 	rest := redirectProg(devmap, outIfindex)
 	return append(append(read, rest...), asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), asm.Return())
