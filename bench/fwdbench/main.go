@@ -71,6 +71,13 @@ type variant struct {
 }
 
 func run(rounds int, dur time.Duration, mbxBin string) error {
+	if os.Getenv("FWDBENCH_PROGSTATS") != "" {
+		st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			return fmt.Errorf("FWDBENCH_PROGSTATS: %w", err)
+		}
+		defer st.Close()
+	}
 	if mbxBin == "" {
 		dir, _ := os.MkdirTemp("", "fwdbench")
 		defer os.RemoveAll(dir)
@@ -322,6 +329,9 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			fmt.Printf("round %d %-14s %7.0f ns/pkt  %6.2f Mpps delivered", r+1, v.name, ns, pps/1e6)
 			if lastUserNs > 0 {
 				fmt.Printf("  (user-space %0.f ns)", lastUserNs)
+			}
+			if lastProgNs > 0 {
+				fmt.Printf("  (XDP program %0.f ns/run)", lastProgNs)
 			}
 			fmt.Println()
 			results[v.name] = append(results[v.name], ns)
@@ -675,6 +685,7 @@ func measure(l *lab.Lab, g *generator, s *sink, dur time.Duration) (nsPerPkt, pp
 	if err != nil {
 		return 0, 0, err
 	}
+	rt0, rc0 := progStats(l)
 	u0 := procCPUNs(userPID)
 	p0 := s.read()
 	start := time.Now()
@@ -693,7 +704,48 @@ func measure(l *lab.Lab, g *generator, s *sink, dur time.Duration) (nsPerPkt, pp
 		return 0, 0, fmt.Errorf("no packet reached the sink")
 	}
 	lastUserNs = float64(user) / float64(pkts)
+	lastProgNs = 0
+	if rt1, rc1 := progStats(l); rc1 > rc0 {
+		lastProgNs = float64(rt1-rt0) / float64(rc1-rc0)
+	}
 	return float64(c1-c0) / float64(pkts), float64(pkts) / time.Since(start).Seconds(), nil
+}
+
+// lastProgNs is the kernel's own accounting of in0's XDP program over the
+// last measure (FWDBENCH_PROGSTATS=1: kernel.bpf_stats_enabled, which
+// adds ~20 ns to every run it times): the program's live cost, apart from
+// the veth and redirect work around it.
+var lastProgNs float64
+
+// progStats reads run time and count of the XDP program on fwd's in0
+// (zero without FWDBENCH_PROGSTATS).
+func progStats(l *lab.Lab) (runNs, runs uint64) {
+	if os.Getenv("FWDBENCH_PROGSTATS") == "" {
+		return 0, 0
+	}
+	_ = l.Do("fwd", func() error {
+		in, err := netlink.LinkByName("in0")
+		if err != nil || in.Attrs().Xdp == nil || in.Attrs().Xdp.ProgId == 0 {
+			return err
+		}
+		p, err := ebpf.NewProgramFromID(ebpf.ProgramID(in.Attrs().Xdp.ProgId))
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		st, err := p.Stats()
+		if err != nil {
+			return err
+		}
+		runNs, runs = uint64(st.Runtime.Nanoseconds()), st.RunCount
+		if info, err := p.Info(); err == nil && os.Getenv("FWDBENCH_DEBUG") != "" {
+			js, _ := info.JitedSize()
+			xs, _ := info.TranslatedSize()
+			fmt.Fprintf(os.Stderr, "  in0 program %s: %d bytes jited, %d bytes translated\n", info.Name, js, xs)
+		}
+		return nil
+	})
+	return runNs, runs
 }
 
 // lastUserNs is the user-space data plane's share of the last measure.
