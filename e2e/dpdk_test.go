@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -428,71 +427,20 @@ func TestDPDKInline(t *testing.T) {
 	e.startDaemon("--backend", "dpdk", "--eal", eal, "--port", "net_af_packet0", "--port", "net_af_packet1",
 		"--inline", "net_af_packet0:net_af_packet1", "--monitor-log", logPath)
 	mbxBin = saved
-	e.host("client", "ping", "-c", "2", "-W", "2", "198.18.6.10")
-	wrkClean(t, e.host("client", "wrk", "-t1", "-c4", "-d2s", "http://198.18.6.10/"))
-	e.download(sum)
-	e.host("client", "iperf3", "-c", "198.18.6.10", "-p", "5201", "-n", "20M")
-	lives := waitAllEnded(t, logPath)
-	web, iperf := 0, 0
-	for id, l := range lives {
-		if !l.started || (l.endReason != "fin" && l.endReason != "rst") {
-			t.Errorf("conn %d to %s: started %v, ended %q", id, l.server, l.started, l.endReason)
-		}
-		switch l.server {
-		case "198.18.6.10:80":
-			web++
-		case "198.18.6.10:5201":
-			iperf++
-		}
-	}
-	if web < 5 || web > 6 || iperf != 2 {
-		t.Errorf("%d web connections (want 5 or 6), %d iperf3 (want 2)", web, iperf)
-	}
+	e.midstatTraffic(sum, logPath)
 	st := e.monitorStatus(t)
 	if !st.Inline || st.Stats.ToGo == 0 || st.Stats.GoDropped != 0 || st.Stats.GoForwarded != st.Stats.ToGo {
 		t.Errorf("everything through the Go tracker, nothing dropped: %+v", st.Stats)
 	}
 	e.stopDaemon()
 
-	fwBin := filepath.Join(t.TempDir(), "inline-firewall")
-	if out, err := exec.Command("go", "build", "-tags", "dpdk", "-o", fwBin, "../examples/inline-firewall").CombinedOutput(); err != nil {
-		t.Fatalf("building the example: %v\n%s", err, out)
-	}
-	outPath := filepath.Join(t.TempDir(), "firewall.out")
-	outFile, err := os.Create(outPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer outFile.Close()
-	output := func() string { b, _ := os.ReadFile(outPath); return string(b) }
-	fw := e.lab.Command("lb", fwBin, "-backend", "dpdk", "-eal", eal, "-pair", "net_af_packet0:net_af_packet1",
-		"-filter", "tcp port 80", "-deny", "GET /files/secret", "-rewrite", "srv 198=SRV 198")
-	fw.Stdout, fw.Stderr = outFile, outFile
-	if err := fw.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fw.Process.Kill(); fw.Wait() })
-	waitFor(t, 20*time.Second, func() bool { return strings.Contains(output(), "INFO inline") }, "the firewall running")
-	for range 3 {
-		if got := e.curl("http://198.18.6.10/"); !strings.HasPrefix(got, "SRV 198.18.6.2:") {
-			t.Errorf("the answer %q was not rewritten", got)
-		}
-	}
-	blocked := e.lab.Command("client", "curl", "-sS", "--max-time", "2", "http://198.18.6.10/files/secret")
-	if b, err := blocked.CombinedOutput(); err == nil || !strings.Contains(string(b), "timed out") {
-		t.Errorf("the forbidden request went through: %v %s", err, b)
-	}
+	fw := e.startFirewall("dpdk", "-backend", "dpdk", "-eal", eal, "-pair", "net_af_packet0:net_af_packet1")
+	e.blockAndRewrite()
 	wrkClean(t, e.host("client", "wrk", "-t1", "-c4", "-d2s", "http://198.18.6.10/"))
 	e.download(sum)
 	e.host("client", "iperf3", "-c", "198.18.6.10", "-p", "5201", "-n", "20M")
-	fw.Process.Signal(syscall.SIGINT)
-	if err := fw.Wait(); err != nil {
-		t.Fatalf("the firewall: %v\n%s", err, output())
-	}
-	if !strings.Contains(output(), "blocked 1 connections") {
-		t.Errorf("the firewall's report: %s", output())
-	}
-	t.Logf("%s", output())
+	fw.stop(t)
+	t.Logf("%s", fw.output())
 }
 
 // TestDPDKRestartWithoutLoss: issue 4's restart without loss on the dpdk
@@ -544,14 +492,7 @@ func TestDPDKRestartWithoutLoss(t *testing.T) {
 		}
 	}
 	restart := func(how, b string) {
-		time.Sleep(2 * time.Second)
-		if how == "stop" {
-			e.mustMbx("stop", "--keep-datapath")
-		} else {
-			e.daemon.Process.Signal(syscall.SIGUSR2)
-		}
-		e.daemon.Wait()
-		e.daemon = nil
+		e.handOver(how)
 		start(b)
 		if got := e.mustMbx("ipvsadm", "-S", "-n"); got != before {
 			t.Fatalf("configuration after restart:\n%s\nwant:\n%s", got, before)
@@ -562,19 +503,8 @@ func TestDPDKRestartWithoutLoss(t *testing.T) {
 	}
 	restart("stop", bin)
 	restart("usr2", upgraded)
-	if err := wrk.Wait(); err != nil {
-		t.Fatalf("wrk: %v", err)
-	}
-	if err := iperf.Wait(); err != nil {
-		t.Fatalf("iperf3 across restarts: %v\n%s", err, iperfOut.String())
-	}
-	t.Logf("%s", wrkOut.String())
-	wrkClean(t, wrkOut.String())
-	r := parseIperf(t, iperfOut.String())
-	if r.End.SumSent.Bytes == 0 {
-		t.Fatal("iperf3 sent nothing")
-	}
-	t.Logf("iperf3 sent %.0f MB across two restarts", r.End.SumSent.Bytes/1e6)
+	wrkDone(t, wrk, &wrkOut)
+	iperfDone(t, iperf, &iperfOut, "iperf3")
 	l, _ := os.ReadFile(e.log)
 	if !strings.Contains(string(l), "connections of the previous run restored") {
 		t.Errorf("no restore in the log:\n%s", l)

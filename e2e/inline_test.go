@@ -44,21 +44,16 @@ func (e *env) download(sum string) {
 	}
 }
 
-// TestInlineMonitor: mOS's inline midstat. Every packet between client and
-// srv crosses mbx (in0 <-> in1); with no filter all of it goes through Go
-// (AF_XDP) and is sent on: wrk, a sha256-checked download, iperf3 and ping
-// all work, and every connection has a start and an end. With a filter,
-// what it does not select is forwarded in XDP.
-func TestInlineMonitor(t *testing.T) {
-	e, sum := inlineEnv(t)
-	logPath := filepath.Join(t.TempDir(), "events.jsonl")
-	e.startDaemon("--inline", "in0:in1", "--pin-dir", "none", "--monitor-log", logPath)
-
+// midstatTraffic runs ping, wrk, a download and iperf3 through an inline
+// monitor logging to logPath, and checks each connection started and
+// ended in the log.
+func (e *env) midstatTraffic(sum, logPath string) {
+	t := e.t
+	t.Helper()
 	e.host("client", "ping", "-c", "2", "-W", "2", "198.18.6.10")
 	wrkClean(t, e.host("client", "wrk", "-t1", "-c4", "-d2s", "http://198.18.6.10/"))
 	e.download(sum)
 	e.host("client", "iperf3", "-c", "198.18.6.10", "-p", "5201", "-n", "20M")
-
 	lives := waitAllEnded(t, logPath)
 	web, iperf := 0, 0
 	for id, l := range lives {
@@ -76,6 +71,77 @@ func TestInlineMonitor(t *testing.T) {
 	if web < 5 || web > 6 || iperf != 2 {
 		t.Errorf("%d web connections (want 5 or 6), %d iperf3 (want 2)", web, iperf)
 	}
+}
+
+// firewall is the inline firewall example running on lb.
+type firewall struct {
+	cmd    *exec.Cmd
+	output func() string
+}
+
+// startFirewall builds the example (with tags) and runs it with args,
+// blocking GET /files/secret and rewriting "srv 198" in answers.
+func (e *env) startFirewall(tags string, args ...string) *firewall {
+	t := e.t
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "inline-firewall")
+	if out, err := exec.Command("go", "build", "-tags", tags, "-o", bin, "../examples/inline-firewall").CombinedOutput(); err != nil {
+		t.Fatalf("building the example: %v\n%s", err, out)
+	}
+	outPath := filepath.Join(t.TempDir(), "firewall.out")
+	outFile, err := os.Create(outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { outFile.Close() })
+	fw := &firewall{output: func() string { b, _ := os.ReadFile(outPath); return string(b) }}
+	fw.cmd = e.lab.Command("lb", bin, append(args, "-filter", "tcp port 80", "-deny", "GET /files/secret", "-rewrite", "srv 198=SRV 198")...)
+	fw.cmd.Stdout, fw.cmd.Stderr = outFile, outFile
+	if err := fw.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fw.cmd.Process.Kill(); fw.cmd.Wait() })
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(fw.output(), "INFO inline") }, "the firewall running")
+	return fw
+}
+
+// blockAndRewrite: three answers rewritten, the forbidden request cut.
+func (e *env) blockAndRewrite() {
+	t := e.t
+	t.Helper()
+	for range 3 {
+		if got := e.curl("http://198.18.6.10/"); !strings.HasPrefix(got, "SRV 198.18.6.2:") {
+			t.Errorf("the answer %q was not rewritten", got)
+		}
+	}
+	blocked := e.lab.Command("client", "curl", "-sS", "--max-time", "2", "http://198.18.6.10/files/secret")
+	if b, err := blocked.CombinedOutput(); err == nil || !strings.Contains(string(b), "timed out") {
+		t.Errorf("the forbidden request went through: %v %s", err, b)
+	}
+}
+
+// stop ends the firewall and checks it blocked one connection.
+func (fw *firewall) stop(t *testing.T) {
+	t.Helper()
+	fw.cmd.Process.Signal(syscall.SIGINT)
+	if err := fw.cmd.Wait(); err != nil {
+		t.Fatalf("the firewall: %v\n%s", err, fw.output())
+	}
+	if !strings.Contains(fw.output(), "blocked 1 connections") {
+		t.Errorf("the firewall's report: %s", fw.output())
+	}
+}
+
+// TestInlineMonitor: mOS's inline midstat. Every packet between client and
+// srv crosses mbx (in0 <-> in1); with no filter all of it goes through Go
+// (AF_XDP) and is sent on: wrk, a sha256-checked download, iperf3 and ping
+// all work, and every connection has a start and an end. With a filter,
+// what it does not select is forwarded in XDP.
+func TestInlineMonitor(t *testing.T) {
+	e, sum := inlineEnv(t)
+	logPath := filepath.Join(t.TempDir(), "events.jsonl")
+	e.startDaemon("--inline", "in0:in1", "--pin-dir", "none", "--monitor-log", logPath)
+	e.midstatTraffic(sum, logPath)
 	st := e.monitorStatus(t)
 	if !st.Inline || st.Stats.ToGo == 0 || st.Stats.Forwarded != 0 || st.Stats.GoDropped != 0 || st.Stats.NoSocket != 0 {
 		t.Errorf("without a filter everything goes through Go and nothing is dropped: %+v", st.Stats)
@@ -110,50 +176,16 @@ func TestInlineMonitor(t *testing.T) {
 // rewritten as asked.
 func TestInlineFirewall(t *testing.T) {
 	e, sum := inlineEnv(t)
-	bin := filepath.Join(t.TempDir(), "inline-firewall")
-	if out, err := exec.Command("go", "build", "-o", bin, "../examples/inline-firewall").CombinedOutput(); err != nil {
-		t.Fatalf("building the example: %v\n%s", err, out)
-	}
-	outPath := filepath.Join(t.TempDir(), "firewall.out")
-	outFile, err := os.Create(outPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer outFile.Close()
-	output := func() string { b, _ := os.ReadFile(outPath); return string(b) }
-	fw := e.lab.Command("lb", bin, "-pair", "in0:in1", "-filter", "tcp port 80",
-		"-deny", "GET /files/secret", "-rewrite", "srv 198=SRV 198")
-	fw.Stdout, fw.Stderr = outFile, outFile
-	if err := fw.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fw.Process.Kill(); fw.Wait() })
-	waitFor(t, 10*time.Second, func() bool { return strings.Contains(output(), "INFO inline") }, "the firewall running")
+	fw := e.startFirewall("", "-pair", "in0:in1")
 	srvCap := e.tcpdump("srv", "eth0", filepath.Join(t.TempDir(), "srv.pcap"), "tcp port 80")
-
-	for range 3 {
-		if got := e.curl("http://198.18.6.10/"); !strings.HasPrefix(got, "SRV 198.18.6.2:") {
-			t.Errorf("the answer %q was not rewritten", got)
-		}
-	}
-	blocked := e.lab.Command("client", "curl", "-sS", "--max-time", "2", "http://198.18.6.10/files/secret")
-	if b, err := blocked.CombinedOutput(); err == nil || !strings.Contains(string(b), "timed out") {
-		t.Errorf("the forbidden request went through: %v %s", err, b)
-	}
+	e.blockAndRewrite()
 	// What the server received: the three requests, not the forbidden one.
 	frames := srvCap.stop(t)
 	wrkClean(t, e.host("client", "wrk", "-t1", "-c4", "-d2s", "http://198.18.6.10/"))
 	e.download(sum)
 	e.host("client", "iperf3", "-c", "198.18.6.10", "-p", "5201", "-n", "20M")
 	e.host("client", "ping", "-c", "2", "-W", "2", "198.18.6.10")
-
-	fw.Process.Signal(syscall.SIGINT)
-	if err := fw.Wait(); err != nil {
-		t.Fatalf("the firewall: %v\n%s", err, output())
-	}
-	if !strings.Contains(output(), "blocked 1 connections") {
-		t.Errorf("the firewall's report: %s", output())
-	}
+	fw.stop(t)
 
 	m := monitor.New(monitor.Options{})
 	var received bytes.Buffer

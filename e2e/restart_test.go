@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -71,14 +72,7 @@ func TestRestartWithoutLoss(t *testing.T) {
 	}
 
 	restart := func(how string, bin string) {
-		time.Sleep(2 * time.Second)
-		if how == "stop" {
-			e.mustMbx("stop", "--keep-datapath")
-		} else {
-			e.daemon.Process.Signal(syscall.SIGUSR2)
-		}
-		e.daemon.Wait()
-		e.daemon = nil
+		e.handOver(how)
 		// Nothing of mbx runs now; the datapath must still be attached.
 		if out, _ := e.lab.Run("lb", "ip", "link", "show", "wan0"); !strings.Contains(out, "xdp") {
 			t.Fatalf("datapath detached by a keep-datapath stop:\n%s", out)
@@ -109,27 +103,9 @@ func TestRestartWithoutLoss(t *testing.T) {
 	restart("usr2", upgraded)
 	addrsPresent(true)
 
-	if err := wrk.Wait(); err != nil {
-		t.Fatalf("wrk: %v", err)
-	}
-	if err := iperf.Wait(); err != nil {
-		t.Fatalf("iperf3 across restarts: %v\n%s", err, iperfOut.String())
-	}
-	t.Logf("%s", wrkOut.String())
-	wrkClean(t, wrkOut.String())
-	r := parseIperf(t, iperfOut.String())
-	if r.End.SumSent.Bytes == 0 {
-		t.Fatal("iperf3 sent nothing")
-	}
-	t.Logf("iperf3 sent %.0f MB across two restarts", r.End.SumSent.Bytes/1e6)
-	if err := iperf6.Wait(); err != nil {
-		t.Fatalf("iperf3 over IPv6 across restarts: %v\n%s", err, iperf6Out.String())
-	}
-	if r6 := parseIperf(t, iperf6Out.String()); r6.End.SumSent.Bytes == 0 {
-		t.Fatal("iperf3 over IPv6 sent nothing")
-	} else {
-		t.Logf("iperf3 over IPv6 sent %.0f MB across two restarts", r6.End.SumSent.Bytes/1e6)
-	}
+	wrkDone(t, wrk, &wrkOut)
+	iperfDone(t, iperf, &iperfOut, "iperf3")
+	iperfDone(t, iperf6, &iperf6Out, "iperf3 over IPv6")
 
 	// --fresh discards the pinned state.
 	e.stopDaemon()
@@ -138,6 +114,42 @@ func TestRestartWithoutLoss(t *testing.T) {
 	if got := e.mustMbx("ipvsadm", "-S", "-n"); strings.TrimSpace(got) != "" {
 		t.Fatalf("--fresh kept: %s", got)
 	}
+}
+
+// handOver stops the daemon, two seconds into the traffic, so that the
+// next one takes over: `mbx stop --keep-datapath` (how "stop") or SIGUSR2.
+func (e *env) handOver(how string) {
+	time.Sleep(2 * time.Second)
+	if how == "stop" {
+		e.mustMbx("stop", "--keep-datapath")
+	} else {
+		e.daemon.Process.Signal(syscall.SIGUSR2)
+	}
+	e.daemon.Wait()
+	e.daemon = nil
+}
+
+// wrkDone waits for a wrk run across restarts: no failed request.
+func wrkDone(t *testing.T, wrk *exec.Cmd, out *strings.Builder) {
+	t.Helper()
+	if err := wrk.Wait(); err != nil {
+		t.Fatalf("wrk: %v", err)
+	}
+	t.Logf("%s", out.String())
+	wrkClean(t, out.String())
+}
+
+// iperfDone waits for an iperf3 transfer across restarts: it completed.
+func iperfDone(t *testing.T, iperf *exec.Cmd, out *strings.Builder, what string) {
+	t.Helper()
+	if err := iperf.Wait(); err != nil {
+		t.Fatalf("%s across restarts: %v\n%s", what, err, out.String())
+	}
+	r := parseIperf(t, out.String())
+	if r.End.SumSent.Bytes == 0 {
+		t.Fatalf("%s sent nothing", what)
+	}
+	t.Logf("%s sent %.0f MB across two restarts", what, r.End.SumSent.Bytes/1e6)
 }
 
 func copyFile(t *testing.T, from, to string) {

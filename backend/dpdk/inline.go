@@ -262,24 +262,15 @@ func (im *inlineMonitor) Stop() {
 func (im *inlineMonitor) Refresh() {}
 
 // Snapshot calls fn with a copy of every connection the monitor holds.
-func (im *inlineMonitor) Snapshot(fn func(c *monitor.Conn)) {
-	im.mu.Lock()
-	var conns []monitor.Conn
-	im.m.Conns(func(c *monitor.Conn) { conns = append(conns, *c) })
-	im.mu.Unlock()
-	for i := range conns {
-		fn(&conns[i])
-	}
-}
+func (im *inlineMonitor) Snapshot(fn func(c *monitor.Conn)) { snapshotConns(&im.mu, im.m, fn) }
 
 // Stats: the flow table's verdicts as XDP's (forwarded, dropped, sent to
 // Go), and the tracker's.
 func (im *inlineMonitor) Stats() (backend.MonitorStats, error) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
-	s := im.m.Stats()
-	return backend.MonitorStats{Packets: s.Packets, TCP: s.TCP, Orphans: s.Orphans, Filtered: s.Filtered,
-		Fragments: s.Fragments, Malformed: s.Malformed, Conns: s.Conns, Reassembled: s.Reassembled,
-		ToGo: im.stats.toGo, Forwarded: im.stats.forwarded, Dropped: im.stats.dropped,
-		GoForwarded: im.stats.goForwarded, GoDropped: im.stats.goDropped}, nil
+	st := trackerStats(im.m.Stats())
+	st.ToGo, st.Forwarded, st.Dropped = im.stats.toGo, im.stats.forwarded, im.stats.dropped
+	st.GoForwarded, st.GoDropped = im.stats.goForwarded, im.stats.goDropped
+	return st, nil
 }

@@ -116,22 +116,31 @@ func (lm *liveMonitor) Stop() {
 func (lm *liveMonitor) Refresh() {}
 
 // Snapshot calls fn with a copy of every connection the monitor holds.
-func (lm *liveMonitor) Snapshot(fn func(c *monitor.Conn)) {
-	lm.mu.Lock()
+func (lm *liveMonitor) Snapshot(fn func(c *monitor.Conn)) { snapshotConns(&lm.mu, lm.m, fn) }
+
+// snapshotConns copies m's connections under mu, then calls fn on each
+// copy without it (fn may take its time).
+func snapshotConns(mu *sync.Mutex, m *monitor.Monitor, fn func(c *monitor.Conn)) {
+	mu.Lock()
 	var conns []monitor.Conn
-	lm.m.Conns(func(c *monitor.Conn) { conns = append(conns, *c) })
-	lm.mu.Unlock()
+	m.Conns(func(c *monitor.Conn) { conns = append(conns, *c) })
+	mu.Unlock()
 	for i := range conns {
 		fn(&conns[i])
 	}
 }
 
+// trackerStats are the Go tracker's counters as a backend reports them.
+func trackerStats(s monitor.Stats) backend.MonitorStats {
+	return backend.MonitorStats{Packets: s.Packets, TCP: s.TCP, Orphans: s.Orphans, Filtered: s.Filtered,
+		Fragments: s.Fragments, Malformed: s.Malformed, Conns: s.Conns, Reassembled: s.Reassembled}
+}
+
 // Stats are the Go tracker's counters and the packets it lost.
 func (lm *liveMonitor) Stats() (backend.MonitorStats, error) {
 	lm.mu.Lock()
-	s := lm.m.Stats()
+	st := trackerStats(lm.m.Stats())
 	lm.mu.Unlock()
-	return backend.MonitorStats{Packets: s.Packets, TCP: s.TCP, Orphans: s.Orphans, Filtered: s.Filtered,
-		Fragments: s.Fragments, Malformed: s.Malformed, Conns: s.Conns, Reassembled: s.Reassembled,
-		Lost: lm.lost.Load()}, nil
+	st.Lost = lm.lost.Load()
+	return st, nil
 }
