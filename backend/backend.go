@@ -180,6 +180,26 @@ type Snapshot struct {
 	Evicted uint64 `json:"evicted"`
 	// LocalPorts is how many local ports a LIP has toward one real server.
 	LocalPorts int `json:"local_ports"`
+	// Workers are a polling data plane's per-worker packet counts (dpdk:
+	// one per lcore); none for XDP, whose work the kernel spreads.
+	Workers []WorkerCounters `json:"workers,omitempty"`
+}
+
+// WorkerCounters are one polling worker's packets: received from its
+// queues (Rx), handed to the worker owning them and taken from the others
+// (the connection's owner forwards it), dropped on a full handoff ring,
+// not taken by a port's transmit ring, and through the kernel exception
+// path both ways.
+type WorkerCounters struct {
+	Worker      int    `json:"worker"`
+	CPU         int    `json:"cpu"`
+	Rx          uint64 `json:"rx"`
+	Handed      uint64 `json:"handed"`
+	Taken       uint64 `json:"taken"`
+	HandDropped uint64 `json:"hand_dropped"`
+	TxDropped   uint64 `json:"tx_dropped"`
+	ToKernel    uint64 `json:"to_kernel"`
+	FromKernel  uint64 `json:"from_kernel"`
 }
 
 // Conn is one tracked connection.

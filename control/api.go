@@ -17,6 +17,8 @@ type Status struct {
 	Evicted    uint64                      `json:"evicted"`
 	LocalPorts int                         `json:"local_ports"`
 	Timeouts   lb.Timeouts                 `json:"timeouts"` // effective, seconds
+	// Workers: a polling data plane's per-worker counters (dpdk).
+	Workers []backend.WorkerCounters `json:"workers,omitempty"`
 }
 
 // ServiceStatus is one service with its counters.

@@ -377,7 +377,7 @@ func (d *Daemon) Status() (*Status, error) {
 		return nil, err
 	}
 	st := &Status{Backend: d.beName, Datapath: snap.Datapath, ConnsMax: snap.ConnsMax, Ifaces: snap.Ifaces,
-		Entries: snap.Entries, Evicted: snap.Evicted, LocalPorts: snap.LocalPorts,
+		Entries: snap.Entries, Evicted: snap.Evicted, LocalPorts: snap.LocalPorts, Workers: snap.Workers,
 		Timeouts: lb.Seconds(cfg.Timeouts.Effective(flow.IPVSTimeouts()))}
 	for _, s := range cfg.Services {
 		ss := ServiceStatus{Service: *s, Stats: snap.Services[s.Key]}

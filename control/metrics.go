@@ -51,6 +51,7 @@ func (d *Daemon) RegisterMetrics(m metric.Meter) error {
 	i.entries = gauge("mbx_conntable_entries", "Connection-table entries at the last sweep (two per connection).")
 	i.capacity = gauge("mbx_conntable_capacity", "Connection-table size in entries.")
 	i.evicted = counter("mbx_conntable_evictions", "Live entries the full table evicted (estimated at each sweep).")
+	i.workerPkts = counter("mbx_worker_packets", "A polling worker's packets (dpdk), by event: rx, handed (to the connection's owner), taken (from the others), hand_dropped, tx_dropped, to_kernel, from_kernel.")
 	if err != nil {
 		return err
 	}
@@ -74,12 +75,13 @@ func (d *Daemon) RegisterMetrics(m metric.Meter) error {
 type instruments struct {
 	svcInfo, realActive, realInactive, realWeight, realUp, laddrUsed, laddrFree, entries, capacity                         metric.Int64ObservableGauge
 	svcConns, svcPkts, svcBytes, realConns, realPkts, realBytes, realTrans, laddrConflicts, ifPkts, drops, events, evicted metric.Int64ObservableCounter
+	workerPkts                                                                                                             metric.Int64ObservableCounter
 }
 
 func (i *instruments) all() []metric.Observable {
 	return []metric.Observable{i.svcInfo, i.realActive, i.realInactive, i.realWeight, i.realUp, i.laddrUsed, i.laddrFree,
 		i.entries, i.capacity, i.svcConns, i.svcPkts, i.svcBytes, i.realConns, i.realPkts, i.realBytes, i.realTrans,
-		i.laddrConflicts, i.ifPkts, i.drops, i.events, i.evicted}
+		i.laddrConflicts, i.ifPkts, i.drops, i.events, i.evicted, i.workerPkts}
 }
 
 func (i *instruments) observe(o metric.Observer, st *Status) {
@@ -125,6 +127,12 @@ func (i *instruments) observe(o metric.Observer, st *Status) {
 			o.ObserveInt64(i.drops, int64(v), metric.WithAttributes(attribute.String("reason", strings.TrimPrefix(name, "drop_"))))
 		default:
 			o.ObserveInt64(i.events, int64(v), metric.WithAttributes(attribute.String("event", name)))
+		}
+	}
+	for _, w := range st.Workers {
+		for ev, n := range map[string]uint64{"rx": w.Rx, "handed": w.Handed, "taken": w.Taken, "hand_dropped": w.HandDropped,
+			"tx_dropped": w.TxDropped, "to_kernel": w.ToKernel, "from_kernel": w.FromKernel} {
+			o.ObserveInt64(i.workerPkts, int64(n), metric.WithAttributes(attribute.Int("worker", w.Worker), attribute.String("event", ev)))
 		}
 	}
 	o.ObserveInt64(i.entries, int64(st.Entries))

@@ -392,6 +392,9 @@ func (b *Backend) Snapshot() (*backend.Snapshot, error) {
 		// Packets received by one worker and forwarded by their owner.
 		s.Datapath["handed_off"] += l.w.Handed
 		s.Datapath["drop_handoff"] += l.w.HandDropped
+		w := l.w
+		s.Workers = append(s.Workers, backend.WorkerCounters{Worker: len(s.Workers), CPU: l.cpu, Rx: w.Rx, Handed: w.Handed,
+			Taken: w.Taken, HandDropped: w.HandDropped, TxDropped: w.TxDropped, ToKernel: w.ToKernel, FromKernel: w.FromKernel})
 		l.dp.RealCounters(func(svc lb.ServiceKey, real netip.AddrPort, st backend.RealStatus) {
 			ref := backend.RealRef{Service: svc, Real: real}
 			r := s.Reals[ref]
@@ -445,7 +448,7 @@ func (b *Backend) release() {
 	for i, l := range b.workers {
 		if b.opts.Logger != nil {
 			w := l.w
-			b.opts.Logger.Info("dpdk worker", "worker", i, "cpu", l.cpu, "rx", l.dp.Counters()["rx"], "handed", w.Handed,
+			b.opts.Logger.Info("dpdk worker", "worker", i, "cpu", l.cpu, "rx", w.Rx, "handed", w.Handed,
 				"taken", w.Taken, "hand_dropped", w.HandDropped, "tx_dropped", w.TxDropped, "to_kernel", w.ToKernel,
 				"from_kernel", w.FromKernel)
 		}

@@ -50,9 +50,10 @@ type Worker struct {
 	tags     []int
 	inbox    chan datapath.Neighbor
 	peers    []*Worker
-	// Handed counts packets given to their owner, HandDropped those its
-	// full ring refused (dropped), Taken those received from the others.
-	Handed, HandDropped, Taken uint64
+	// Rx counts packets received from the ports' queues; Handed those
+	// given to their owner, HandDropped those its full ring refused
+	// (dropped), Taken those received from the others.
+	Rx, Handed, HandDropped, Taken uint64
 	// The inline stream monitor (SetInline): per port its peer or -1,
 	// and the judge of each packet received on one.
 	inline []int
@@ -254,6 +255,7 @@ func (w *Worker) pollTap(port int) int {
 // packets other workers own to them.
 func (w *Worker) PollPort(in int) int {
 	n := w.rx.Rx(w.ports[in], w.queue)
+	w.Rx += uint64(n)
 	for i := range n {
 		if w.to != nil && !w.inlinePort(in) {
 			if o := w.dp.Owner(w.rx.Data(i)); o != w.queue {
