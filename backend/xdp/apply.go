@@ -335,7 +335,8 @@ func (b *Backend) removeService(k lb.ServiceKey, ps *progService) error {
 	}
 	e := ps.entry
 	b.pending = append(b.pending, func() {
-		b.slots.release(int(e.SchedBase), int(e.SchedLen))
+		// The allocator counts sched_slots groups, not slots.
+		b.slots.release(int(e.SchedBase)/slotsPerGroup, groupsFor(int(e.SchedLen)))
 		b.laddrIdx.release(int(e.LaddrBase), int(e.LaddrLen))
 		b.svcIDs.release(ps.id)
 	})

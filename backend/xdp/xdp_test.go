@@ -1,6 +1,7 @@
 package xdp
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -268,5 +269,46 @@ func TestTunnelSourceSpreads(t *testing.T) {
 	}
 	if len(seen) < 32 {
 		t.Errorf("64 flows used only %d outer sources", len(seen))
+	}
+}
+
+// Removing a service frees exactly its scheduler table: a service added
+// afterwards must not get table slots another service still uses. (Its
+// release once counted slots as groups: removing the service at slot 4
+// freed the group of the service at slot 16.)
+func TestRemovedServiceFreesOnlyItsTable(t *testing.T) {
+	svc := func(port int, reals ...string) string {
+		s := fmt.Sprintf("-A -t 198.18.0.100:%d -s rr\n", port)
+		for _, r := range reals {
+			s += fmt.Sprintf("-a -t 198.18.0.100:%d -r %s -b\n", port, r)
+		}
+		return s + fmt.Sprintf("--add-laddr -z 198.18.1.200 -t 198.18.0.100:%d -F lan0\n", port)
+	}
+	f, d := fixture(t, svc(80, "198.18.1.2")+svc(81, "198.18.1.2", "198.18.1.3", "198.18.1.4", "198.18.1.5")+
+		svc(83, "198.18.1.2")+svc(84, "198.18.1.2")+svc(85, "198.18.1.4"))
+	apply := func(lines string) {
+		t.Helper()
+		ops, err := ipvsadmLines(lines)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := d.cfg.Do(ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.w.Do(func() error { return d.b.Apply(cfg) }); err != nil {
+			t.Fatal(err)
+		}
+		d.cfg = cfg
+	}
+	apply(`-D -t 198.18.0.100:81`)
+	apply(svc(86, "198.18.1.2") + svc(87, "198.18.1.2") + svc(88, "198.18.1.2"))
+	for sport := 44000; sport < 44004; sport++ {
+		p := syn(sport)
+		p.TCP["dport"] = 85
+		_, out := d.send(t, f, p)
+		if got, _, _ := decode(t, out); got != netip.MustParseAddr("198.18.1.4") {
+			t.Fatalf("a SYN to :85 went to %s: its table was given to another service", got)
+		}
 	}
 }
