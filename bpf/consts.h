@@ -24,6 +24,12 @@
 #define PICK_LEAST 4    /* lc/wlc: least connections (weighted with SVC_F_WEIGHTED) */
 #define PICK_MASK 7
 #define SVC_F_WEIGHTED 8
+/* The service's table is also in sched_bytes, a byte per slot (at most
+ * 255 real servers): byte_base is its first group, the real-id list's
+ * length is in bits 16-23 of flags. */
+#define SVC_F_BYTES 16
+#define SVC_NREALS_SHIFT 16
+#define BYTES_PER_GROUP 8
 /* lc/wlc scan a service's real servers; lb/ refuses more for them. */
 #define LEAST_MAX 256
 /* How many LIP/port candidates a new Full-NAT connection probes. */

@@ -62,7 +62,7 @@ struct svc {
 	__u32 laddr_len;
 	__u32 flags;     /* PICK_* */
 	__u32 persist_s; /* client affinity (ipvsadm -p), seconds; 0 = none */
-	__u32 pad;
+	__u32 byte_base; /* SVC_F_BYTES: first group in sched_bytes */
 };
 
 /* Persistence templates (IPVS's): a client's real server per service. */
@@ -167,6 +167,44 @@ static __always_inline int slot_real(__u32 slot, __u32 *id)
 	if (!g)
 		return -1;
 	*id = g->real[slot % SLOTS_PER_GROUP];
+	return 0;
+}
+
+/* The scheduler tables of services with at most 255 real servers, a byte
+ * per slot (SVC_F_BYTES): a service's range holds its real ids first, four
+ * 16-bit ids per group, then the table, eight indices into that list per
+ * group. A hash scheduler reads one random slot per new connection: at
+ * M = 65537 the byte table is 64 KiB where sched_slots' is 128 KiB, which
+ * is what decides that read's cost (docs/benchmarks.md, Maglev). */
+struct sched_byte_group {
+	__u8 b[BYTES_PER_GROUP];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SCHED_SLOTS / BYTES_PER_GROUP);
+	__type(key, __u32);
+	__type(value, struct sched_byte_group);
+} sched_bytes SEC(".maps");
+
+/* table_real reads slot i of service s's table (its byte table when it has
+ * one); 0 on success. */
+static __always_inline int table_real(const struct svc *s, __u32 i, __u32 *id)
+{
+	if (!(s->flags & SVC_F_BYTES))
+		return slot_real(s->sched_base + i, id);
+	__u32 nreals = (s->flags >> SVC_NREALS_SHIFT) & 0xff;
+	__u32 g = s->byte_base + (nreals + 3) / 4 + i / BYTES_PER_GROUP;
+	struct sched_byte_group *t = bpf_map_lookup_elem(&sched_bytes, &g);
+	if (!t)
+		return -1;
+	__u32 idx = t->b[i % BYTES_PER_GROUP];
+	__u32 lg = s->byte_base + idx / 4;
+	struct sched_byte_group *l = bpf_map_lookup_elem(&sched_bytes, &lg);
+	if (!l)
+		return -1;
+	__u32 k = (idx & 3) * 2;
+	*id = l->b[k] | (__u32)l->b[k + 1] << 8;
 	return 0;
 }
 

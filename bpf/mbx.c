@@ -151,7 +151,7 @@ static __always_inline int pick_real(const struct svc *s, const struct config *c
 		n = __sync_fetch_and_add(pos, 1);
 	}
 	}
-	if (slot_real(s->sched_base + n % s->sched_len, real_id))
+	if (table_real(s, n % s->sched_len, real_id))
 		return XDP_DROP;
 	rs = bpf_map_lookup_elem(&reals, real_id);
 	if (!rs) {

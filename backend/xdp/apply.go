@@ -245,9 +245,12 @@ func (b *Backend) applyService(s *lb.Service, schedTable []int) error {
 		table[i] = ids[idx]
 	}
 	entry := ps.entry
-	entry.Flags = pickFlags[sch.Pick()]
+	entry.Flags = pickFlags[sch.Pick()] | ps.entry.Flags&^(svcFBytes-1) // keep the byte table's bits
 	entry.PersistS = uint32(s.Persistence)
 	if fresh || !slices.Equal(table, ps.table) {
+		if err := b.writeByteTable(&entry, table, fresh); err != nil {
+			return err
+		}
 		groups := packSlots(table)
 		base, err := b.slots.alloc(len(groups))
 		if err != nil {
@@ -337,6 +340,9 @@ func (b *Backend) removeService(k lb.ServiceKey, ps *progService) error {
 	b.pending = append(b.pending, func() {
 		// The allocator counts sched_slots groups, not slots.
 		b.slots.release(int(e.SchedBase)/slotsPerGroup, groupsFor(int(e.SchedLen)))
+		if e.Flags&svcFBytes != 0 {
+			b.bytes.release(int(e.ByteBase), byteGroups(int(e.Flags>>svcNRealsShift&0xff), int(e.SchedLen)))
+		}
 		b.laddrIdx.release(int(e.LaddrBase), int(e.LaddrLen))
 		b.svcIDs.release(ps.id)
 	})
@@ -365,6 +371,69 @@ func (b *Backend) realCounters(id uint32) (backend.Counters, error) {
 }
 
 func groupsFor(slots int) int { return (slots + slotsPerGroup - 1) / slotsPerGroup }
+
+// byteGroups is how many sched_bytes groups a byte table of slots slots
+// over nreals real servers takes: the id list, then the table.
+func byteGroups(nreals, slots int) int {
+	return (nreals+3)/4 + (slots+bytesPerGroup-1)/bytesPerGroup
+}
+
+// packBytes lays a table of at most maxByteReals distinct real ids out as
+// sched_bytes groups (maps.h): the ids, little-endian 16-bit, four per
+// group, then one index into them per slot; ok false when there are more.
+func packBytes(table []uint32) (groups []mbxSchedByteGroup, nreals int, ok bool) {
+	index := map[uint32]int{}
+	var list []uint32
+	for _, id := range table {
+		if _, seen := index[id]; !seen {
+			index[id] = len(list)
+			list = append(list, id)
+		}
+	}
+	if len(list) > maxByteReals || len(list) == 0 {
+		return nil, 0, false
+	}
+	groups = make([]mbxSchedByteGroup, byteGroups(len(list), len(table)))
+	for i, id := range list {
+		groups[i/4].B[i%4*2], groups[i/4].B[i%4*2+1] = uint8(id), uint8(id>>8)
+	}
+	first := (len(list) + 3) / 4
+	for i, id := range table {
+		groups[first+i/bytesPerGroup].B[i%bytesPerGroup] = uint8(index[id])
+	}
+	return groups, len(list), true
+}
+
+// writeByteTable gives a service of at most maxByteReals real servers its
+// byte table (a fresh range, switched in with the service entry) and
+// releases the old one after the switch; others lose SVC_F_BYTES.
+func (b *Backend) writeByteTable(entry *mbxSvc, table []uint32, fresh bool) error {
+	if !fresh && entry.Flags&svcFBytes != 0 {
+		oldBase, oldLen := int(entry.ByteBase), byteGroups(int(entry.Flags>>svcNRealsShift&0xff), int(entry.SchedLen))
+		b.pending = append(b.pending, func() { b.bytes.release(oldBase, oldLen) })
+	}
+	entry.Flags &^= svcFBytes | 0xff<<svcNRealsShift
+	entry.ByteBase = 0
+	groups, nreals, ok := packBytes(table)
+	if !ok {
+		return nil
+	}
+	base, err := b.bytes.alloc(len(groups))
+	if err != nil {
+		return nil // no room: the 16-bit table serves
+	}
+	keys := make([]uint32, len(groups))
+	for i := range keys {
+		keys[i] = uint32(base + i)
+	}
+	if _, err := b.objs.SchedBytes.BatchUpdate(keys, groups, nil); err != nil {
+		b.bytes.release(base, len(groups))
+		return fmt.Errorf("sched_bytes: %w", err)
+	}
+	entry.Flags |= svcFBytes | uint32(nreals)<<svcNRealsShift
+	entry.ByteBase = uint32(base)
+	return nil
+}
 
 // packSlots lays a scheduler table out as sched_slots elements.
 func packSlots(table []uint32) []mbxSchedGroup {

@@ -376,6 +376,11 @@ type mbxRealStats struct {
 	Outbytes uint64
 }
 
+type mbxSchedByteGroup struct {
+	_ structs.HostLayout
+	B [8]uint8
+}
+
 type mbxSchedGroup struct {
 	_    structs.HostLayout
 	Real [4]uint16
@@ -403,7 +408,7 @@ type mbxSvc struct {
 	LaddrLen  uint32
 	Flags     uint32
 	PersistS  uint32
-	Pad       uint32
+	ByteBase  uint32
 }
 
 type mbxSvcKey struct {
@@ -458,6 +463,7 @@ const (
 	mbxMapNatSrcBits          = "nat_src_bits"
 	mbxMapPersist             = "persist"
 	mbxMapReals               = "reals"
+	mbxMapSchedBytes          = "sched_bytes"
 	mbxMapSchedPos            = "sched_pos"
 	mbxMapSchedSlots          = "sched_slots"
 	mbxMapServices            = "services"
@@ -563,6 +569,7 @@ type mbxMapSpecs struct {
 	NatSrcBits     *ebpf.MapSpec `ebpf:"nat_src_bits"`
 	Persist        *ebpf.MapSpec `ebpf:"persist"`
 	Reals          *ebpf.MapSpec `ebpf:"reals"`
+	SchedBytes     *ebpf.MapSpec `ebpf:"sched_bytes"`
 	SchedPos       *ebpf.MapSpec `ebpf:"sched_pos"`
 	SchedSlots     *ebpf.MapSpec `ebpf:"sched_slots"`
 	Services       *ebpf.MapSpec `ebpf:"services"`
@@ -638,6 +645,7 @@ type mbxMaps struct {
 	NatSrcBits     *ebpf.Map `ebpf:"nat_src_bits"`
 	Persist        *ebpf.Map `ebpf:"persist"`
 	Reals          *ebpf.Map `ebpf:"reals"`
+	SchedBytes     *ebpf.Map `ebpf:"sched_bytes"`
 	SchedPos       *ebpf.Map `ebpf:"sched_pos"`
 	SchedSlots     *ebpf.Map `ebpf:"sched_slots"`
 	Services       *ebpf.Map `ebpf:"services"`
@@ -688,6 +696,7 @@ func (m *mbxMaps) Close() error {
 		m.NatSrcBits,
 		m.Persist,
 		m.Reals,
+		m.SchedBytes,
 		m.SchedPos,
 		m.SchedSlots,
 		m.Services,

@@ -20,7 +20,7 @@ import (
 // lb6_prog is pinned for its reference: the kernel empties a program
 // array when no process holds it, and a stopped mbx's datapath keeps
 // tail-calling mbx_lb6 until the next run takes over.
-var pinnedMaps = []string{"conns", "conns6", "lb6_prog", "services", "sched_slots", "sched_pos", "reals", "stats", "loads",
+var pinnedMaps = []string{"conns", "conns6", "lb6_prog", "services", "sched_slots", "sched_bytes", "sched_pos", "reals", "stats", "loads",
 	"laddrs", "laddr_conflicts", "local_addrs", "local_bits", "counters", "persist"}
 
 // ensureBPFFS makes sure dir lies on a bpffs. Under /sys/fs/bpf, where a
@@ -152,6 +152,9 @@ func (b *Backend) adopt() (int, error) {
 		ps := &progService{id: v.Id, entry: v, reals: map[netip.AddrPort]uint32{}}
 		b.svcIDs.reserve(v.Id)
 		b.slots.reserve(int(v.SchedBase)/slotsPerGroup, groupsFor(int(v.SchedLen)))
+		if v.Flags&svcFBytes != 0 {
+			b.bytes.reserve(int(v.ByteBase), byteGroups(int(v.Flags>>svcNRealsShift&0xff), int(v.SchedLen)))
+		}
 		b.laddrIdx.reserve(int(v.LaddrBase), int(v.LaddrLen))
 		var g mbxSchedGroup
 		for i := uint32(0); i < v.SchedLen; i++ {

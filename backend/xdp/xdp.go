@@ -29,7 +29,13 @@ const (
 	// slotsPerGroup real ids share one sched_slots element (see consts.h);
 	// a service's table starts on a group boundary.
 	slotsPerGroup = 4
-	ifSlots       = 256 // IF_SLOTS in maps.h
+	// sched_bytes: BYTES_PER_GROUP one-byte slots per element, for services
+	// of at most maxByteReals real servers (SVC_F_BYTES in consts.h).
+	bytesPerGroup  = 8
+	maxByteReals   = 255
+	svcFBytes      = 16
+	svcNRealsShift = 16
+	ifSlots        = 256 // IF_SLOTS in maps.h
 )
 
 func init() {
@@ -49,6 +55,7 @@ type Backend struct {
 	svcIDs   idAlloc
 	realIDs  idAlloc
 	slots    *rangeAlloc
+	bytes    *rangeAlloc // sched_bytes groups
 	laddrIdx *rangeAlloc
 	pending  []func() // releases deferred to the next Apply (readers may still use them)
 	retired  map[lb.ServiceKey]backend.Counters
@@ -103,6 +110,7 @@ func Load(opts backend.Options) (*Backend, error) {
 		svcIDs:   idAlloc{max: maxServices},
 		realIDs:  idAlloc{max: maxReals},
 		slots:    newRangeAlloc(schedSlots / slotsPerGroup),
+		bytes:    newRangeAlloc(schedSlots / bytesPerGroup),
 		laddrIdx: newRangeAlloc(maxLaddrs),
 		retired:  map[lb.ServiceKey]backend.Counters{},
 	}

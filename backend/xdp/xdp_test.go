@@ -148,6 +148,10 @@ func TestHashSchedulersMatchGo(t *testing.T) {
 				-a -t 198.18.0.100:80 -r 198.18.1.4 -b -w 1
 				--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`)
 			svc := d.cfg.Services[0]
+			var entry mbxSvc
+			if err := d.b.objs.Services.Lookup(svcKey(svc.Key), &entry); err != nil || entry.Flags&svcFBytes == 0 {
+				t.Fatalf("three real servers: want the byte table (SVC_F_BYTES), flags %#x (%v)", entry.Flags, err)
+			}
 			sch, _ := lbLookup(tc.sched)
 			table := sch.Table(svc.Reals, d.cfg.Maglev)
 			seen := map[netip.Addr]int{}
@@ -310,5 +314,30 @@ func TestRemovedServiceFreesOnlyItsTable(t *testing.T) {
 		if got, _, _ := decode(t, out); got != netip.MustParseAddr("198.18.1.4") {
 			t.Fatalf("a SYN to :85 went to %s: its table was given to another service", got)
 		}
+	}
+}
+
+// packBytes: the real ids first (16-bit, little-endian, four per group),
+// then an index per slot; more than 255 distinct ids do not fit.
+func TestPackBytes(t *testing.T) {
+	groups, n, ok := packBytes([]uint32{5, 300, 5, 7, 300})
+	if !ok || n != 3 || len(groups) != 2 {
+		t.Fatalf("ok %v, %d ids, %d groups", ok, n, len(groups))
+	}
+	if want := [8]uint8{5, 0, 44, 1, 7, 0, 0, 0}; groups[0].B != want {
+		t.Errorf("id list %v, want %v", groups[0].B, want)
+	}
+	if want := [8]uint8{0, 1, 0, 2, 1, 0, 0, 0}; groups[1].B != want {
+		t.Errorf("slots %v, want %v", groups[1].B, want)
+	}
+	big := make([]uint32, 256)
+	for i := range big {
+		big[i] = uint32(i + 1)
+	}
+	if _, _, ok := packBytes(big); ok {
+		t.Error("256 real servers packed into a byte table")
+	}
+	if _, _, ok := packBytes(big[:255]); !ok {
+		t.Error("255 real servers did not fit a byte table")
 	}
 }
