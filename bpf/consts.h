@@ -28,6 +28,8 @@
  * 255 real servers): byte_base is its first group, the real-id list's
  * length is in bits 16-23 of flags. */
 #define SVC_F_BYTES 16
+/* ... and with at most 15 real servers, half a byte per slot. */
+#define SVC_F_NIBBLES 32
 #define SVC_NREALS_SHIFT 16
 #define BYTES_PER_GROUP 8
 /* lc/wlc scan a service's real servers; lb/ refuses more for them. */

@@ -171,11 +171,12 @@ static __always_inline int slot_real(__u32 slot, __u32 *id)
 }
 
 /* The scheduler tables of services with at most 255 real servers, a byte
- * per slot (SVC_F_BYTES): a service's range holds its real ids first, four
- * 16-bit ids per group, then the table, eight indices into that list per
- * group. A hash scheduler reads one random slot per new connection: at
- * M = 65537 the byte table is 64 KiB where sched_slots' is 128 KiB, which
- * is what decides that read's cost (docs/benchmarks.md, Maglev). */
+ * per slot (SVC_F_BYTES; half a byte with at most 15, SVC_F_NIBBLES): a
+ * service's range holds its real ids first, four 16-bit ids per group,
+ * then the table, eight (sixteen) indices into that list per group. A hash
+ * scheduler reads one random slot per new connection: at M = 65537 the
+ * table is 64 (32) KiB where sched_slots' is 128 KiB, which is what decides
+ * that read's cost (docs/benchmarks.md, Maglev). */
 struct sched_byte_group {
 	__u8 b[BYTES_PER_GROUP];
 };
@@ -194,11 +195,21 @@ static __always_inline int table_real(const struct svc *s, __u32 i, __u32 *id)
 	if (!(s->flags & SVC_F_BYTES))
 		return slot_real(s->sched_base + i, id);
 	__u32 nreals = (s->flags >> SVC_NREALS_SHIFT) & 0xff;
-	__u32 g = s->byte_base + (nreals + 3) / 4 + i / BYTES_PER_GROUP;
-	struct sched_byte_group *t = bpf_map_lookup_elem(&sched_bytes, &g);
-	if (!t)
-		return -1;
-	__u32 idx = t->b[i % BYTES_PER_GROUP];
+	__u32 idx, g = s->byte_base + (nreals + 3) / 4;
+	struct sched_byte_group *t;
+	if (s->flags & SVC_F_NIBBLES) {
+		g += i / (2 * BYTES_PER_GROUP);
+		t = bpf_map_lookup_elem(&sched_bytes, &g);
+		if (!t)
+			return -1;
+		idx = (t->b[(i / 2) % BYTES_PER_GROUP] >> ((i & 1) * 4)) & 0xf;
+	} else {
+		g += i / BYTES_PER_GROUP;
+		t = bpf_map_lookup_elem(&sched_bytes, &g);
+		if (!t)
+			return -1;
+		idx = t->b[i % BYTES_PER_GROUP];
+	}
 	__u32 lg = s->byte_base + idx / 4;
 	struct sched_byte_group *l = bpf_map_lookup_elem(&sched_bytes, &lg);
 	if (!l)

@@ -373,14 +373,21 @@ func (b *Backend) realCounters(id uint32) (backend.Counters, error) {
 func groupsFor(slots int) int { return (slots + slotsPerGroup - 1) / slotsPerGroup }
 
 // byteGroups is how many sched_bytes groups a byte table of slots slots
-// over nreals real servers takes: the id list, then the table.
+// over nreals real servers takes: the id list, then the table (half a byte
+// per slot up to maxNibbleReals).
 func byteGroups(nreals, slots int) int {
-	return (nreals+3)/4 + (slots+bytesPerGroup-1)/bytesPerGroup
+	per := bytesPerGroup
+	if nreals <= maxNibbleReals {
+		per *= 2
+	}
+	return (nreals+3)/4 + (slots+per-1)/per
 }
 
 // packBytes lays a table of at most maxByteReals distinct real ids out as
 // sched_bytes groups (maps.h): the ids, little-endian 16-bit, four per
-// group, then one index into them per slot; ok false when there are more.
+// group, then one index into them per slot, a byte each, or half a byte
+// (low half first) with at most maxNibbleReals; ok false when there are
+// more.
 func packBytes(table []uint32) (groups []mbxSchedByteGroup, nreals int, ok bool) {
 	index := map[uint32]int{}
 	var list []uint32
@@ -399,7 +406,11 @@ func packBytes(table []uint32) (groups []mbxSchedByteGroup, nreals int, ok bool)
 	}
 	first := (len(list) + 3) / 4
 	for i, id := range table {
-		groups[first+i/bytesPerGroup].B[i%bytesPerGroup] = uint8(index[id])
+		if len(list) <= maxNibbleReals {
+			groups[first+i/(2*bytesPerGroup)].B[i/2%bytesPerGroup] |= uint8(index[id]) << uint(i%2*4)
+		} else {
+			groups[first+i/bytesPerGroup].B[i%bytesPerGroup] = uint8(index[id])
+		}
 	}
 	return groups, len(list), true
 }
@@ -412,7 +423,7 @@ func (b *Backend) writeByteTable(entry *mbxSvc, table []uint32, fresh bool) erro
 		oldBase, oldLen := int(entry.ByteBase), byteGroups(int(entry.Flags>>svcNRealsShift&0xff), int(entry.SchedLen))
 		b.pending = append(b.pending, func() { b.bytes.release(oldBase, oldLen) })
 	}
-	entry.Flags &^= svcFBytes | 0xff<<svcNRealsShift
+	entry.Flags &^= svcFBytes | svcFNibbles | 0xff<<svcNRealsShift
 	entry.ByteBase = 0
 	groups, nreals, ok := packBytes(table)
 	if !ok {
@@ -431,6 +442,9 @@ func (b *Backend) writeByteTable(entry *mbxSvc, table []uint32, fresh bool) erro
 		return fmt.Errorf("sched_bytes: %w", err)
 	}
 	entry.Flags |= svcFBytes | uint32(nreals)<<svcNRealsShift
+	if nreals <= maxNibbleReals {
+		entry.Flags |= svcFNibbles
+	}
 	entry.ByteBase = uint32(base)
 	return nil
 }

@@ -34,6 +34,8 @@ const (
 	bytesPerGroup  = 8
 	maxByteReals   = 255
 	svcFBytes      = 16
+	svcFNibbles    = 32 // at most maxNibbleReals: half a byte per slot
+	maxNibbleReals = 15
 	svcNRealsShift = 16
 	ifSlots        = 256 // IF_SLOTS in maps.h
 )

@@ -149,8 +149,8 @@ func TestHashSchedulersMatchGo(t *testing.T) {
 				--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`)
 			svc := d.cfg.Services[0]
 			var entry mbxSvc
-			if err := d.b.objs.Services.Lookup(svcKey(svc.Key), &entry); err != nil || entry.Flags&svcFBytes == 0 {
-				t.Fatalf("three real servers: want the byte table (SVC_F_BYTES), flags %#x (%v)", entry.Flags, err)
+			if err := d.b.objs.Services.Lookup(svcKey(svc.Key), &entry); err != nil || entry.Flags&(svcFBytes|svcFNibbles) != svcFBytes|svcFNibbles {
+				t.Fatalf("three real servers: want the nibble table, flags %#x (%v)", entry.Flags, err)
 			}
 			sch, _ := lbLookup(tc.sched)
 			table := sch.Table(svc.Reals, d.cfg.Maglev)
@@ -317,22 +317,61 @@ func TestRemovedServiceFreesOnlyItsTable(t *testing.T) {
 	}
 }
 
+// A Maglev service of 20 real servers gets a byte table (not the nibble
+// one): the datapath's picks still match Go's table.
+func TestByteTableMatchesGo(t *testing.T) {
+	lines := "-A -t 198.18.0.100:80 -s mh\n--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0\n"
+	for i := range 20 {
+		lines += fmt.Sprintf("-a -t 198.18.0.100:80 -r 198.18.1.%d -b\n", 10+i)
+	}
+	f, d := fixture(t, lines)
+	svc := d.cfg.Services[0]
+	var entry mbxSvc
+	if err := d.b.objs.Services.Lookup(svcKey(svc.Key), &entry); err != nil || entry.Flags&(svcFBytes|svcFNibbles) != svcFBytes {
+		t.Fatalf("20 real servers: want a byte table, flags %#x (%v)", entry.Flags, err)
+	}
+	sch, _ := lbLookup("mh")
+	table := sch.Table(svc.Reals, d.cfg.Maglev)
+	seen := map[netip.Addr]bool{}
+	for sport := 45000; sport < 45300; sport++ {
+		_, out := d.send(t, f, syn(sport))
+		got, _, _ := decode(t, out)
+		k := flow.Key{Src: netip.MustParseAddr("198.18.0.2"), Dst: netip.MustParseAddr("198.18.0.100"), SrcPort: uint16(sport), DstPort: 80, Proto: 6}
+		if want := svc.Reals[table[k.SchedHash(flow.PickFlow, 0)%uint32(len(table))]].Addr; got != want {
+			t.Fatalf("sport %d: datapath picked %s, Go predicts %s", sport, got, want)
+		}
+		seen[got] = true
+	}
+	if len(seen) < 15 {
+		t.Errorf("300 flows reached %d of 20 real servers", len(seen))
+	}
+}
+
 // packBytes: the real ids first (16-bit, little-endian, four per group),
-// then an index per slot; more than 255 distinct ids do not fit.
+// then an index per slot, half a byte each (low half first) up to 15 ids, a
+// byte up to 255; more distinct ids do not fit.
 func TestPackBytes(t *testing.T) {
 	groups, n, ok := packBytes([]uint32{5, 300, 5, 7, 300})
-	if !ok || n != 3 || len(groups) != 2 {
+	if !ok || n != 3 || len(groups) != 2 || byteGroups(3, 5) != 2 {
 		t.Fatalf("ok %v, %d ids, %d groups", ok, n, len(groups))
 	}
 	if want := [8]uint8{5, 0, 44, 1, 7, 0, 0, 0}; groups[0].B != want {
 		t.Errorf("id list %v, want %v", groups[0].B, want)
 	}
-	if want := [8]uint8{0, 1, 0, 2, 1, 0, 0, 0}; groups[1].B != want {
-		t.Errorf("slots %v, want %v", groups[1].B, want)
+	if want := [8]uint8{0x10, 0x20, 0x01, 0, 0, 0, 0, 0}; groups[1].B != want {
+		t.Errorf("slots %#v, want %#v", groups[1].B, want)
 	}
 	big := make([]uint32, 256)
 	for i := range big {
 		big[i] = uint32(i + 1)
+	}
+	// 16 ids: a byte per slot, after four groups of ids.
+	groups, n, ok = packBytes(append(big[:16:16], big[15], big[0]))
+	if !ok || n != 16 || len(groups) != 4+3 || byteGroups(16, 18) != 7 {
+		t.Fatalf("16 ids: ok %v, %d ids, %d groups", ok, n, len(groups))
+	}
+	if want := [8]uint8{15, 0, 0, 0, 0, 0, 0, 0}; groups[6].B != want {
+		t.Errorf("slots 16-17 %v, want %v", groups[6].B, want)
 	}
 	if _, _, ok := packBytes(big); ok {
 		t.Error("256 real servers packed into a byte table")
