@@ -147,24 +147,10 @@ func TestHashSchedulersMatchGo(t *testing.T) {
 				-a -t 198.18.0.100:80 -r 198.18.1.3 -b -w 1
 				-a -t 198.18.0.100:80 -r 198.18.1.4 -b -w 1
 				--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`)
-			svc := d.cfg.Services[0]
-			var entry mbxSvc
-			if err := d.b.objs.Services.Lookup(svcKey(svc.Key), &entry); err != nil || entry.Flags&(svcFBytes|svcFNibbles) != svcFBytes|svcFNibbles {
-				t.Fatalf("three real servers: want the nibble table, flags %#x (%v)", entry.Flags, err)
+			if fl := tableFlags(t, d); fl != svcFBytes|svcFNibbles {
+				t.Fatalf("three real servers: want the nibble table, flags %#x", fl)
 			}
-			sch, _ := lbLookup(tc.sched)
-			table := sch.Table(svc.Reals, d.cfg.Maglev)
-			seen := map[netip.Addr]int{}
-			for sport := 43000; sport < 43200; sport++ {
-				_, out := d.send(t, f, syn(sport))
-				got, _, _ := decode(t, out)
-				k := flow.Key{Src: netip.MustParseAddr("198.18.0.2"), Dst: netip.MustParseAddr("198.18.0.100"), SrcPort: uint16(sport), DstPort: 80, Proto: 6}
-				want := svc.Reals[table[k.SchedHash(tc.pick, 0)%uint32(len(table))]].Addr
-				if got != want {
-					t.Fatalf("sport %d: datapath picked %s, Go predicts %s", sport, got, want)
-				}
-				seen[got]++
-			}
+			seen := picksMatchGo(t, f, d, tc.sched, tc.pick, 43000, 200)
 			if tc.pick == flow.PickFlow && len(seen) != 3 {
 				t.Fatalf("mh used %d of 3 real servers: %v", len(seen), seen)
 			}
@@ -325,26 +311,44 @@ func TestByteTableMatchesGo(t *testing.T) {
 		lines += fmt.Sprintf("-a -t 198.18.0.100:80 -r 198.18.1.%d -b\n", 10+i)
 	}
 	f, d := fixture(t, lines)
-	svc := d.cfg.Services[0]
-	var entry mbxSvc
-	if err := d.b.objs.Services.Lookup(svcKey(svc.Key), &entry); err != nil || entry.Flags&(svcFBytes|svcFNibbles) != svcFBytes {
-		t.Fatalf("20 real servers: want a byte table, flags %#x (%v)", entry.Flags, err)
+	if fl := tableFlags(t, d); fl != svcFBytes {
+		t.Fatalf("20 real servers: want a byte table, flags %#x", fl)
 	}
-	sch, _ := lbLookup("mh")
-	table := sch.Table(svc.Reals, d.cfg.Maglev)
-	seen := map[netip.Addr]bool{}
-	for sport := 45000; sport < 45300; sport++ {
-		_, out := d.send(t, f, syn(sport))
-		got, _, _ := decode(t, out)
-		k := flow.Key{Src: netip.MustParseAddr("198.18.0.2"), Dst: netip.MustParseAddr("198.18.0.100"), SrcPort: uint16(sport), DstPort: 80, Proto: 6}
-		if want := svc.Reals[table[k.SchedHash(flow.PickFlow, 0)%uint32(len(table))]].Addr; got != want {
-			t.Fatalf("sport %d: datapath picked %s, Go predicts %s", sport, got, want)
-		}
-		seen[got] = true
-	}
+	seen := picksMatchGo(t, f, d, "mh", flow.PickFlow, 45000, 300)
 	if len(seen) < 15 {
 		t.Errorf("300 flows reached %d of 20 real servers", len(seen))
 	}
+}
+
+// tableFlags are the first service's byte-table flags in the datapath.
+func tableFlags(t *testing.T, d *testDatapath) uint32 {
+	t.Helper()
+	var entry mbxSvc
+	if err := d.b.objs.Services.Lookup(svcKey(d.cfg.Services[0].Key), &entry); err != nil {
+		t.Fatal(err)
+	}
+	return entry.Flags & (svcFBytes | svcFNibbles)
+}
+
+// picksMatchGo sends n SYNs from successive source ports to the first
+// service and checks each reaches the real server Go's table predicts; it
+// returns how many went to each.
+func picksMatchGo(t *testing.T, f *vectors.File, d *testDatapath, sched string, pick, sport, n int) map[netip.Addr]int {
+	t.Helper()
+	svc := d.cfg.Services[0]
+	sch, _ := lbLookup(sched)
+	table := sch.Table(svc.Reals, d.cfg.Maglev)
+	seen := map[netip.Addr]int{}
+	for p := sport; p < sport+n; p++ {
+		_, out := d.send(t, f, syn(p))
+		got, _, _ := decode(t, out)
+		k := flow.Key{Src: netip.MustParseAddr("198.18.0.2"), Dst: netip.MustParseAddr("198.18.0.100"), SrcPort: uint16(p), DstPort: 80, Proto: 6}
+		if want := svc.Reals[table[k.SchedHash(pick, 0)%uint32(len(table))]].Addr; got != want {
+			t.Fatalf("sport %d: datapath picked %s, Go predicts %s", p, got, want)
+		}
+		seen[got]++
+	}
+	return seen
 }
 
 // packBytes: the real ids first (16-bit, little-endian, four per group),
