@@ -9,6 +9,8 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+
+	"github.com/mbx-net/mbx/backend/vectors"
 )
 
 const workersConfig = fnatConfig + `
@@ -290,4 +292,93 @@ func TestOwnerNoAllocations(t *testing.T) {
 	}); n != 0 {
 		t.Errorf("%.1f allocations per round", n)
 	}
+}
+
+// IPv6 Full-NAT and NAT64 over three workers: the reply (IPv6 to the IPv6
+// LIP, or IPv4 to NAT64's IPv4 LIP) is owned by the worker that made the
+// connection, whoever receives it.
+func TestWorkerOwnership6(t *testing.T) {
+	for _, file := range []string{"fnat6", "nat64"} {
+		t.Run(file, func(t *testing.T) {
+			f, err := vectors.Find(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := f.ConfigModel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			shared := NewShared()
+			var dps []*Datapath
+			var idx map[string]int
+			for w := range 3 {
+				d, ports, err := FromVectorFile(f, Options{Workers: 3, Worker: w, Shared: shared})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := d.Apply(cfg); err != nil {
+					t.Fatal(err)
+				}
+				dps, idx = append(dps, d), ports
+			}
+			used := map[int]bool{}
+			for sport := 40000; sport < 40030; sport++ {
+				in, err := f.Build(vectors.Packet{Iface: "wan0", Eth: map[string]any{"src": "client", "dst": "wan0"},
+					IP:  map[string]any{"src": "fd00:198::a:2", "dst": "fd00:198::a:100"},
+					TCP: map[string]any{"sport": sport, "dport": 80, "flags": "S"}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				w := owners(t, dps, in, "SYN")
+				used[w] = true
+				buf := append(make([]byte, 64), in...)
+				v, _, off, n := dps[w].ProcessAt(idx["wan0"], buf, 64, len(in))
+				if v != Redirect {
+					t.Fatalf("sport %d: %s", sport, v)
+				}
+				reply := answer(t, buf[off:off+n])
+				if o := owners(t, dps, reply, "reply"); o != w {
+					t.Fatalf("sport %d: the reply is owned by worker %d, the connection by %d", sport, o, w)
+				}
+				if v, _ := dps[w].Process(idx["lan0"], reply); v != Redirect {
+					t.Fatalf("sport %d: the reply on its owner: %s", sport, v)
+				}
+			}
+			if len(used) != 3 {
+				t.Errorf("30 connections used workers %v", used)
+			}
+		})
+	}
+}
+
+// answer is the real server's reply to a translated TCP segment (IPv4 or
+// IPv6): addresses and ports swapped.
+func answer(t *testing.T, frame []byte) []byte {
+	t.Helper()
+	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	tcp, _ := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if tcp == nil {
+		t.Fatalf("not TCP: %x", frame)
+	}
+	var ip gopacket.SerializableLayer
+	eth := &layers.Ethernet{SrcMAC: make(net.HardwareAddr, 6), DstMAC: make(net.HardwareAddr, 6)}
+	reply := &layers.TCP{SrcPort: tcp.DstPort, DstPort: tcp.SrcPort, SYN: true, ACK: true, Window: 100}
+	if v4, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok {
+		eth.EthernetType = layers.EthernetTypeIPv4
+		r := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: v4.DstIP, DstIP: v4.SrcIP}
+		_ = reply.SetNetworkLayerForChecksum(r)
+		ip = r
+	} else if v6, ok := pkt.Layer(layers.LayerTypeIPv6).(*layers.IPv6); ok {
+		eth.EthernetType = layers.EthernetTypeIPv6
+		r := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolTCP, SrcIP: v6.DstIP, DstIP: v6.SrcIP}
+		_ = reply.SetNetworkLayerForChecksum(r)
+		ip = r
+	} else {
+		t.Fatalf("not IP: %x", frame)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, reply); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
