@@ -340,7 +340,8 @@ func TestWorkerOwnership6(t *testing.T) {
 				if o := owners(t, dps, reply, "reply"); o != w {
 					t.Fatalf("sport %d: the reply is owned by worker %d, the connection by %d", sport, o, w)
 				}
-				if v, _ := dps[w].Process(idx["lan0"], reply); v != Redirect {
+				// Room in front: NAT64's reply grows into an IPv6 header.
+				if v, _, _, _ := dps[w].ProcessAt(idx["lan0"], append(make([]byte, 64), reply...), 64, len(reply)); v != Redirect {
 					t.Fatalf("sport %d: the reply on its owner: %s", sport, v)
 				}
 			}
