@@ -255,8 +255,9 @@ func TestDPDKTap(t *testing.T) {
 	}
 }
 
-// TestDPDKIPv6: IPv6 Full-NAT and NAT64 through the DPDK backend
-// (net_af_xdp, no hugepages): mbx answers neighbour solicitations for the
+// TestDPDKIPv6: IPv6 Full-NAT and NAT64 through the DPDK backend (two
+// workers on net_af_packet, no hugepages: replies reach the connection's
+// worker whichever queue they land on): mbx answers neighbour solicitations for the
 // VIP and the LIP and solicits the real servers itself; curl under rr
 // reaches both from the IPv6 LIP, and sha256-checked 20 MB downloads
 // complete, through Full-NAT and NAT64. The IPv4 service on the same ports
@@ -268,8 +269,8 @@ func TestDPDKIPv6(t *testing.T) {
 	// The data plane from the YAML file's dpdk section this time.
 	conf := filepath.Join(e.dir, "mbx.yaml")
 	if err := os.WriteFile(conf, []byte(`dpdk:
-  eal: "-l 0 --no-pci --no-huge -m 512 --vdev=net_af_xdp0,iface=wan0 --vdev=net_af_xdp1,iface=lan0"
-  ports: [net_af_xdp0=198.18.0.1/24, "net_af_xdp0=fd00:198::a:1/112", net_af_xdp1=198.18.1.1/24, "net_af_xdp1=fd00:198::b:1/112"]
+  eal: "-l 0,1 --no-pci --no-huge -m 1024 --vdev=net_af_packet0,iface=wan0,qpairs=2 --vdev=net_af_packet1,iface=lan0,qpairs=2"
+  ports: [net_af_packet0=198.18.0.1/24, "net_af_packet0=fd00:198::a:1/112", net_af_packet1=198.18.1.1/24, "net_af_packet1=fd00:198::b:1/112"]
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -281,10 +282,10 @@ func TestDPDKIPv6(t *testing.T) {
 		-A -t [fd00:198::a:100]:80 -s rr
 		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:2] -b
 		-a -t [fd00:198::a:100]:80 -r [fd00:198::b:3] -b
-		--add-laddr -z fd00:198::b:200 -t [fd00:198::a:100]:80 -F net_af_xdp1
+		--add-laddr -z fd00:198::b:200 -t [fd00:198::a:100]:80 -F net_af_packet1
 		-A -t 198.18.0.100:80 -s rr
 		-a -t 198.18.0.100:80 -r 198.18.1.2 -b
-		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F net_af_xdp1`)
+		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F net_af_packet1`)
 	// mbx answers neighbour solicitations and ping for the VIP itself.
 	e.host("client", "ping", "-6", "-c", "2", "-W", "2", vip6)
 	out := e.curl6(10)
@@ -308,7 +309,7 @@ func TestDPDKIPv6(t *testing.T) {
 	e.ipvsadm(`
 		-A -t [fd00:198::a:100]:8080 -s rr
 		-a -t [fd00:198::a:100]:8080 -r 198.18.1.3:80 -b
-		--add-laddr -z 198.18.1.201 -t [fd00:198::a:100]:8080 -F net_af_xdp1`)
+		--add-laddr -z 198.18.1.201 -t [fd00:198::a:100]:8080 -F net_af_packet1`)
 	if out := e.curl("-g", url6(":8080/")); !strings.HasPrefix(out, "rs2 198.18.1.201:") {
 		t.Fatalf("NAT64 through DPDK: %q", out)
 	}
