@@ -183,6 +183,16 @@ func TestDPDKWorkers(t *testing.T) {
 			if n := e.datapathCounter("handed_off"); n == 0 {
 				t.Errorf("no packet was handed to its owner: RSS put every reply on its connection's worker?")
 			}
+			// The per-real counters are the workers' sums.
+			stats := e.mustMbx("ipvsadm", "-ln", "--stats")
+			for _, rs := range []string{"198.18.1.2:80", "198.18.1.3:80"} {
+				if !strings.Contains(stats, rs) {
+					t.Errorf("ipvsadm -ln --stats lacks %s:\n%s", rs, stats)
+				}
+			}
+			if e.datapathCounter("conn_new") < 20 {
+				t.Errorf("conn_new %d over both workers, want at least the 20 curl connections", e.datapathCounter("conn_new"))
+			}
 			// Per worker, in the status (and as mbx_worker_packets).
 			var st struct{ Workers []backend.WorkerCounters }
 			if err := json.Unmarshal([]byte(e.host("lb", "curl", "-s", "--unix-socket", e.socket, "http://mbx/v1/status")), &st); err != nil {
