@@ -341,7 +341,7 @@ func (b *Backend) removeService(k lb.ServiceKey, ps *progService) error {
 		// The allocator counts sched_slots groups, not slots.
 		b.slots.release(int(e.SchedBase)/slotsPerGroup, groupsFor(int(e.SchedLen)))
 		if e.Flags&svcFBytes != 0 {
-			b.bytes.release(int(e.ByteBase), byteGroups(int(e.Flags>>svcNRealsShift&0xff), int(e.SchedLen)))
+			b.bytes.release(byteTable(e))
 		}
 		b.laddrIdx.release(int(e.LaddrBase), int(e.LaddrLen))
 		b.svcIDs.release(ps.id)
@@ -383,6 +383,12 @@ func byteGroups(nreals, slots int) int {
 	return (nreals+3)/4 + (slots+per-1)/per
 }
 
+// byteTable is the sched_bytes range of a service with SVC_F_BYTES: its
+// first group and how many.
+func byteTable(e mbxSvc) (base, groups int) {
+	return int(e.ByteBase), byteGroups(int(e.Flags>>svcNRealsShift&0xff), int(e.SchedLen))
+}
+
 // packBytes lays a table of at most maxByteReals distinct real ids out as
 // sched_bytes groups (maps.h): the ids, little-endian 16-bit, four per
 // group, then one index into them per slot, a byte each, or half a byte
@@ -420,7 +426,7 @@ func packBytes(table []uint32) (groups []mbxSchedByteGroup, nreals int, ok bool)
 // releases the old one after the switch; others lose SVC_F_BYTES.
 func (b *Backend) writeByteTable(entry *mbxSvc, table []uint32, fresh bool) error {
 	if !fresh && entry.Flags&svcFBytes != 0 {
-		oldBase, oldLen := int(entry.ByteBase), byteGroups(int(entry.Flags>>svcNRealsShift&0xff), int(entry.SchedLen))
+		oldBase, oldLen := byteTable(*entry)
 		b.pending = append(b.pending, func() { b.bytes.release(oldBase, oldLen) })
 	}
 	entry.Flags &^= svcFBytes | svcFNibbles | 0xff<<svcNRealsShift

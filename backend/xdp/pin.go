@@ -153,7 +153,7 @@ func (b *Backend) adopt() (int, error) {
 		b.svcIDs.reserve(v.Id)
 		b.slots.reserve(int(v.SchedBase)/slotsPerGroup, groupsFor(int(v.SchedLen)))
 		if v.Flags&svcFBytes != 0 {
-			b.bytes.reserve(int(v.ByteBase), byteGroups(int(v.Flags>>svcNRealsShift&0xff), int(v.SchedLen)))
+			b.bytes.reserve(byteTable(v))
 		}
 		b.laddrIdx.reserve(int(v.LaddrBase), int(v.LaddrLen))
 		var g mbxSchedGroup

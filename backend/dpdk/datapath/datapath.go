@@ -137,10 +137,9 @@ type Datapath struct {
 	neigh      map[netip.Addr]neighbor
 	services   map[svcKey]*service
 	local      map[netip.Addr]bool // VIPs and LIPs
-	vips       map[netip.Addr]bool // services' addresses (owner.go)
 	lips       addrSet             // LIPs and SNAT's WAN addresses: replies' destinations
 	natRealSet addrSet             // natReals, for Owner
-	vipSet     addrSet             // vips, for Owner
+	vipSet     addrSet             // services' addresses, for Owner
 	shared     *Shared
 	learnt     []Neighbor          // neighbours learnt for the other workers (Learnt)
 	natReals   map[netip.Addr]bool // NAT real servers: their replies are addressed to clients
@@ -238,7 +237,7 @@ func New(ports []Port, opts Options) (*Datapath, error) {
 		services: map[svcKey]*service{}, local: map[netip.Addr]bool{},
 		conns: newConns(2 * opts.ConnMax), conns6: newTable[key6, entry6](max(2*opts.ConnMax/4, 1024)), counters: make([]uint64, len(backend.DatapathCounters)),
 		asked: map[resolveKey]int64{}, frags: map[fragKey]fragPorts{},
-		frags6: map[frag6Key]fragPorts{}, vips: map[netip.Addr]bool{}, shared: opts.Shared,
+		frags6: map[frag6Key]fragPorts{}, shared: opts.Shared,
 		learnt: make([]Neighbor, 0, 64)}
 	if d.shared == nil {
 		d.shared = NewShared()
@@ -359,7 +358,7 @@ func (d *Datapath) Apply(cfg *lb.Config) error {
 		d.opts.Timeouts = to
 	}
 	d.services, d.local, d.realStats, d.natReals, d.snat, d.nat64 = services, local, stats, natReals, snat, nat64
-	d.vips, d.lips, d.natRealSet, d.vipSet = vips, newAddrSet(lips), newAddrSet(natReals), newAddrSet(vips)
+	d.lips, d.natRealSet, d.vipSet = newAddrSet(lips), newAddrSet(natReals), newAddrSet(vips)
 	return nil
 }
 

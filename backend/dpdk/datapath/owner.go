@@ -175,15 +175,9 @@ func l4Type(l4 []byte) int {
 	return int(l4[0])
 }
 
-type quotedHeader struct {
-	src, dst     netip.Addr
-	sport, dport uint16
-	proto        uint8
-}
-
 // quoted is the packet an ICMP or ICMPv6 error quotes: its addresses,
 // protocol and ports (an echo's identifier as both).
-func quoted(proto uint8, l4 []byte) (q quotedHeader, ok bool) {
+func quoted(proto uint8, l4 []byte) (q tuple, ok bool) {
 	if len(l4) < 8 {
 		return q, false
 	}
