@@ -56,6 +56,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "interleaved rounds")
 	dur := flag.Duration("duration", 2*time.Second, "generator time per variant and round")
 	mbxBin := flag.String("mbx", "", "mbx binary (built when empty)")
+	flag.IntVar(&genCPU, "gencpu", 1, "the generator's CPU: 1 (frames arrive from another core's cache) or 0 (the forwarder's CPU: frames arrive warm, and the cost is the forwarder's own instructions)")
 	flag.Parse()
 	if err := run(*rounds, *dur, *mbxBin); err != nil {
 		fmt.Fprintln(os.Stderr, "fwdbench:", err)
@@ -177,6 +178,7 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	all := []variant{
 		{"xdp-redirect", func() error { return attachIn(l, redirectProg) }, func() { detachIn(l) }, false},
 		{"xdp-redirect-read", func() error { return attachIn(l, redirectReadProg) }, func() { detachIn(l) }, false},
+		{"xdp-conntrack", func() error { return attachIn(l, conntrackProg) }, func() { detachIn(l) }, false},
 		{"kernel-route", func() error { return nil }, func() {}, false},
 		{"nft-dnat", func() error {
 			return sh("fwd", "nft add table ip fwdbench && nft add chain ip fwdbench pre '{ type nat hook prerouting priority -100; }' && "+
@@ -317,7 +319,7 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 				fmt.Fprintf(os.Stderr, "  mbx: %s\n", out)
 			}
 			if os.Getenv("FWDBENCH_DEBUG") != "" {
-				for _, h := range [][2]string{{"fwd", "in0"}, {"fwd", "out0"}, {"sink", "eth0"}} {
+				for _, h := range [][2]string{{"gen", "eth0"}, {"fwd", "in0"}, {"fwd", "out0"}, {"sink", "eth0"}} {
 					out, _ := l.Run(h[0], "sh", "-c", "ethtool -S "+h[1]+" | grep -v ': 0$' | tr -s ' ' | tr '\n' ' '")
 					fmt.Fprintf(os.Stderr, "  %s/%s: %s\n", h[0], h[1], out)
 				}
@@ -361,6 +363,10 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	for _, r := range []struct{ a, b, note string }{
 		{"mbx-fnat", "xdp-redirect", "target <= 1.3"},
 		{"xdp-redirect-read", "xdp-redirect", "reading the headers"},
+		{"xdp-conntrack", "xdp-redirect", "the floor of a stateful load balancer"},
+		{"mbx-fnat", "xdp-conntrack", "what mbx's features cost over that floor"},
+		{"mbx-nat", "xdp-conntrack", ""},
+		{"mbx-dr", "xdp-conntrack", ""},
 		{"mbx-fnat", "xdp-redirect-read", "against a baseline that reads the headers"},
 		{"mbx-dr", "xdp-redirect-read", ""},
 		{"mbx-nat", "xdp-redirect-read", ""},
@@ -449,6 +455,105 @@ func redirectReadProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 	}
 	rest := redirectProg(devmap, outIfindex)
 	return append(append(read, rest...), asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), asm.Return())
+}
+
+// conntrackProg is the floor of any stateful L4 load balancer, Katran's
+// included: redirectReadProg plus what a connection table costs at the
+// least. It looks the UDP 5-tuple up in an LRU hash of 16-byte keys (as
+// mbx's connection table), inserts the entry on a miss, rewrites the
+// destination to the sink with the entry's checksum delta, and redirects.
+// No timestamps, counters, TCP state, MTU or next-hop checks: the distance
+// from here to mbx is what mbx's features cost, and the distance from
+// xdp-redirect to here is what any load balancer that keeps state pays.
+var conntrackTable *ebpf.Map
+
+func conntrackProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
+	if conntrackTable == nil {
+		t, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 8, MaxEntries: 65536})
+		if err != nil {
+			return asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()} // XDP_ABORTED: nothing reaches the sink
+		}
+		conntrackTable = t // lives as long as the benchmark
+	}
+	table := conntrackTable
+	le32 := func(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24 }
+	from, to := net.ParseIP(vip).To4(), net.ParseIP(sinkIP).To4()
+	// RFC 1624: HC' = ~(~HC + ~m + m'), over 16-bit words as the program
+	// loads them (little-endian; the one's complement sum does not mind).
+	var delta uint32
+	for i := 0; i < 4; i += 2 {
+		delta += uint32(^(uint16(from[i]) | uint16(from[i+1])<<8))
+		delta += uint32(uint16(to[i]) | uint16(to[i+1])<<8)
+	}
+	const hdrs = 14 + 20 + 8
+	bounds := func(fail string) asm.Instructions {
+		return asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+			asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
+			asm.Mov.Reg(asm.R4, asm.R2),
+			asm.Add.Imm(asm.R4, hdrs),
+			asm.JGT.Reg(asm.R4, asm.R3, fail),
+		}
+	}
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	insns = append(insns, bounds("pass")...)
+	insns = append(insns,
+		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
+		asm.JNE.Imm(asm.R5, 0x0008, "pass"), // IPv4, network order
+		asm.LoadMem(asm.R5, asm.R2, 23, asm.Byte),
+		asm.JNE.Imm(asm.R5, 17, "pass"), // UDP
+		// Key: source, destination, both ports, protocol (16 bytes).
+		asm.LoadMem(asm.R5, asm.R2, 26, asm.Word),
+		asm.StoreMem(asm.RFP, -16, asm.R5, asm.Word),
+		asm.LoadMem(asm.R5, asm.R2, 30, asm.Word),
+		asm.StoreMem(asm.RFP, -12, asm.R5, asm.Word),
+		asm.LoadMem(asm.R5, asm.R2, 34, asm.Word),
+		asm.StoreMem(asm.RFP, -8, asm.R5, asm.Word),
+		asm.StoreImm(asm.RFP, -4, 17, asm.Word),
+		asm.LoadMapPtr(asm.R1, table.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -16),
+		asm.FnMapLookupElem.Call(),
+		asm.JNE.Imm(asm.R0, 0, "hit"),
+		// A new flow: its entry (new destination, checksum delta).
+		asm.StoreImm(asm.RFP, -24, int64(int32(le32(to))), asm.Word),
+		asm.StoreImm(asm.RFP, -20, int64(int32(delta)), asm.Word),
+		asm.LoadMapPtr(asm.R1, table.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -16),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, -24),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnMapUpdateElem.Call(),
+		asm.LoadMapPtr(asm.R1, table.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -16),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Reg(asm.R7, asm.R0).WithSymbol("hit"),
+	)
+	insns = append(insns, bounds("pass")...)
+	insns = append(insns,
+		asm.LoadMem(asm.R5, asm.R7, 0, asm.Word),
+		asm.StoreMem(asm.R2, 30, asm.R5, asm.Word),
+		asm.LoadMem(asm.R5, asm.R2, 24, asm.Half),
+		asm.Xor.Imm(asm.R5, 0xffff),
+		asm.LoadMem(asm.R4, asm.R7, 4, asm.Word),
+		asm.Add.Reg(asm.R5, asm.R4),
+		asm.Mov.Reg(asm.R4, asm.R5),
+		asm.RSh.Imm(asm.R4, 16),
+		asm.And.Imm(asm.R5, 0xffff),
+		asm.Add.Reg(asm.R5, asm.R4),
+		asm.Mov.Reg(asm.R4, asm.R5),
+		asm.RSh.Imm(asm.R4, 16),
+		asm.And.Imm(asm.R5, 0xffff),
+		asm.Add.Reg(asm.R5, asm.R4),
+		asm.Xor.Imm(asm.R5, 0xffff),
+		asm.StoreMem(asm.R2, 24, asm.R5, asm.Half),
+		asm.Mov.Reg(asm.R1, asm.R6),
+	)
+	insns = append(insns, redirectProg(devmap, outIfindex)...)
+	return append(insns, asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), asm.Return())
 }
 
 func attachIn(l *lab.Lab, mk func(*ebpf.Map, int) asm.Instructions) error {
@@ -614,11 +719,15 @@ func newGenerator(l *lab.Lab, v6 bool) (*generator, error) {
 
 func (g *generator) Close() { g.prog.Close(); g.tmpl.Close() }
 
+// genCPU is the generator's CPU (-gencpu); the forwarder's NAPI thread is
+// on CPU0.
+var genCPU = 1
+
 // run sends frames (live-frames mode) from CPU1 in the gen namespace until until.
 func (g *generator) run(until time.Time) error {
 	return g.l.Do("gen", func() error {
 		var set unix.CPUSet
-		set.Set(1)
+		set.Set(genCPU)
 		_ = unix.SchedSetaffinity(0, &set)
 		for time.Now().Before(until) {
 			if _, _, err := bench.RunXDP(g.prog, g.ifindex, g.frame, 1<<18, bench.LiveFrames); err != nil {
