@@ -324,6 +324,16 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 					fmt.Fprintf(os.Stderr, "  %s/%s: %s\n", h[0], h[1], out)
 				}
 			}
+			if os.Getenv("FWDBENCH_DEBUG") != "" && v.name == "xdp-conntrack" && conntrackTable != nil {
+				// One entry per generated flow: every later packet hits.
+				n, it := 0, conntrackTable.Iterate()
+				var k [16]byte
+				var val [8]byte
+				for it.Next(&k, &val) {
+					n++
+				}
+				fmt.Fprintf(os.Stderr, "  xdp-conntrack entries: %d (flows: %d)\n", n, flows)
+			}
 			v.down()
 			if err != nil {
 				return fmt.Errorf("%s: %w", v.name, err)
