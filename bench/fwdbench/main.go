@@ -214,6 +214,7 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		// IPv6: the same baselines and modes with IPv6 frames (NAT64:
 		// IPv6 in, IPv4 out).
 		{name: "xdp-redirect6", setup: func() error { return attachIn(l, redirectProg) }, down: func() { detachIn(l) }, v6: true},
+		{name: "xdp-conntrack6", setup: func() error { return attachIn(l, conntrack6Prog) }, down: func() { detachIn(l) }, v6: true},
 		{name: "kernel-route6", setup: func() error { return nil }, down: func() {}, v6: true},
 		{name: "mbx-fnat6", setup: func() error {
 			if err := startMbx("--iface", "in0", "--iface", "out0"); err != nil {
@@ -324,15 +325,14 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 					fmt.Fprintf(os.Stderr, "  %s/%s: %s\n", h[0], h[1], out)
 				}
 			}
-			if os.Getenv("FWDBENCH_DEBUG") != "" && v.name == "xdp-conntrack" && conntrackTable != nil {
+			if t := map[string]*ebpf.Map{"xdp-conntrack": conntrackTable, "xdp-conntrack6": conntrack6Table}[v.name]; t != nil && os.Getenv("FWDBENCH_DEBUG") != "" {
 				// One entry per generated flow: every later packet hits.
-				n, it := 0, conntrackTable.Iterate()
-				var k [16]byte
-				var val [8]byte
+				n, it := 0, t.Iterate()
+				var k, val []byte
 				for it.Next(&k, &val) {
 					n++
 				}
-				fmt.Fprintf(os.Stderr, "  xdp-conntrack entries: %d (flows: %d)\n", n, flows)
+				fmt.Fprintf(os.Stderr, "  %s entries: %d (flows: %d)\n", v.name, n, flows)
 			}
 			v.down()
 			if err != nil {
@@ -397,6 +397,11 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		{"mbx-dr6", "xdp-redirect6", "target <= 1.3"},
 		{"mbx-tunnel6", "xdp-redirect6", "target <= 1.5"},
 		{"mbx-fnat6", "kernel-route6", ""},
+		{"xdp-conntrack6", "xdp-redirect6", "the IPv6 floor"},
+		{"mbx-fnat6", "xdp-conntrack6", ""},
+		{"mbx-nat64", "xdp-conntrack6", ""},
+		{"mbx-dr6", "xdp-conntrack6", ""},
+		{"mbx-tunnel6", "xdp-conntrack6", ""},
 		{"xdp-redirect6", "xdp-redirect", "frame size"},
 		{"bricks-lb", "xdp-redirect", "target <= 1.2"},
 		{"bricks-dup", "xdp-redirect", "two copies"},
@@ -560,6 +565,118 @@ func conntrackProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 		asm.Add.Reg(asm.R5, asm.R4),
 		asm.Xor.Imm(asm.R5, 0xffff),
 		asm.StoreMem(asm.R2, 24, asm.R5, asm.Half),
+		asm.Mov.Reg(asm.R1, asm.R6),
+	)
+	insns = append(insns, redirectProg(devmap, outIfindex)...)
+	return append(insns, asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), asm.Return())
+}
+
+var conntrack6Table *ebpf.Map
+
+// conntrack6Prog is conntrackProg for IPv6: a 40-byte key (both addresses,
+// ports, protocol: as mbx's IPv6 table), the destination rewritten to the
+// sink with the UDP checksum's delta (IPv6 has no header checksum).
+func conntrack6Prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
+	if conntrack6Table == nil {
+		t, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 40, ValueSize: 24, MaxEntries: 65536})
+		if err != nil {
+			return asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()} // XDP_ABORTED: nothing reaches the sink
+		}
+		conntrack6Table = t
+	}
+	table := conntrack6Table
+	le64 := func(b []byte) int64 {
+		var v uint64
+		for i := 7; i >= 0; i-- {
+			v = v<<8 | uint64(b[i])
+		}
+		return int64(v)
+	}
+	from, to := net.ParseIP(vip6).To16(), net.ParseIP(sinkIP6).To16()
+	var delta uint32 // RFC 1624, as conntrackProg
+	for i := 0; i < 16; i += 2 {
+		delta += uint32(^(uint16(from[i]) | uint16(from[i+1])<<8))
+		delta += uint32(uint16(to[i]) | uint16(to[i+1])<<8)
+	}
+	const (
+		hdrs   = 14 + 40 + 8
+		src    = 14 + 8
+		dst    = 14 + 24
+		ports  = 14 + 40
+		udpSum = 14 + 40 + 6
+	)
+	bounds := func(fail string) asm.Instructions {
+		return asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+			asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
+			asm.Mov.Reg(asm.R4, asm.R2),
+			asm.Add.Imm(asm.R4, hdrs),
+			asm.JGT.Reg(asm.R4, asm.R3, fail),
+		}
+	}
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	insns = append(insns, bounds("pass")...)
+	insns = append(insns,
+		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
+		asm.JNE.Imm(asm.R5, 0xdd86, "pass"), // IPv6, network order
+		asm.LoadMem(asm.R5, asm.R2, 14+6, asm.Byte),
+		asm.JNE.Imm(asm.R5, 17, "pass"), // UDP, no extension header
+		asm.LoadMem(asm.R5, asm.R2, src, asm.DWord),
+		asm.StoreMem(asm.RFP, -40, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R2, src+8, asm.DWord),
+		asm.StoreMem(asm.RFP, -32, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R2, dst, asm.DWord),
+		asm.StoreMem(asm.RFP, -24, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R2, dst+8, asm.DWord),
+		asm.StoreMem(asm.RFP, -16, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R2, ports, asm.Word),
+		asm.StoreMem(asm.RFP, -8, asm.R5, asm.Word),
+		asm.StoreImm(asm.RFP, -4, 17, asm.Word),
+		asm.LoadMapPtr(asm.R1, table.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -40),
+		asm.FnMapLookupElem.Call(),
+		asm.JNE.Imm(asm.R0, 0, "hit"),
+		asm.LoadImm(asm.R5, le64(to[0:8]), asm.DWord),
+		asm.StoreMem(asm.RFP, -64, asm.R5, asm.DWord),
+		asm.LoadImm(asm.R5, le64(to[8:16]), asm.DWord),
+		asm.StoreMem(asm.RFP, -56, asm.R5, asm.DWord),
+		asm.LoadImm(asm.R5, int64(delta), asm.DWord),
+		asm.StoreMem(asm.RFP, -48, asm.R5, asm.DWord),
+		asm.LoadMapPtr(asm.R1, table.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -40),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, -64),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnMapUpdateElem.Call(),
+		asm.LoadMapPtr(asm.R1, table.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -40),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Reg(asm.R7, asm.R0).WithSymbol("hit"),
+	)
+	insns = append(insns, bounds("pass")...)
+	insns = append(insns,
+		asm.LoadMem(asm.R5, asm.R7, 0, asm.DWord),
+		asm.StoreMem(asm.R2, dst, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R7, 8, asm.DWord),
+		asm.StoreMem(asm.R2, dst+8, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R2, udpSum, asm.Half),
+		asm.Xor.Imm(asm.R5, 0xffff),
+		asm.LoadMem(asm.R4, asm.R7, 16, asm.Word),
+		asm.Add.Reg(asm.R5, asm.R4),
+		asm.Mov.Reg(asm.R4, asm.R5),
+		asm.RSh.Imm(asm.R4, 16),
+		asm.And.Imm(asm.R5, 0xffff),
+		asm.Add.Reg(asm.R5, asm.R4),
+		asm.Mov.Reg(asm.R4, asm.R5),
+		asm.RSh.Imm(asm.R4, 16),
+		asm.And.Imm(asm.R5, 0xffff),
+		asm.Add.Reg(asm.R5, asm.R4),
+		asm.Xor.Imm(asm.R5, 0xffff),
+		asm.StoreMem(asm.R2, udpSum, asm.R5, asm.Half),
 		asm.Mov.Reg(asm.R1, asm.R6),
 	)
 	insns = append(insns, redirectProg(devmap, outIfindex)...)
