@@ -8,6 +8,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -480,203 +481,141 @@ func redirectReadProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 // No timestamps, counters, TCP state, MTU or next-hop checks: the distance
 // from here to mbx is what mbx's features cost, and the distance from
 // xdp-redirect to here is what any load balancer that keeps state pays.
-var conntrackTable *ebpf.Map
-
 func conntrackProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
-	if conntrackTable == nil {
-		t, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 8, MaxEntries: 65536})
+	return floor{
+		table: &conntrackTable, etherType: 0x0008, protoOff: 14 + 9,
+		key:    [][2]int16{{14 + 12, 4}, {14 + 16, 4}, {14 + 20, 4}}, // addresses, ports
+		dstOff: 14 + 16, from: net.ParseIP(vip).To4(), to: net.ParseIP(sinkIP).To4(),
+		csumOff: 14 + 10, hdrs: 14 + 20 + 8,
+	}.prog(devmap, outIfindex)
+}
+
+// conntrack6Prog is conntrackProg for IPv6: a 40-byte key (as mbx's IPv6
+// table), the UDP checksum's delta (IPv6 has no header checksum).
+func conntrack6Prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
+	return floor{
+		table: &conntrack6Table, etherType: 0xdd86, protoOff: 14 + 6,
+		key:    [][2]int16{{14 + 8, 8}, {14 + 16, 8}, {14 + 24, 8}, {14 + 32, 8}, {14 + 40, 4}},
+		dstOff: 14 + 24, from: net.ParseIP(vip6).To16(), to: net.ParseIP(sinkIP6).To16(),
+		csumOff: 14 + 40 + 6, hdrs: 14 + 40 + 8,
+	}.prog(devmap, outIfindex)
+}
+
+// The floors' tables live as long as the benchmark (the programs hold them).
+var conntrackTable, conntrack6Table *ebpf.Map
+
+// floor describes a floor program for one frame layout (UDP, network
+// order EtherType loaded little-endian).
+type floor struct {
+	table     **ebpf.Map
+	etherType int32
+	protoOff  int16
+	key       [][2]int16 // frame offset and size of each part, in key order; the protocol word follows
+	dstOff    int16
+	from, to  []byte // destination before and after (4 or 16 bytes)
+	csumOff   int16  // the checksum the destination counts in
+	hdrs      int32
+}
+
+func (f floor) prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
+	keyLen := int16(4)
+	for _, k := range f.key {
+		keyLen += k[1]
+	}
+	valLen := (int16(len(f.to)) + 4 + 7) &^ 7 // new destination, checksum delta, pad
+	if *f.table == nil {
+		t, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: uint32(keyLen), ValueSize: uint32(valLen), MaxEntries: 65536})
 		if err != nil {
 			return asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()} // XDP_ABORTED: nothing reaches the sink
 		}
-		conntrackTable = t // lives as long as the benchmark
+		*f.table = t
 	}
-	table := conntrackTable
-	le32 := func(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24 }
-	from, to := net.ParseIP(vip).To4(), net.ParseIP(sinkIP).To4()
+	fd := (*f.table).FD()
 	// RFC 1624: HC' = ~(~HC + ~m + m'), over 16-bit words as the program
 	// loads them (little-endian; the one's complement sum does not mind).
 	var delta uint32
-	for i := 0; i < 4; i += 2 {
-		delta += uint32(^(uint16(from[i]) | uint16(from[i+1])<<8))
-		delta += uint32(uint16(to[i]) | uint16(to[i+1])<<8)
+	for i := 0; i < len(f.to); i += 2 {
+		delta += uint32(^(uint16(f.from[i]) | uint16(f.from[i+1])<<8))
+		delta += uint32(uint16(f.to[i]) | uint16(f.to[i+1])<<8)
 	}
-	const hdrs = 14 + 20 + 8
-	bounds := func(fail string) asm.Instructions {
-		return asm.Instructions{
-			asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
-			asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
-			asm.Mov.Reg(asm.R4, asm.R2),
-			asm.Add.Imm(asm.R4, hdrs),
-			asm.JGT.Reg(asm.R4, asm.R3, fail),
-		}
+	size := map[int16]asm.Size{4: asm.Word, 8: asm.DWord}
+	bounds := asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, f.hdrs),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+	}
+	lookup := asm.Instructions{
+		asm.LoadMapPtr(asm.R1, fd),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, int32(-keyLen)),
+		asm.FnMapLookupElem.Call(),
 	}
 	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
-	insns = append(insns, bounds("pass")...)
+	insns = append(insns, bounds...)
 	insns = append(insns,
 		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
-		asm.JNE.Imm(asm.R5, 0x0008, "pass"), // IPv4, network order
-		asm.LoadMem(asm.R5, asm.R2, 23, asm.Byte),
+		asm.JNE.Imm(asm.R5, f.etherType, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, f.protoOff, asm.Byte),
 		asm.JNE.Imm(asm.R5, 17, "pass"), // UDP
-		// Key: source, destination, both ports, protocol (16 bytes).
-		asm.LoadMem(asm.R5, asm.R2, 26, asm.Word),
-		asm.StoreMem(asm.RFP, -16, asm.R5, asm.Word),
-		asm.LoadMem(asm.R5, asm.R2, 30, asm.Word),
-		asm.StoreMem(asm.RFP, -12, asm.R5, asm.Word),
-		asm.LoadMem(asm.R5, asm.R2, 34, asm.Word),
-		asm.StoreMem(asm.RFP, -8, asm.R5, asm.Word),
-		asm.StoreImm(asm.RFP, -4, 17, asm.Word),
-		asm.LoadMapPtr(asm.R1, table.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -16),
-		asm.FnMapLookupElem.Call(),
-		asm.JNE.Imm(asm.R0, 0, "hit"),
-		// A new flow: its entry (new destination, checksum delta).
-		asm.StoreImm(asm.RFP, -24, int64(int32(le32(to))), asm.Word),
-		asm.StoreImm(asm.RFP, -20, int64(int32(delta)), asm.Word),
-		asm.LoadMapPtr(asm.R1, table.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -16),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, -24),
-		asm.Mov.Imm(asm.R4, 0),
-		asm.FnMapUpdateElem.Call(),
-		asm.LoadMapPtr(asm.R1, table.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -16),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "pass"),
-		asm.Mov.Reg(asm.R7, asm.R0).WithSymbol("hit"),
 	)
-	insns = append(insns, bounds("pass")...)
-	insns = append(insns,
-		asm.LoadMem(asm.R5, asm.R7, 0, asm.Word),
-		asm.StoreMem(asm.R2, 30, asm.R5, asm.Word),
-		asm.LoadMem(asm.R5, asm.R2, 24, asm.Half),
-		asm.Xor.Imm(asm.R5, 0xffff),
-		asm.LoadMem(asm.R4, asm.R7, 4, asm.Word),
-		asm.Add.Reg(asm.R5, asm.R4),
-		asm.Mov.Reg(asm.R4, asm.R5),
-		asm.RSh.Imm(asm.R4, 16),
-		asm.And.Imm(asm.R5, 0xffff),
-		asm.Add.Reg(asm.R5, asm.R4),
-		asm.Mov.Reg(asm.R4, asm.R5),
-		asm.RSh.Imm(asm.R4, 16),
-		asm.And.Imm(asm.R5, 0xffff),
-		asm.Add.Reg(asm.R5, asm.R4),
-		asm.Xor.Imm(asm.R5, 0xffff),
-		asm.StoreMem(asm.R2, 24, asm.R5, asm.Half),
-		asm.Mov.Reg(asm.R1, asm.R6),
-	)
-	insns = append(insns, redirectProg(devmap, outIfindex)...)
-	return append(insns, asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), asm.Return())
-}
-
-var conntrack6Table *ebpf.Map
-
-// conntrack6Prog is conntrackProg for IPv6: a 40-byte key (both addresses,
-// ports, protocol: as mbx's IPv6 table), the destination rewritten to the
-// sink with the UDP checksum's delta (IPv6 has no header checksum).
-func conntrack6Prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
-	if conntrack6Table == nil {
-		t, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 40, ValueSize: 24, MaxEntries: 65536})
-		if err != nil {
-			return asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()} // XDP_ABORTED: nothing reaches the sink
-		}
-		conntrack6Table = t
+	at := -keyLen
+	for _, k := range f.key {
+		insns = append(insns, asm.LoadMem(asm.R5, asm.R2, k[0], size[k[1]]), asm.StoreMem(asm.RFP, at, asm.R5, size[k[1]]))
+		at += k[1]
 	}
-	table := conntrack6Table
-	le64 := func(b []byte) int64 {
+	insns = append(insns, asm.StoreImm(asm.RFP, -4, 17, asm.Word))
+	insns = append(insns, lookup...)
+	insns = append(insns, asm.JNE.Imm(asm.R0, 0, "hit"))
+	// A new flow: its entry (new destination, checksum delta) on the stack
+	// below the key, inserted, then looked up.
+	val := -keyLen - valLen
+	entry := make([]byte, valLen)
+	copy(entry, f.to)
+	binary.LittleEndian.PutUint32(entry[len(f.to):], delta)
+	for i := 0; i < len(entry); i += 8 {
 		var v uint64
-		for i := 7; i >= 0; i-- {
-			v = v<<8 | uint64(b[i])
+		for j := 7; j >= 0; j-- {
+			v = v<<8 | uint64(entry[i+j])
 		}
-		return int64(v)
+		insns = append(insns, asm.LoadImm(asm.R5, int64(v), asm.DWord), asm.StoreMem(asm.RFP, val+int16(i), asm.R5, asm.DWord))
 	}
-	from, to := net.ParseIP(vip6).To16(), net.ParseIP(sinkIP6).To16()
-	var delta uint32 // RFC 1624, as conntrackProg
-	for i := 0; i < 16; i += 2 {
-		delta += uint32(^(uint16(from[i]) | uint16(from[i+1])<<8))
-		delta += uint32(uint16(to[i]) | uint16(to[i+1])<<8)
-	}
-	const (
-		hdrs   = 14 + 40 + 8
-		src    = 14 + 8
-		dst    = 14 + 24
-		ports  = 14 + 40
-		udpSum = 14 + 40 + 6
-	)
-	bounds := func(fail string) asm.Instructions {
-		return asm.Instructions{
-			asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
-			asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
-			asm.Mov.Reg(asm.R4, asm.R2),
-			asm.Add.Imm(asm.R4, hdrs),
-			asm.JGT.Reg(asm.R4, asm.R3, fail),
-		}
-	}
-	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
-	insns = append(insns, bounds("pass")...)
 	insns = append(insns,
-		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
-		asm.JNE.Imm(asm.R5, 0xdd86, "pass"), // IPv6, network order
-		asm.LoadMem(asm.R5, asm.R2, 14+6, asm.Byte),
-		asm.JNE.Imm(asm.R5, 17, "pass"), // UDP, no extension header
-		asm.LoadMem(asm.R5, asm.R2, src, asm.DWord),
-		asm.StoreMem(asm.RFP, -40, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R2, src+8, asm.DWord),
-		asm.StoreMem(asm.RFP, -32, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R2, dst, asm.DWord),
-		asm.StoreMem(asm.RFP, -24, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R2, dst+8, asm.DWord),
-		asm.StoreMem(asm.RFP, -16, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R2, ports, asm.Word),
-		asm.StoreMem(asm.RFP, -8, asm.R5, asm.Word),
-		asm.StoreImm(asm.RFP, -4, 17, asm.Word),
-		asm.LoadMapPtr(asm.R1, table.FD()),
+		asm.LoadMapPtr(asm.R1, fd),
 		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -40),
-		asm.FnMapLookupElem.Call(),
-		asm.JNE.Imm(asm.R0, 0, "hit"),
-		asm.LoadImm(asm.R5, le64(to[0:8]), asm.DWord),
-		asm.StoreMem(asm.RFP, -64, asm.R5, asm.DWord),
-		asm.LoadImm(asm.R5, le64(to[8:16]), asm.DWord),
-		asm.StoreMem(asm.RFP, -56, asm.R5, asm.DWord),
-		asm.LoadImm(asm.R5, int64(delta), asm.DWord),
-		asm.StoreMem(asm.RFP, -48, asm.R5, asm.DWord),
-		asm.LoadMapPtr(asm.R1, table.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -40),
+		asm.Add.Imm(asm.R2, int32(-keyLen)),
 		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, -64),
+		asm.Add.Imm(asm.R3, int32(val)),
 		asm.Mov.Imm(asm.R4, 0),
 		asm.FnMapUpdateElem.Call(),
-		asm.LoadMapPtr(asm.R1, table.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -40),
-		asm.FnMapLookupElem.Call(),
+	)
+	insns = append(insns, lookup...)
+	insns = append(insns,
 		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.Mov.Reg(asm.R7, asm.R0).WithSymbol("hit"),
 	)
-	insns = append(insns, bounds("pass")...)
+	insns = append(insns, bounds...)
+	for i := int16(0); i < int16(len(f.to)); i += 4 {
+		insns = append(insns, asm.LoadMem(asm.R5, asm.R7, i, asm.Word), asm.StoreMem(asm.R2, f.dstOff+i, asm.R5, asm.Word))
+	}
 	insns = append(insns,
-		asm.LoadMem(asm.R5, asm.R7, 0, asm.DWord),
-		asm.StoreMem(asm.R2, dst, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R7, 8, asm.DWord),
-		asm.StoreMem(asm.R2, dst+8, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R2, udpSum, asm.Half),
+		asm.LoadMem(asm.R5, asm.R2, f.csumOff, asm.Half),
 		asm.Xor.Imm(asm.R5, 0xffff),
-		asm.LoadMem(asm.R4, asm.R7, 16, asm.Word),
+		asm.LoadMem(asm.R4, asm.R7, int16(len(f.to)), asm.Word),
 		asm.Add.Reg(asm.R5, asm.R4),
-		asm.Mov.Reg(asm.R4, asm.R5),
-		asm.RSh.Imm(asm.R4, 16),
-		asm.And.Imm(asm.R5, 0xffff),
-		asm.Add.Reg(asm.R5, asm.R4),
-		asm.Mov.Reg(asm.R4, asm.R5),
-		asm.RSh.Imm(asm.R4, 16),
-		asm.And.Imm(asm.R5, 0xffff),
-		asm.Add.Reg(asm.R5, asm.R4),
+	)
+	for i := 0; i < 2; i++ { // fold the carries
+		insns = append(insns,
+			asm.Mov.Reg(asm.R4, asm.R5),
+			asm.RSh.Imm(asm.R4, 16),
+			asm.And.Imm(asm.R5, 0xffff),
+			asm.Add.Reg(asm.R5, asm.R4),
+		)
+	}
+	insns = append(insns,
 		asm.Xor.Imm(asm.R5, 0xffff),
-		asm.StoreMem(asm.R2, udpSum, asm.R5, asm.Half),
+		asm.StoreMem(asm.R2, f.csumOff, asm.R5, asm.Half),
 		asm.Mov.Reg(asm.R1, asm.R6),
 	)
 	insns = append(insns, redirectProg(devmap, outIfindex)...)
@@ -793,6 +732,20 @@ type generator struct {
 // IPv6 UDP to vip6 (whose checksum goes stale as the port varies: nothing
 // on the path verifies it, and IPv6 forbids a zero one).
 func newGenerator(l *lab.Lab, v6 bool) (*generator, error) {
+	frame, portOff, err := genFrame(v6)
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := bench.NewTemplate(frame)
+	if err != nil {
+		return nil, err
+	}
+	return newGeneratorFrom(l, frame, portOff, tmpl)
+}
+
+// genFrame is the generator's frame (IPv4 or IPv6 UDP to the VIP) and the
+// offset of its source port.
+func genFrame(v6 bool) ([]byte, int, error) {
 	eth := &layers.Ethernet{SrcMAC: mustMAC("02:00:00:00:10:02"), DstMAC: mustMAC("02:00:00:00:10:01"), EthernetType: layers.EthernetTypeIPv4}
 	var ip gopacket.NetworkLayer = &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.ParseIP("198.18.10.2").To4(), DstIP: net.ParseIP(vip).To4()}
 	portOff := 34
@@ -805,16 +758,16 @@ func newGenerator(l *lab.Lab, v6 bool) (*generator, error) {
 	_ = udp.SetNetworkLayerForChecksum(ip)
 	buf := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip.(gopacket.SerializableLayer), udp, gopacket.Payload(make([]byte, 18))); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	frame := buf.Bytes()
 	if !v6 {
 		frame[40], frame[41] = 0, 0 // UDP checksum 0: ports can vary without recomputing
 	}
-	tmpl, err := bench.NewTemplate(frame)
-	if err != nil {
-		return nil, err
-	}
+	return frame, portOff, nil
+}
+
+func newGeneratorFrom(l *lab.Lab, frame []byte, portOff int, tmpl *ebpf.Map) (*generator, error) {
 	ctr, err := bench.NewCounter()
 	if err != nil {
 		return nil, err
