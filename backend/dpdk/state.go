@@ -31,6 +31,9 @@ type savedState struct {
 	Conns     []datapath.SavedConn
 	Persist   []datapath.SavedPersist
 	Neighbors []datapath.Neighbor
+	// Counters were added after version 1's first release: gob leaves
+	// them empty in an older file, and an older binary skips them.
+	Counters []datapath.SavedCounters
 }
 
 func (b *Backend) statePath() string { return filepath.Join(b.opts.PinDir, stateFile) }
@@ -43,6 +46,7 @@ func (b *Backend) saveState() error {
 	st := savedState{Version: stateVersion}
 	for _, l := range b.workers {
 		st.Conns = append(st.Conns, l.dp.Save()...)
+		st.Counters = append(st.Counters, l.dp.SaveCounters()...)
 		if len(st.Neighbors) == 0 {
 			st.Neighbors = l.dp.Neighbors()
 		}
@@ -115,6 +119,9 @@ func (b *Backend) restore() {
 	b.each(func(l *lane) {
 		n, d := l.dp.Restore(st.Conns)
 		restored, dropped = restored+n, dropped+d
+		if l == b.workers[0] {
+			l.dp.RestoreCounters(st.Counters)
+		}
 	})
 	if len(b.workers) > 0 {
 		b.workers[0].dp.RestorePersist(st.Persist)

@@ -10,7 +10,9 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/backend/vectors"
+	"github.com/mbx-net/mbx/lb"
 )
 
 const workersConfig = fnatConfig + `
@@ -253,6 +255,10 @@ func TestSaveRestore(t *testing.T) {
 			if len(saved) != 20*2+20*2 {
 				t.Fatalf("saved %d entries", len(saved))
 			}
+			var counters []SavedCounters
+			for _, d := range old {
+				counters = append(counters, d.SaveCounters()...)
+			}
 			fresh := workerSet(t, after)
 			total := 0
 			for _, d := range fresh {
@@ -265,6 +271,25 @@ func TestSaveRestore(t *testing.T) {
 			if total != len(saved) {
 				t.Fatalf("restored %d of %d entries", total, len(saved))
 			}
+			// The IPVS counters continue: the same sums per real server as
+			// before the restart. (Active and inactive counts are rebuilt
+			// from the connections; a connection whose halves now live on
+			// two workers is counted by both, so only an unchanged worker
+			// count gives the same sums.)
+			fresh[0].RestoreCounters(counters)
+			before, afterSums := realSums(old), realSums(fresh)
+			if len(before) == 0 {
+				t.Fatal("no real server counted anything")
+			}
+			for ref, want := range before {
+				got := afterSums[ref]
+				if after != len(old) {
+					got.Active, got.Inactive, want.Active, want.Inactive = 0, 0, 0, 0
+				}
+				if got != want {
+					t.Errorf("%v after the restart: %+v, want %+v", ref, got, want)
+				}
+			}
 			for i, c := range conns {
 				w := owners(t, fresh, c.reply, "reply")
 				got := append([]byte(nil), c.reply...)
@@ -274,6 +299,25 @@ func TestSaveRestore(t *testing.T) {
 			}
 		})
 	}
+}
+
+// realSums adds up the workers' per-real counters and connection counts
+// (what ipvsadm -ln --stats shows), real servers that counted nothing left out.
+func realSums(ws []*Datapath) map[string]backend.RealStatus {
+	sums := map[string]backend.RealStatus{}
+	for _, d := range ws {
+		d.RealCounters(func(svc lb.ServiceKey, real netip.AddrPort, st backend.RealStatus) {
+			k := svc.String() + " " + real.String()
+			sum := sums[k]
+			sum.Counters.Add(st.Counters)
+			sum.Active += st.Active
+			sum.Inactive += st.Inactive
+			if sum != (backend.RealStatus{}) {
+				sums[k] = sum
+			}
+		})
+	}
+	return sums
 }
 
 // Finding a packet's owner allocates nothing (it runs on every packet

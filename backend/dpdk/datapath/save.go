@@ -3,7 +3,9 @@ package datapath
 import (
 	"net/netip"
 
+	"github.com/mbx-net/mbx/backend"
 	"github.com/mbx-net/mbx/flow"
+	"github.com/mbx-net/mbx/lb"
 )
 
 // Restart without loss on DPDK: the connection tables live in the process,
@@ -110,6 +112,37 @@ func (d *Datapath) SavePersist() []SavedPersist {
 		out = append(out, SavedPersist{SavedService{k.svc.addr, k.svc.port, k.svc.proto}, k.client, e.real, e.lastSeen, e.ttl})
 	}
 	return out
+}
+
+// SavedCounters is one real server's IPVS counters on one worker.
+type SavedCounters struct {
+	Service  lb.ServiceKey
+	Real     netip.AddrPort
+	Counters backend.Counters
+}
+
+// SaveCounters returns this worker's per-real counters, so that
+// `ipvsadm -ln --stats` continues across a restart as it does on XDP
+// (whose counters live in pinned maps).
+func (d *Datapath) SaveCounters() []SavedCounters {
+	var out []SavedCounters
+	for ref, st := range d.realStats {
+		if st.Counters != (backend.Counters{}) {
+			out = append(out, SavedCounters{ref.svc, ref.real, st.Counters})
+		}
+	}
+	return out
+}
+
+// RestoreCounters adds saved counters to the real servers configured now
+// (call it on one worker: Snapshot sums the workers); those of real servers
+// that are gone are dropped.
+func (d *Datapath) RestoreCounters(cs []SavedCounters) {
+	for _, c := range cs {
+		if st := d.realStats[realRef{c.Service, c.Real}]; st != nil {
+			st.Counters.Add(c.Counters)
+		}
+	}
 }
 
 // RestorePersist puts a saved persistence table back (once per backend).
