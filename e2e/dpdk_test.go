@@ -464,13 +464,6 @@ func TestDPDKInline(t *testing.T) {
 	t.Logf("%s", fw.output())
 }
 
-// TestDPDKRestartWithoutLoss: issue 4's restart without loss on the dpdk
-// backend (two workers, net_af_packet). `mbx stop --keep-datapath` and
-// SIGUSR2 (an upgrade to another binary) save the connections; the next
-// `mbx run` restores the configuration and puts each connection back on
-// its owner. wrk (a generous timeout: nothing forwards for the second the
-// EAL takes to start) and an iperf3 transfer run across both restarts
-// without a failed request, and the transfer completes.
 // realInBytes is a real server's InBytes from ipvsadm -ln --stats --exact.
 func (e *env) realInBytes(real string) uint64 {
 	for _, l := range strings.Split(e.mustMbx("ipvsadm", "-ln", "--stats", "--exact"), "\n") {
@@ -486,6 +479,13 @@ func (e *env) realInBytes(real string) uint64 {
 	return 0
 }
 
+// TestDPDKRestartWithoutLoss: issue 4's restart without loss on the dpdk
+// backend (two workers, net_af_packet). `mbx stop --keep-datapath` and
+// SIGUSR2 (an upgrade to another binary) save the connections; the next
+// `mbx run` restores the configuration and puts each connection back on
+// its owner. wrk (a generous timeout: nothing forwards for the second the
+// EAL takes to start) and an iperf3 transfer run across both restarts
+// without a failed request, and the transfer completes.
 func TestDPDKRestartWithoutLoss(t *testing.T) {
 	bin := buildDPDK(t)
 	need(t, "wrk", "iperf3")

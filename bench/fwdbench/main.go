@@ -575,10 +575,7 @@ func (f floor) prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 	copy(entry, f.to)
 	binary.LittleEndian.PutUint32(entry[len(f.to):], delta)
 	for i := 0; i < len(entry); i += 8 {
-		var v uint64
-		for j := 7; j >= 0; j-- {
-			v = v<<8 | uint64(entry[i+j])
-		}
+		v := binary.LittleEndian.Uint64(entry[i:])
 		insns = append(insns, asm.LoadImm(asm.R5, int64(v), asm.DWord), asm.StoreMem(asm.RFP, val+int16(i), asm.R5, asm.DWord))
 	}
 	insns = append(insns,
@@ -740,34 +737,7 @@ func newGenerator(l *lab.Lab, v6 bool) (*generator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newGeneratorFrom(l, frame, portOff, tmpl)
-}
 
-// genFrame is the generator's frame (IPv4 or IPv6 UDP to the VIP) and the
-// offset of its source port.
-func genFrame(v6 bool) ([]byte, int, error) {
-	eth := &layers.Ethernet{SrcMAC: mustMAC("02:00:00:00:10:02"), DstMAC: mustMAC("02:00:00:00:10:01"), EthernetType: layers.EthernetTypeIPv4}
-	var ip gopacket.NetworkLayer = &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.ParseIP("198.18.10.2").To4(), DstIP: net.ParseIP(vip).To4()}
-	portOff := 34
-	if v6 {
-		eth.EthernetType = layers.EthernetTypeIPv6
-		ip = &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP, SrcIP: net.ParseIP("fd00:198::10:2"), DstIP: net.ParseIP(vip6)}
-		portOff = 54
-	}
-	udp := &layers.UDP{SrcPort: 10000, DstPort: 5000}
-	_ = udp.SetNetworkLayerForChecksum(ip)
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip.(gopacket.SerializableLayer), udp, gopacket.Payload(make([]byte, 18))); err != nil {
-		return nil, 0, err
-	}
-	frame := buf.Bytes()
-	if !v6 {
-		frame[40], frame[41] = 0, 0 // UDP checksum 0: ports can vary without recomputing
-	}
-	return frame, portOff, nil
-}
-
-func newGeneratorFrom(l *lab.Lab, frame []byte, portOff int, tmpl *ebpf.Map) (*generator, error) {
 	ctr, err := bench.NewCounter()
 	if err != nil {
 		return nil, err
@@ -799,11 +769,35 @@ func newGeneratorFrom(l *lab.Lab, frame []byte, portOff int, tmpl *ebpf.Map) (*g
 
 func (g *generator) Close() { g.prog.Close(); g.tmpl.Close() }
 
+// genFrame is the generator's frame (IPv4 or IPv6 UDP to the VIP) and the
+// offset of its source port.
+func genFrame(v6 bool) ([]byte, int, error) {
+	eth := &layers.Ethernet{SrcMAC: mustMAC("02:00:00:00:10:02"), DstMAC: mustMAC("02:00:00:00:10:01"), EthernetType: layers.EthernetTypeIPv4}
+	var ip gopacket.NetworkLayer = &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.ParseIP("198.18.10.2").To4(), DstIP: net.ParseIP(vip).To4()}
+	portOff := 34
+	if v6 {
+		eth.EthernetType = layers.EthernetTypeIPv6
+		ip = &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP, SrcIP: net.ParseIP("fd00:198::10:2"), DstIP: net.ParseIP(vip6)}
+		portOff = 54
+	}
+	udp := &layers.UDP{SrcPort: 10000, DstPort: 5000}
+	_ = udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip.(gopacket.SerializableLayer), udp, gopacket.Payload(make([]byte, 18))); err != nil {
+		return nil, 0, err
+	}
+	frame := buf.Bytes()
+	if !v6 {
+		frame[40], frame[41] = 0, 0 // UDP checksum 0: ports can vary without recomputing
+	}
+	return frame, portOff, nil
+}
+
 // genCPU is the generator's CPU (-gencpu); the forwarder's NAPI thread is
 // on CPU0.
 var genCPU = 1
 
-// run sends frames (live-frames mode) from CPU1 in the gen namespace until until.
+// run sends frames (live-frames mode) from genCPU in the gen namespace until until.
 func (g *generator) run(until time.Time) error {
 	return g.l.Do("gen", func() error {
 		var set unix.CPUSet
