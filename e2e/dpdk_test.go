@@ -106,7 +106,10 @@ func TestDPDKFullNAT(t *testing.T) {
 					t.Errorf("conn %d: %+v", id, *l)
 				case l.endReason == "rst":
 					rsts++
-					t.Logf("conn %d ended with a RST: %+v", id, *l)
+					t.Logf("conn %d ended with a RST:", id)
+					for _, ev := range l.events { // the CONN_END's side sent the RST
+						t.Logf("  %.6f %s/%s side=%s client=%s server=%s", ev.Time, ev.Event, ev.Hook, ev.Side, ev.ClientState, ev.ServerState)
+					}
 				}
 			}
 			if rsts > 1 {

@@ -15,12 +15,16 @@ import (
 
 // monitorEvent is a line of mbx run --monitor-log.
 type monitorEvent struct {
-	Event     string `json:"event"`
-	Hook      string `json:"hook"`
-	Conn      uint64 `json:"conn"`
-	Client    string `json:"client"`
-	Server    string `json:"server"`
-	EndReason string `json:"end_reason"`
+	Time        float64 `json:"t"`
+	Event       string  `json:"event"`
+	Hook        string  `json:"hook"`
+	Side        string  `json:"side"`
+	Conn        uint64  `json:"conn"`
+	Client      string  `json:"client"`
+	Server      string  `json:"server"`
+	ClientState string  `json:"client_state"`
+	ServerState string  `json:"server_state"`
+	EndReason   string  `json:"end_reason"`
 }
 
 func readMonitorLog(t *testing.T, path string) []monitorEvent {
@@ -46,6 +50,7 @@ type connLife struct {
 	server    string
 	started   bool
 	endReason string
+	events    []monitorEvent // in log order, for a failure's message
 }
 
 func connLives(evs []monitorEvent) map[uint64]*connLife {
@@ -56,6 +61,7 @@ func connLives(evs []monitorEvent) map[uint64]*connLife {
 			l = &connLife{server: ev.Server}
 			lives[ev.Conn] = l
 		}
+		l.events = append(l.events, ev)
 		switch ev.Event {
 		case "CONN_START":
 			l.started = true
