@@ -94,26 +94,18 @@ func TestDPDKFullNAT(t *testing.T) {
 			if len(lives) != 10 {
 				t.Errorf("the monitor logged %d connections for 10 requests", len(lives))
 			}
-			// Every connection ends; one of ten may end with a RST instead
-			// of the FIN handshake. On net_af_xdp a RST crossed the port
-			// once in a CI run and once in 18 local runs (session 10); its
-			// sender is not established yet. The monitor reporting a RST
-			// it saw is right; more than one is a fault.
-			rsts := 0
+			// Every connection ends with the FIN handshake. (A RST here
+			// came once from the real server's kernel, not from mbx: the
+			// lab without TIME_WAIT sockets answered a late FIN with a RST
+			// until lab/topology.go set fin_timeout; TestLabLateFIN.) The
+			// CONN_END's side is the RST's sender.
 			for id, l := range lives {
-				switch {
-				case l.server != vip+":80" || (l.endReason != "fin" && l.endReason != "rst"):
-					t.Errorf("conn %d: %+v", id, *l)
-				case l.endReason == "rst":
-					rsts++
-					t.Logf("conn %d ended with a RST:", id)
-					for _, ev := range l.events { // the CONN_END's side sent the RST
+				if l.server != vip+":80" || l.endReason != "fin" {
+					t.Errorf("conn %d to %s ended by %q:", id, l.server, l.endReason)
+					for _, ev := range l.events {
 						t.Logf("  %.6f %s/%s side=%s client=%s server=%s", ev.Time, ev.Event, ev.Hook, ev.Side, ev.ClientState, ev.ServerState)
 					}
 				}
-			}
-			if rsts > 1 {
-				t.Errorf("%d of %d connections ended with a RST", rsts, len(lives))
 			}
 			if st := e.mustMbx("stat", "--once"); !strings.Contains(st, "10 connections tracked") {
 				t.Errorf("mbx stat:\n%s", st)

@@ -222,8 +222,20 @@ func (l *Lab) build() error {
 		if isSwitch[h] {
 			continue
 		}
-		// Endpoints close TIME_WAIT churn quickly (Connection: close load).
-		for k, v := range map[string]string{"net.ipv4.tcp_tw_reuse": "1", "net.ipv4.tcp_max_tw_buckets": "0"} {
+		// Endpoints close TIME_WAIT churn quickly (Connection: close load):
+		// no TIME_WAIT sockets, so a Full-NAT LIP port reused within 60 s
+		// meets a listener, not an old connection.
+		//
+		// Without TIME_WAIT sockets, the kernel also cannot park a closed
+		// socket whose FIN was acknowledged (an orphan in FIN_WAIT_2
+		// becomes a timewait socket, which max_tw_buckets=0 refuses): the
+		// peer's FIN, when it comes in a later segment than its ACK, then
+		// finds no socket and is answered with a RST. A fin_timeout over
+		// TCP_TIMEWAIT_LEN (60 s) keeps that orphan a full socket for the
+		// rest of the timeout (30 s here), which acknowledges the FIN.
+		// Seen as a rare RST at the end of a curl through the DPDK
+		// backend under load (TestLabLateFIN reproduces it).
+		for k, v := range map[string]string{"net.ipv4.tcp_tw_reuse": "1", "net.ipv4.tcp_max_tw_buckets": "0", "net.ipv4.tcp_fin_timeout": "90"} {
 			if err := l.sysctl(h, k, v); err != nil {
 				return err
 			}
