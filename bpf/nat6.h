@@ -261,7 +261,12 @@ static __always_inline int xmit_tunnel6(struct xdp_md *ctx, struct pkt6 *p, stru
 		return mbx_icmp6_too_big(ctx, mtu - sizeof(struct ipv6hdr));
 	if (v != NH_OK)
 		return v;
-	__u32 label = flow_hash6(&p->key, cfg->hash_seed) & 0xfffff;
+	/* Hashed once, when the connection was made: the hash of a 40-byte
+	 * key is a long dependent chain, too dear per packet. An entry made
+	 * by an older mbx (adopted pinned maps) has none yet. */
+	__u32 label = c->flow_label;
+	if (!label)
+		label = flow_hash6(&p->key, cfg->hash_seed) & 0xfffff;
 	__u8 tc = (p->ip6->priority << 4) | (p->ip6->flow_lbl[0] >> 4);
 	void *start = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;

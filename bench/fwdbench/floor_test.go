@@ -84,3 +84,45 @@ func TestFloorRewrites(t *testing.T) {
 		})
 	}
 }
+
+// TestStatelessRedirects: the stateless floor sends the generator's frame
+// to the sink's MAC, and leaves the rest of the frame as it was.
+func TestStatelessRedirects(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (BPF)")
+	}
+	frame, _, err := genFrame(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devmap, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.DevMapHash, KeySize: 4, ValueSize: 4, MaxEntries: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devmap.Close()
+	if err := devmap.Put(uint32(1), uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: statelessProg(devmap, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	out := make([]byte, len(frame))
+	ret, err := prog.Run(&ebpf.RunOptions{Data: frame, DataOut: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret != 4 {
+		t.Fatalf("verdict %d, want XDP_REDIRECT", ret)
+	}
+	if got, want := net.HardwareAddr(out[0:6]).String(), sinkMAC; got != want {
+		t.Errorf("destination MAC %s, want %s", got, want)
+	}
+	if got, want := net.HardwareAddr(out[6:12]).String(), outMAC; got != want {
+		t.Errorf("source MAC %s, want %s", got, want)
+	}
+	if string(out[12:]) != string(frame[12:]) {
+		t.Error("the stateless floor changed the frame past the MACs")
+	}
+}

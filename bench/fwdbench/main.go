@@ -57,6 +57,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "interleaved rounds")
 	dur := flag.Duration("duration", 2*time.Second, "generator time per variant and round")
 	mbxBin := flag.String("mbx", "", "mbx binary (built when empty)")
+	flag.StringVar(&mbxB, "mbx-b", "", "a second mbx binary: each mbx-* variant also runs with it, as NAME@b, in the same rounds (an A/B comparison on one machine state)")
 	flag.IntVar(&genCPU, "gencpu", 1, "the generator's CPU: 1 (frames arrive from another core's cache) or 0 (the forwarder's CPU: frames arrive warm, and the cost is the forwarder's own instructions)")
 	flag.Parse()
 	if err := run(*rounds, *dur, *mbxBin); err != nil {
@@ -64,6 +65,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// mbxB is -mbx-b.
+var mbxB string
 
 type variant struct {
 	name  string
@@ -146,12 +150,13 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			}
 		}
 		stopDaemon = func() { daemon.Process.Signal(os.Interrupt); <-exited; userPID = 0 }
-		if bin != mbxBin {
+		if bin == dpdkBin {
 			userPID = daemon.Process.Pid // a polling data plane: its CPU counts too
 		}
 		return nil
 	}
-	startMbx := func(ifaces ...string) error { return startMbxBin(mbxBin, ifaces...) }
+	current := mbxBin // the binary the mbx-* variants start (-mbx-b swaps it)
+	startMbx := func(ifaces ...string) error { return startMbxBin(current, ifaces...) }
 	stopMbx := func() {
 		if stopDaemon != nil {
 			stopDaemon()
@@ -180,6 +185,7 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		{"xdp-redirect", func() error { return attachIn(l, redirectProg) }, func() { detachIn(l) }, false},
 		{"xdp-redirect-read", func() error { return attachIn(l, redirectReadProg) }, func() { detachIn(l) }, false},
 		{"xdp-conntrack", func() error { return attachIn(l, conntrackProg) }, func() { detachIn(l) }, false},
+		{"xdp-stateless", func() error { return attachIn(l, statelessProg) }, func() { detachIn(l) }, false},
 		{"kernel-route", func() error { return nil }, func() {}, false},
 		{"nft-dnat", func() error {
 			return sh("fwd", "nft add table ip fwdbench && nft add chain ip fwdbench pre '{ type nat hook prerouting priority -100; }' && "+
@@ -282,6 +288,16 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	for _, v := range all {
 		if only := os.Getenv("FWDBENCH_ONLY"); only == "" || strings.Contains(","+only+",", ","+v.name+",") {
 			variants = append(variants, v)
+			if mbxB != "" && strings.HasPrefix(v.name, "mbx-") {
+				b, setup := v, v.setup
+				b.name += "@b"
+				b.setup = func() error {
+					current = mbxB
+					defer func() { current = mbxBin }()
+					return setup()
+				}
+				variants = append(variants, b)
+			}
 		}
 	}
 	gen, err := newGenerator(l, false)
@@ -371,10 +387,13 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		return rs[len(rs)/2]
 	}
 	fmt.Printf("\nratios (median of per-round ratios):\n")
+	var ratios []struct{ a, b, note string }
 	for _, r := range []struct{ a, b, note string }{
 		{"mbx-fnat", "xdp-redirect", "target <= 1.3"},
 		{"xdp-redirect-read", "xdp-redirect", "reading the headers"},
 		{"xdp-conntrack", "xdp-redirect", "the floor of a stateful load balancer"},
+		{"xdp-stateless", "xdp-redirect", "the floor of any load balancer (hash, table, MAC)"},
+		{"mbx-dr", "xdp-stateless", ""},
 		{"mbx-fnat", "xdp-conntrack", "what mbx's features cost over that floor"},
 		{"mbx-nat", "xdp-conntrack", ""},
 		{"mbx-dr", "xdp-conntrack", ""},
@@ -407,6 +426,14 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		{"bricks-lb", "xdp-redirect", "target <= 1.2"},
 		{"bricks-dup", "xdp-redirect", "two copies"},
 	} {
+		ratios = append(ratios, r)
+	}
+	for _, v := range variants {
+		if strings.HasSuffix(v.name, "@b") {
+			ratios = append(ratios, struct{ a, b, note string }{v.name, strings.TrimSuffix(v.name, "@b"), "-mbx-b against -mbx"})
+		}
+	}
+	for _, r := range ratios {
 		if len(results[r.a]) == 0 || len(results[r.b]) == 0 {
 			continue
 		}
@@ -502,7 +529,79 @@ func conntrack6Prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 }
 
 // The floors' tables live as long as the benchmark (the programs hold them).
-var conntrackTable, conntrack6Table *ebpf.Map
+var conntrackTable, conntrack6Table, maglevTable *ebpf.Map
+
+// statelessProg is the least any L4 load balancer does: no connection
+// table at all. A hash of the source address and ports indexes a
+// Maglev-sized table of real servers' MACs (every slot the sink's), the
+// destination MAC is rewritten from it, DR style, and the frame
+// redirected. Where it lands against xdp-redirect says what choosing a
+// real server from the packet costs, state or not: the slot's address
+// depends on the packet's bytes.
+func statelessProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
+	const slots = 65536
+	if maglevTable == nil {
+		t, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: slots})
+		if err != nil {
+			return asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()} // XDP_ABORTED: nothing reaches the sink
+		}
+		mac := make([]byte, 8)
+		copy(mac, mustMAC(sinkMAC))
+		for i := uint32(0); i < slots; i++ {
+			if err := t.Put(i, mac); err != nil {
+				t.Close()
+				return asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
+			}
+		}
+		maglevTable = t
+	}
+	dst := net.ParseIP(vip).To4()
+	vipWord := int32(uint32(dst[0]) | uint32(dst[1])<<8 | uint32(dst[2])<<16 | uint32(dst[3])<<24)
+	s := mustMAC(outMAC)
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 14+20+8),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
+		asm.JNE.Imm(asm.R5, 0x0008, "pass"), // IPv4
+		asm.LoadMem(asm.R5, asm.R2, 14+9, asm.Byte),
+		asm.JNE.Imm(asm.R5, 17, "pass"), // UDP
+		asm.LoadMem(asm.R5, asm.R2, 14+16, asm.Word),
+		asm.JNE.Imm(asm.R5, vipWord, "pass"),
+		// slot = ((saddr ^ ports) * golden ratio) >> 16, 16 bits.
+		asm.LoadMem(asm.R5, asm.R2, 14+12, asm.Word),
+		asm.LoadMem(asm.R4, asm.R2, 14+20, asm.Word),
+		asm.Xor.Reg32(asm.R5, asm.R4),
+		asm.Mul.Imm32(asm.R5, 0x61c88647),
+		asm.RSh.Imm32(asm.R5, 16),
+		asm.StoreMem(asm.RFP, -4, asm.R5, asm.Word),
+		asm.LoadMapPtr(asm.R1, maglevTable.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 14),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.LoadMem(asm.R5, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.R2, 0, asm.R5, asm.Word),
+		asm.LoadMem(asm.R5, asm.R0, 4, asm.Half),
+		asm.StoreMem(asm.R2, 4, asm.R5, asm.Half),
+		asm.StoreImm(asm.R2, 6, int64(int32(uint32(s[0])|uint32(s[1])<<8|uint32(s[2])<<16|uint32(s[3])<<24)), asm.Word),
+		asm.StoreImm(asm.R2, 10, int64(uint32(s[4])|uint32(s[5])<<8), asm.Half),
+		asm.LoadMapPtr(asm.R1, devmap.FD()),
+		asm.Mov.Imm(asm.R2, int32(outIfindex)),
+		asm.Mov.Imm(asm.R3, 0),
+		asm.FnRedirectMap.Call(),
+		asm.Return(),
+	}
+	return append(insns, asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), asm.Return())
+}
 
 // floor describes a floor program for one frame layout (UDP, network
 // order EtherType loaded little-endian).
