@@ -430,7 +430,12 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	}
 	for _, v := range variants {
 		if strings.HasSuffix(v.name, "@b") {
-			ratios = append(ratios, struct{ a, b, note string }{v.name, strings.TrimSuffix(v.name, "@b"), "-mbx-b against -mbx"})
+			base := "xdp-redirect"
+			if v.v6 {
+				base = "xdp-redirect6"
+			}
+			ratios = append(ratios, struct{ a, b, note string }{v.name, strings.TrimSuffix(v.name, "@b"), "-mbx-b against -mbx"},
+				struct{ a, b, note string }{v.name, base, ""})
 		}
 	}
 	for _, r := range ratios {
