@@ -29,14 +29,7 @@ func TestFloorRewrites(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			devmap, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.DevMapHash, KeySize: 4, ValueSize: 4, MaxEntries: 8})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer devmap.Close()
-			if err := devmap.Put(uint32(1), uint32(1)); err != nil {
-				t.Fatal(err)
-			}
+			devmap := testDevmap(t)
 			insns := conntrackProg(devmap, 1)
 			if c.v6 {
 				insns = conntrack6Prog(devmap, 1)
@@ -95,15 +88,7 @@ func TestStatelessRedirects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	devmap, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.DevMapHash, KeySize: 4, ValueSize: 4, MaxEntries: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer devmap.Close()
-	if err := devmap.Put(uint32(1), uint32(1)); err != nil {
-		t.Fatal(err)
-	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: statelessProg(devmap, 1)})
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: statelessProg(testDevmap(t), 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,4 +110,19 @@ func TestStatelessRedirects(t *testing.T) {
 	if string(out[12:]) != string(frame[12:]) {
 		t.Error("the stateless floor changed the frame past the MACs")
 	}
+}
+
+// testDevmap is a devmap with ifindex 1, the programs' output under
+// BPF_PROG_TEST_RUN (nothing is sent).
+func testDevmap(t *testing.T) *ebpf.Map {
+	t.Helper()
+	devmap, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.DevMapHash, KeySize: 4, ValueSize: 4, MaxEntries: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { devmap.Close() })
+	if err := devmap.Put(uint32(1), uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+	return devmap
 }
