@@ -14,7 +14,7 @@ func TestVerifierBudget(t *testing.T) {
 	b := loadSmall(t)
 	for name, prog := range map[string]interface {
 		Info() (*ebpf.ProgramInfo, error)
-	}{"mbx_xdp": b.objs.MbxXdp, "mbx_lb6": b.objs.MbxLb6} {
+	}{"mbx_xdp": b.objs.MbxXdp, "mbx_lb6": b.objs.MbxLb6, "mbx_bricks": b.objs.MbxBricks, "mbx_monitor_reinject": b.objs.MbxMonitorReinject} {
 		info, err := prog.Info()
 		if err != nil {
 			t.Fatal(err)

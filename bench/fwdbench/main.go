@@ -57,7 +57,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "interleaved rounds")
 	dur := flag.Duration("duration", 2*time.Second, "generator time per variant and round")
 	mbxBin := flag.String("mbx", "", "mbx binary (built when empty)")
-	flag.StringVar(&mbxB, "mbx-b", "", "a second mbx binary: each mbx-* variant also runs with it, as NAME@b, in the same rounds (an A/B comparison on one machine state)")
+	flag.StringVar(&mbxB, "mbx-b", "", "more mbx binaries, comma-separated: each mbx-* variant also runs with each, as NAME@b, NAME@c, ..., in the same rounds (an A/B comparison on one machine state)")
 	flag.IntVar(&genCPU, "gencpu", 1, "the generator's CPU: 1 (frames arrive from another core's cache) or 0 (the forwarder's CPU: frames arrive warm, and the cost is the forwarder's own instructions)")
 	flag.Parse()
 	if err := run(*rounds, *dur, *mbxBin); err != nil {
@@ -288,11 +288,14 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	for _, v := range all {
 		if only := os.Getenv("FWDBENCH_ONLY"); only == "" || strings.Contains(","+only+",", ","+v.name+",") {
 			variants = append(variants, v)
-			if mbxB != "" && strings.HasPrefix(v.name, "mbx-") {
+			for i, bin := range strings.Split(mbxB, ",") {
+				if bin == "" || !strings.HasPrefix(v.name, "mbx-") {
+					continue
+				}
 				b, setup := v, v.setup
-				b.name += "@b"
+				b.name += "@" + string(rune('b'+i))
 				b.setup = func() error {
-					current = mbxB
+					current = bin
 					defer func() { current = mbxBin }()
 					return setup()
 				}
@@ -429,13 +432,13 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		ratios = append(ratios, r)
 	}
 	for _, v := range variants {
-		if strings.HasSuffix(v.name, "@b") {
-			base := "xdp-redirect"
+		if base, _, ok := strings.Cut(v.name, "@"); ok {
+			baseline := "xdp-redirect"
 			if v.v6 {
-				base = "xdp-redirect6"
+				baseline = "xdp-redirect6"
 			}
-			ratios = append(ratios, struct{ a, b, note string }{v.name, strings.TrimSuffix(v.name, "@b"), "-mbx-b against -mbx"},
-				struct{ a, b, note string }{v.name, base, ""})
+			ratios = append(ratios, struct{ a, b, note string }{v.name, base, "-mbx-b against -mbx"},
+				struct{ a, b, note string }{v.name, baseline, ""})
 		}
 	}
 	for _, r := range ratios {
