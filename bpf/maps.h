@@ -33,6 +33,7 @@ struct conn {
 	__u16 svc_id;
 	__u8 state;
 	__u8 flags;
+	__u32 flow_hash; /* the client flow's hash, set once: --tunnel-src's outer source */
 	__u64 last_seen; /* bpf_ktime_get_coarse_ns() */
 	/* Next hop memoized from bpf_fib_lookup (nat.h): valid while fib_gen
 	 * is the config's, the packet came in on nh_in, and nh_stamp is recent. */

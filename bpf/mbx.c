@@ -198,6 +198,7 @@ __attribute__((noinline)) int mbx_new_conn(const struct flow_key *key, const str
 	fc->state = state;
 	fc->last_seen = now;
 	fc->nh_out = 0;
+	fc->flow_hash = h;
 	if (rs->mode == FWD_DR || rs->mode == FWD_TUN) {
 		/* One entry, client side only: replies do not come back through
 		 * mbx. The packet keeps its addresses; daddr names the real server

@@ -357,8 +357,12 @@ static __always_inline int xmit_tunnel(struct xdp_md *ctx, struct pkt *p, struct
 	if (v != NH_OK)
 		return v;
 	__u32 saddr = c->tun_saddr;
-	if (cfg->tun_src_mask)
-		saddr = cfg->tun_src_base | (bpf_htonl(flow_hash(&p->key, cfg->hash_seed)) & ~cfg->tun_src_mask);
+	if (cfg->tun_src_mask) {
+		/* The hash made with the connection (an entry of an older mbx
+		 * has none): not a per-packet hash of the key. */
+		__u32 h = c->flow_hash ? c->flow_hash : flow_hash(&p->key, cfg->hash_seed);
+		saddr = cfg->tun_src_base | (bpf_htonl(h) & ~cfg->tun_src_mask);
+	}
 	__u8 tos = p->ip4->tos;
 	/* Ethernet padding after a short packet would end up inside the frame
 	 * after the inner packet: cut it first. */

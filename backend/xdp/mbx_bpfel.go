@@ -87,7 +87,7 @@ type mbxConn struct {
 	SvcId    uint16
 	State    uint8
 	Flags    uint8
-	_        [4]byte
+	FlowHash uint32
 	LastSeen uint64
 	NhIn     uint32
 	NhOut    uint32

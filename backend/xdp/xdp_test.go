@@ -229,8 +229,8 @@ func TestPersistence(t *testing.T) {
 // address.
 func TestTunnelSourceSpreads(t *testing.T) {
 	f, d := fixture(t, "-A -t 198.18.0.100:80 -s rr\n-a -t 198.18.0.100:80 -r 198.18.1.2 -i\n")
-	outerSrc := func(sport int) netip.Addr {
-		v, out := d.send(t, f, syn(sport))
+	outerSrc := func(p vectors.Packet) netip.Addr {
+		v, out := d.send(t, f, p)
 		if v != "redirect" {
 			t.Fatalf("verdict %s", v)
 		}
@@ -242,7 +242,7 @@ func TestTunnelSourceSpreads(t *testing.T) {
 		a, _ := netip.AddrFromSlice(ip.SrcIP)
 		return a
 	}
-	if got := outerSrc(1000); got != netip.MustParseAddr("198.18.1.1") {
+	if got := outerSrc(syn(1000)); got != netip.MustParseAddr("198.18.1.1") {
 		t.Errorf("outer source %s, want the egress address 198.18.1.1", got)
 	}
 	d.b.opts.TunnelSrc = netip.MustParsePrefix("198.19.255.0/24")
@@ -251,9 +251,13 @@ func TestTunnelSourceSpreads(t *testing.T) {
 	}
 	seen := map[netip.Addr]bool{}
 	for sport := 2000; sport < 2064; sport++ {
-		a := outerSrc(sport)
+		a := outerSrc(syn(sport))
 		if !d.b.opts.TunnelSrc.Contains(a) {
 			t.Fatalf("outer source %s outside %s", a, d.b.opts.TunnelSrc)
+		}
+		// The flow's later packets keep it (the hash is the connection's).
+		if later := outerSrc(ack(sport)); later != a {
+			t.Fatalf("flow %d: outer source %s, then %s", sport, a, later)
 		}
 		seen[a] = true
 	}
