@@ -49,7 +49,7 @@ struct conn6 {
 	__u8 flags;      /* CONN_F_* */
 	__u8 out_family; /* family of the packet after the rewrite */
 	__u8 pad[3];
-	__u32 flow_label; /* tunnel: the outer flow label (the flow hash), set once */
+	__u32 flow_hash; /* the client flow's hash, set once: the tunnel's outer flow label */
 	__u64 last_seen;
 	/* Next hop memoized as in struct conn (nat.h next_hop). */
 	__u32 nh_in;

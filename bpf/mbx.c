@@ -599,7 +599,7 @@ __attribute__((noinline)) int mbx_new_conn6(const struct flow_key6 *key, const s
 	fc->state = key->proto == IPPROTO_TCP ? cfg->fsm[DIR_INPUT][0][TCPS_NONE] : UDP_STATE;
 	fc->last_seen = now;
 	fc->nh_out = 0;
-	fc->flow_label = h & 0xfffff;
+	fc->flow_hash = h;
 	if (rs->mode == FWD_DR || rs->mode == FWD_TUN) {
 		__builtin_memcpy(fc->saddr, key->saddr, 16);
 		__builtin_memcpy(fc->daddr, rs->addr, 16);

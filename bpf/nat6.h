@@ -264,9 +264,7 @@ static __always_inline int xmit_tunnel6(struct xdp_md *ctx, struct pkt6 *p, stru
 	/* Hashed once, when the connection was made: the hash of a 40-byte
 	 * key is a long dependent chain, too dear per packet. An entry made
 	 * by an older mbx (adopted pinned maps) has none yet. */
-	__u32 label = c->flow_label;
-	if (!label)
-		label = flow_hash6(&p->key, cfg->hash_seed) & 0xfffff;
+	__u32 label = (c->flow_hash ? c->flow_hash : flow_hash6(&p->key, cfg->hash_seed)) & 0xfffff;
 	__u8 tc = (p->ip6->priority << 4) | (p->ip6->flow_lbl[0] >> 4);
 	void *start = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;

@@ -114,7 +114,7 @@ type mbxConn6 struct {
 	Flags     uint8
 	OutFamily uint8
 	Pad       [3]uint8
-	FlowLabel uint32
+	FlowHash  uint32
 	LastSeen  uint64
 	NhIn      uint32
 	NhOut     uint32

@@ -456,30 +456,51 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 
 func mustMAC(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
 
+// le32 and le16 are network-order bytes as an immediate that a
+// little-endian load or store of the same bytes compares or writes.
+func le32(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
+func le16(b []byte) int32 { return int32(binary.LittleEndian.Uint16(b)) }
+
+// frameBounds loads the frame's start into R2 and its end into R3 from
+// the context in R6, and jumps to "pass" unless n bytes are there.
+func frameBounds(n int32) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, n),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+	}
+}
+
 // redirectProg: rewrite MACs toward the sink, redirect to out0 through a
 // devmap (as mbx does: bulked transmission; the strongest plain baseline).
 func redirectProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
-	d, s := mustMAC(sinkMAC), mustMAC(outMAC)
-	w := func(b []byte) int32 {
-		return int32(uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24)
-	}
-	h := func(b []byte) int32 { return int32(uint32(b[0]) | uint32(b[1])<<8) }
-	return asm.Instructions{
+	d := mustMAC(sinkMAC)
+	insns := asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
 		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, 14),
 		asm.JGT.Reg(asm.R4, asm.R3, "drop"),
-		asm.StoreImm(asm.R2, 0, int64(w(d[0:4])), asm.Word),
-		asm.StoreImm(asm.R2, 4, int64(h(d[4:6])), asm.Half),
-		asm.StoreImm(asm.R2, 6, int64(w(s[0:4])), asm.Word),
-		asm.StoreImm(asm.R2, 10, int64(h(s[4:6])), asm.Half),
+		asm.StoreImm(asm.R2, 0, int64(le32(d[0:4])), asm.Word),
+		asm.StoreImm(asm.R2, 4, int64(le16(d[4:6])), asm.Half),
+	}
+	insns = append(insns, sendFromOut(devmap, outIfindex)...)
+	return append(insns, asm.Mov.Imm(asm.R0, 1).WithSymbol("drop"), asm.Return())
+}
+
+// sendFromOut writes out0's MAC as the source of the frame at R2 and
+// redirects it to out0 through the devmap.
+func sendFromOut(devmap *ebpf.Map, outIfindex int) asm.Instructions {
+	s := mustMAC(outMAC)
+	return asm.Instructions{
+		asm.StoreImm(asm.R2, 6, int64(le32(s[0:4])), asm.Word),
+		asm.StoreImm(asm.R2, 10, int64(le16(s[4:6])), asm.Half),
 		asm.LoadMapPtr(asm.R1, devmap.FD()),
 		asm.Mov.Imm(asm.R2, int32(outIfindex)),
 		asm.Mov.Imm(asm.R3, 0),
 		asm.FnRedirectMap.Call(),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, 1).WithSymbol("drop"),
 		asm.Return(),
 	}
 }
@@ -491,8 +512,7 @@ func redirectProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 // of a packet the generator wrote on the other CPU, as every forwarder
 // that looks at headers does.
 func redirectReadProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
-	dst := net.ParseIP(vip).To4()
-	vipWord := int32(uint32(dst[0]) | uint32(dst[1])<<8 | uint32(dst[2])<<16 | uint32(dst[3])<<24)
+	vipWord := le32(net.ParseIP(vip).To4())
 	read := asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
 		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
@@ -563,16 +583,10 @@ func statelessProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 		}
 		maglevTable = t
 	}
-	dst := net.ParseIP(vip).To4()
-	vipWord := int32(uint32(dst[0]) | uint32(dst[1])<<8 | uint32(dst[2])<<16 | uint32(dst[3])<<24)
-	s := mustMAC(outMAC)
-	insns := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 14+20+8),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+	vipWord := le32(net.ParseIP(vip).To4())
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	insns = append(insns, frameBounds(14+20+8)...)
+	insns = append(insns,
 		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
 		asm.JNE.Imm(asm.R5, 0x0008, "pass"), // IPv4
 		asm.LoadMem(asm.R5, asm.R2, 14+9, asm.Byte),
@@ -591,23 +605,15 @@ func statelessProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 		asm.Add.Imm(asm.R2, -4),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "pass"),
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 14),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+	)
+	insns = append(insns, frameBounds(14)...)
+	insns = append(insns,
 		asm.LoadMem(asm.R5, asm.R0, 0, asm.Word),
 		asm.StoreMem(asm.R2, 0, asm.R5, asm.Word),
 		asm.LoadMem(asm.R5, asm.R0, 4, asm.Half),
 		asm.StoreMem(asm.R2, 4, asm.R5, asm.Half),
-		asm.StoreImm(asm.R2, 6, int64(int32(uint32(s[0])|uint32(s[1])<<8|uint32(s[2])<<16|uint32(s[3])<<24)), asm.Word),
-		asm.StoreImm(asm.R2, 10, int64(uint32(s[4])|uint32(s[5])<<8), asm.Half),
-		asm.LoadMapPtr(asm.R1, devmap.FD()),
-		asm.Mov.Imm(asm.R2, int32(outIfindex)),
-		asm.Mov.Imm(asm.R3, 0),
-		asm.FnRedirectMap.Call(),
-		asm.Return(),
-	}
+	)
+	insns = append(insns, sendFromOut(devmap, outIfindex)...)
 	return append(insns, asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), asm.Return())
 }
 
@@ -646,13 +652,7 @@ func (f floor) prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 		delta += uint32(uint16(f.to[i]) | uint16(f.to[i+1])<<8)
 	}
 	size := map[int16]asm.Size{4: asm.Word, 8: asm.DWord}
-	bounds := asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, f.hdrs),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-	}
+	bounds := frameBounds(f.hdrs)
 	lookup := asm.Instructions{
 		asm.LoadMapPtr(asm.R1, fd),
 		asm.Mov.Reg(asm.R2, asm.RFP),
