@@ -108,8 +108,24 @@ struct pkt6 {
 	__u16 ip_len; /* whole IP packet, header included */
 	__u16 l3_len; /* IP header length (IPv6: with a fragment header) */
 	__u32 frag_id;
-	struct flow_key6 key;
+	struct flow_key6 key __attribute__((aligned(8))); /* written 8 bytes at a time (parse.h) */
 };
+
+/* parse.h's key_set4 for this table: addresses, then the last word. */
+static __always_inline void key6_set_addrs(struct flow_key6 *k, const void *saddr_daddr)
+{
+	__u64 *w = (__u64 *)k;
+	const __u64 *a = saddr_daddr;
+	w[0] = a[0];
+	w[1] = a[1];
+	w[2] = a[2];
+	w[3] = a[3];
+}
+
+static __always_inline void key6_set_tail(struct flow_key6 *k, __u32 ports, __u8 proto, __u8 family)
+{
+	((__u64 *)k)[4] = key_tail(ports, proto, family);
+}
 
 /* IPv6's fragment header (RFC 8200 4.5). */
 struct frag6hdr {
@@ -136,18 +152,20 @@ struct {
 	__type(value, __u32); /* sport | dport << 16, as in the packet */
 } frags6 SEC(".maps");
 
-static __always_inline int l4_parse6(struct pkt6 *p, void *l4, __u32 l4len, void *data_end)
+/* The key's last word is written by the caller without ports, and here
+ * with them. */
+static __always_inline int l4_parse6(struct pkt6 *p, void *l4, __u32 l4len, void *data_end,
+				     __u8 proto, __u8 family)
 {
 	/* A first fragment's UDP length is the whole datagram's; a TCP header
 	 * is whole in it (RFC 8200: the first fragment holds the upper-layer
 	 * header). */
 	p->l4 = l4;
-	if (p->key.proto == IPPROTO_TCP) {
+	if (proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 		if ((void *)(th + 1) > data_end || th->doff < 5 || th->doff * 4 > l4len)
 			return PARSE_BAD_L4;
-		p->key.sport = th->source;
-		p->key.dport = th->dest;
+		key6_set_tail(&p->key, *(__u32 *)th, proto, family);
 		p->l4_csum = &th->check;
 		p->tcp_flags = ((__u8 *)th)[13];
 		return PARSE_OK;
@@ -158,8 +176,7 @@ static __always_inline int l4_parse6(struct pkt6 *p, void *l4, __u32 l4len, void
 	__u16 ulen = bpf_ntohs(uh->len);
 	if (ulen < sizeof(*uh) || (ulen > l4len && !p->frag))
 		return PARSE_BAD_L4;
-	p->key.sport = uh->source;
-	p->key.dport = uh->dest;
+	key6_set_tail(&p->key, *(__u32 *)uh, proto, family);
 	p->l4_csum = uh->check ? &uh->check : 0;
 	return PARSE_OK;
 }
@@ -188,11 +205,13 @@ static __always_inline int parse6(void *data, void *data_end, struct pkt6 *p)
 		p->ip4 = ip;
 		p->ip_len = tot;
 		p->l3_len = hlen;
-		p->key.saddr[0] = ip->saddr;
-		p->key.daddr[0] = ip->daddr;
-		p->key.proto = ip->protocol;
-		p->key.family = AF_INET_;
-		return l4_parse6(p, (void *)ip + hlen, tot - hlen, data_end);
+		__u64 *w = (__u64 *)&p->key;
+		w[0] = ip->saddr; /* word 0 of each address, the rest 0 */
+		w[1] = 0;
+		w[2] = ip->daddr;
+		w[3] = 0;
+		key6_set_tail(&p->key, 0, ip->protocol, AF_INET_);
+		return l4_parse6(p, (void *)ip + hlen, tot - hlen, data_end, ip->protocol, AF_INET_);
 	}
 	if (eth->h_proto != bpf_htons(ETH_P_IPV6))
 		return PARSE_NOT_IP;
@@ -218,13 +237,11 @@ static __always_inline int parse6(void *data, void *data_end, struct pkt6 *p)
 	p->ip6 = ip6;
 	p->ip_len = sizeof(*ip6) + plen;
 	p->l3_len = hlen;
-	__builtin_memcpy(p->key.saddr, &ip6->saddr, 16);
-	__builtin_memcpy(p->key.daddr, &ip6->daddr, 16);
-	p->key.proto = next;
-	p->key.family = AF_INET6_;
+	key6_set_addrs(&p->key, &ip6->saddr);
+	key6_set_tail(&p->key, 0, next, AF_INET6_);
 	if (p->frag == FRAG_LATER)
 		return PARSE_FRAGMENT; /* no transport header: frag6_ports finds the ports */
-	int r = l4_parse6(p, (void *)ip6 + hlen, sizeof(*ip6) + plen - hlen, data_end);
+	int r = l4_parse6(p, (void *)ip6 + hlen, sizeof(*ip6) + plen - hlen, data_end, next, AF_INET6_);
 	if (r == PARSE_OK && p->key.proto == IPPROTO_UDP && !p->l4_csum)
 		return PARSE_BAD_L4; /* IPv6 UDP must carry a checksum */
 	return r;

@@ -72,16 +72,27 @@ struct icmphdr {
 	__u16 mtu; /* next-hop MTU for ICMP_FRAG_NEEDED */
 };
 
-static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
+/* ipv4_build writes a 20-byte IPv4 header (id 0) with its checksum. The
+ * header is made in registers and stored as whole words: summed back from
+ * the packet after byte stores, the checksum would wait for those stores
+ * to reach the cache (parse.h's key_tail says why). The words are in
+ * network order as a little-endian load sees them. */
+static __always_inline void ipv4_build(struct iphdr *ip, __u8 tos, __u16 tot_len, __u16 frag_off,
+				       __u8 ttl, __u8 proto, __u32 saddr, __u32 daddr)
 {
-	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
+	__u32 w0 = bpf_htonl(0x45000000 | (__u32)tos << 16 | tot_len);
+	__u32 w1 = bpf_htonl(frag_off);
+	__u32 w2 = bpf_htonl((__u32)ttl << 24 | (__u32)proto << 16);
+	__u64 sum = (__u64)w0 + w1 + w2 + saddr + daddr;
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	__u16 check = ~csum_fold32((__u32)sum);
+	__u32 *h = (__u32 *)ip;
+	h[0] = w0;
+	h[1] = w1;
+	h[2] = w2 | (__u32)check << 16; /* the checksum is bytes 10-11 */
+	h[3] = saddr;
+	h[4] = daddr;
 }
 
 /* mbx_icmp_too_big answers a packet that does not fit the egress with ICMP
@@ -134,18 +145,7 @@ __attribute__((noinline)) int mbx_icmp_too_big(struct xdp_md *ctx, __u32 mtu, __
 	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IP);
-	ip->version = 4;
-	ip->ihl = 5;
-	ip->tos = 0;
-	ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*ic) + quote);
-	ip->id = 0;
-	ip->frag_off = 0;
-	ip->ttl = 64;
-	ip->protocol = IPPROTO_ICMP;
-	ip->check = 0;
-	ip->saddr = from;
-	ip->daddr = to;
-	ip->check = ipv4_csum(ip);
+	ipv4_build(ip, 0, sizeof(*ip) + sizeof(*ic) + quote, 0, 64, IPPROTO_ICMP, from, to);
 	ic->type = ICMP_DEST_UNREACH;
 	ic->code = ICMP_FRAG_NEEDED;
 	ic->checksum = 0;
@@ -384,18 +384,7 @@ static __always_inline int xmit_tunnel(struct xdp_md *ctx, struct pkt *p, struct
 	if ((void *)(o + 1) > data_end)
 		return XDP_DROP;
 	eth->h_proto = bpf_htons(ETH_P_IP);
-	o->version = 4;
-	o->ihl = 5;
-	o->tos = tos;
-	o->tot_len = bpf_htons(inner_len + sizeof(struct iphdr));
-	o->id = 0;
-	o->frag_off = 0;
-	o->ttl = 64;
-	o->protocol = IPPROTO_IPIP;
-	o->check = 0;
-	o->saddr = saddr;
-	o->daddr = c->daddr;
-	o->check = ipv4_csum(o);
+	ipv4_build(o, tos, inner_len + sizeof(struct iphdr), 0, 64, IPPROTO_IPIP, saddr, c->daddr);
 	p->eth = eth;
 	return xmit_to(ctx, p, c->nh_out, c->nh_dmac, c->nh_smac);
 }
