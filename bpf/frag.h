@@ -11,6 +11,7 @@
 #define MBX_FRAG_H
 
 #include "maps.h"
+#include "clock.h"
 #include "parse.h"
 #include "conn.h"
 #include "nat.h"
@@ -58,7 +59,7 @@ static __attribute__((noinline)) int later_fragment(struct xdp_md *ctx, struct p
 	}
 	p->key.sport = fp->sport;
 	p->key.dport = fp->dport;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = mbx_now();
 	struct conn *c = bpf_map_lookup_elem(&conns, &p->key);
 	if (!c || !conn_alive(cfg, c, &p->key, now)) {
 		count(CNT_DROP_FRAGMENT);

@@ -34,12 +34,12 @@ struct conn {
 	__u8 state;
 	__u8 flags;
 	__u32 flow_hash; /* the client flow's hash, set once: --tunnel-src's outer source */
-	__u64 last_seen; /* bpf_ktime_get_coarse_ns() */
+	__u64 last_seen; /* mbx_now() (clock.h) */
 	/* Next hop memoized from bpf_fib_lookup (nat.h): valid while fib_gen
 	 * is the config's, the packet came in on nh_in, and nh_stamp is recent. */
 	__u32 nh_in;
 	__u32 nh_out;
-	__u32 nh_stamp; /* coarse ns >> 20 (~1 ms units) */
+	__u32 nh_stamp; /* mbx_now() >> 20 (~1 ms units) */
 	__u32 nh_gen;
 	__u8 nh_dmac[6];
 	__u8 nh_smac[6];

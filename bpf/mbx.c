@@ -7,6 +7,7 @@
 
 #include "consts.h"
 #include "maps.h"
+#include "clock.h"
 #include "parse.h"
 #include "csum.h"
 #include "hash.h"
@@ -329,10 +330,10 @@ static __attribute__((noinline)) int snat_out(struct xdp_md *ctx, struct pkt *p,
 		count(CNT_PASS_NOT_OURS);
 		return XDP_PASS;
 	}
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = mbx_now();
 	struct conn *c = bpf_map_lookup_elem(&conns, &p->key);
 	if (c && conn_alive(cfg, c, &p->key, now)) {
-		if (now - c->last_seen > (1 << 20))
+		if ((__s64)(now - c->last_seen) > (1 << 20))
 			c->last_seen = now;
 		conn_track(cfg, c, p);
 		account(c, p);
@@ -384,7 +385,7 @@ static __always_inline int process(struct xdp_md *ctx)
 		if (p.key.proto == IPPROTO_ICMP && (maybe_local(&p.key) || maybe_nat_reply(&p.key))) {
 			struct config *icfg = get_config();
 			if (icfg) {
-				int v = icmp_error(ctx, &p, icfg, bpf_ktime_get_coarse_ns());
+				int v = icmp_error(ctx, &p, icfg, mbx_now());
 				/* Not an IPv4 connection's: perhaps a NAT64 one's. */
 				if (v == XDP_PASS && (icfg->lb6 & LB6_NAT64))
 					return VERDICT_LB6;
@@ -420,7 +421,7 @@ static __always_inline int process(struct xdp_md *ctx)
 	struct config *cfg = get_config();
 	if (!cfg)
 		return XDP_PASS;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = mbx_now();
 
 	struct conn *c = bpf_map_lookup_elem(&conns, &p.key);
 	if (c) {
@@ -437,7 +438,7 @@ static __always_inline int process(struct xdp_md *ctx)
 	}
 	if (c) {
 		/* Refresh at ~1 ms granularity: no cache-line write per packet. */
-		if (now - c->last_seen > (1 << 20))
+		if ((__s64)(now - c->last_seen) > (1 << 20))
 			c->last_seen = now;
 		conn_track(cfg, c, &p);
 	} else {
@@ -721,7 +722,7 @@ static __always_inline int process6(struct xdp_md *ctx)
 		/* From mbx_xdp: an ICMPv4 error no IPv4 connection claimed. */
 		struct config *icfg = get_config();
 		if (icfg) {
-			int v = icmp46_error(ctx, icfg, bpf_ktime_get_coarse_ns());
+			int v = icmp46_error(ctx, icfg, mbx_now());
 			if (v != XDP_PASS)
 				return v;
 		}
@@ -734,7 +735,7 @@ static __always_inline int process6(struct xdp_md *ctx)
 		 * kernel's (neighbour discovery, echo, ...). */
 		struct config *icfg = get_config();
 		if (icfg) {
-			__u64 inow = bpf_ktime_get_coarse_ns();
+			__u64 inow = mbx_now();
 			int v = icmp6_error(ctx, icfg, inow);
 			if (v == XDP_PASS && (icfg->lb6 & LB6_NAT64))
 				v = icmp64_error(ctx, icfg, inow);
@@ -753,7 +754,7 @@ static __always_inline int process6(struct xdp_md *ctx)
 	struct config *cfg = get_config();
 	if (!cfg)
 		return XDP_PASS;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = mbx_now();
 
 	struct conn6 *c = bpf_map_lookup_elem(&conns6, &p.key);
 	if (c) {
@@ -767,7 +768,7 @@ static __always_inline int process6(struct xdp_md *ctx)
 		}
 	}
 	if (c) {
-		if (now - c->last_seen > (1 << 20))
+		if ((__s64)(now - c->last_seen) > (1 << 20))
 			c->last_seen = now;
 		if (p.l4)
 			conn6_track(cfg, c, &p);

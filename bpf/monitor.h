@@ -20,6 +20,7 @@
 
 #include <linux/ipv6.h>
 #include "maps.h"
+#include "clock.h"
 #include "parse.h"
 
 /* Event numbers: monitor.Event's. */
@@ -107,7 +108,7 @@ struct mon_conn {
 	__u32 pad0;
 	__u64 id; /* 0: not yet initialised */
 	__u64 start;
-	__u64 last; /* bpf_ktime_get_coarse_ns */
+	__u64 last; /* mbx_now() (clock.h) */
 	__u64 end;
 	__u8 client_is_b;
 	__u8 end_reason; /* 0 while open */
@@ -894,7 +895,7 @@ __attribute__((noinline)) int mbx_monitor(struct xdp_md *ctx, __u32 reinjected)
 		st->filtered++;
 		return 0;
 	}
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = mbx_now();
 	struct mon_conn *c = bpf_map_lookup_elem(&mon_conns, &p->key);
 	int syn = (p->flags & (TH_SYN | TH_ACK)) == TH_SYN;
 	__u64 id = 0;

@@ -4,6 +4,7 @@
 #define MBX_NAT_H
 
 #include "maps.h"
+#include "clock.h"
 #include "parse.h"
 #include "csum.h"
 #include "hash.h"
@@ -178,7 +179,7 @@ static __always_inline int next_hop(struct xdp_md *ctx, struct pkt *p, struct co
 {
 	__u32 stamp = (__u32)(now >> 20);
 	if (c->nh_gen == cfg->fib_gen && c->nh_in == ctx->ingress_ifindex && c->nh_out &&
-	    stamp - c->nh_stamp < cfg->fib_max_age)
+	    (__s32)(stamp - c->nh_stamp) < (__s32)cfg->fib_max_age)
 		return NH_OK;
 
 	struct bpf_fib_lookup fib = {};
@@ -420,7 +421,7 @@ __attribute__((noinline)) int mbx_xmit(struct xdp_md *ctx, struct conn *c, struc
 	struct config *cfg = get_config();
 	if (!cfg)
 		return XDP_DROP;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = mbx_now();
 	/* No "fragmentation needed" answers from here (the fast path and
 	 * SNAT answer inline): it keeps mbx_icmp_too_big off this call chain,
 	 * whose stack adds up to the 512-byte limit. */

@@ -18,7 +18,7 @@ static __always_inline int next_hop6(struct xdp_md *ctx, struct conn6 *c, const 
 {
 	__u32 stamp = (__u32)(now >> 20);
 	if (c->nh_gen == cfg->fib_gen && c->nh_in == ctx->ingress_ifindex && c->nh_out &&
-	    stamp - c->nh_stamp < cfg->fib_max_age) {
+	    (__s32)(stamp - c->nh_stamp) < (__s32)cfg->fib_max_age) {
 		if (c->nh_mtu && tot_len > c->nh_mtu) {
 			*mtu = c->nh_mtu;
 			return NH_TOO_BIG;
@@ -294,7 +294,7 @@ static __always_inline int memo_xmit(struct xdp_md *ctx, const struct conn6 *c, 
 {
 	__u32 stamp = (__u32)(now >> 20);
 	if (c->nh_gen == cfg->fib_gen && c->nh_in == ctx->ingress_ifindex && c->nh_out &&
-	    stamp - c->nh_stamp < cfg->fib_max_age)
+	    (__s32)(stamp - c->nh_stamp) < (__s32)cfg->fib_max_age)
 		return xmit6_to(ctx, c->nh_out, c->nh_dmac, c->nh_smac);
 	count(CNT_PASS_FIB);
 	return XDP_PASS;

@@ -58,6 +58,12 @@ type mbxCaptureWindow struct {
 	Count   uint64
 }
 
+type mbxClockTick struct {
+	_       structs.HostLayout
+	Jiffies uint64
+	Ns      uint64
+}
+
 type mbxConfig struct {
 	_              structs.HostLayout
 	TimeoutNsShift uint32
@@ -434,6 +440,7 @@ const (
 	mbxMapCaptureCtl          = "capture_ctl"
 	mbxMapCaptureEvents       = "capture_events"
 	mbxMapCaptureRate         = "capture_rate"
+	mbxMapClockTicks          = "clock_ticks"
 	mbxMapConfigMap           = "config_map"
 	mbxMapConn6Scratch        = "conn6_scratch"
 	mbxMapConnScratch         = "conn_scratch"
@@ -540,6 +547,7 @@ type mbxMapSpecs struct {
 	CaptureCtl     *ebpf.MapSpec `ebpf:"capture_ctl"`
 	CaptureEvents  *ebpf.MapSpec `ebpf:"capture_events"`
 	CaptureRate    *ebpf.MapSpec `ebpf:"capture_rate"`
+	ClockTicks     *ebpf.MapSpec `ebpf:"clock_ticks"`
 	ConfigMap      *ebpf.MapSpec `ebpf:"config_map"`
 	Conn6Scratch   *ebpf.MapSpec `ebpf:"conn6_scratch"`
 	ConnScratch    *ebpf.MapSpec `ebpf:"conn_scratch"`
@@ -616,6 +624,7 @@ type mbxMaps struct {
 	CaptureCtl     *ebpf.Map `ebpf:"capture_ctl"`
 	CaptureEvents  *ebpf.Map `ebpf:"capture_events"`
 	CaptureRate    *ebpf.Map `ebpf:"capture_rate"`
+	ClockTicks     *ebpf.Map `ebpf:"clock_ticks"`
 	ConfigMap      *ebpf.Map `ebpf:"config_map"`
 	Conn6Scratch   *ebpf.Map `ebpf:"conn6_scratch"`
 	ConnScratch    *ebpf.Map `ebpf:"conn_scratch"`
@@ -667,6 +676,7 @@ func (m *mbxMaps) Close() error {
 		m.CaptureCtl,
 		m.CaptureEvents,
 		m.CaptureRate,
+		m.ClockTicks,
 		m.ConfigMap,
 		m.Conn6Scratch,
 		m.ConnScratch,

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -386,5 +387,39 @@ func TestPackBytes(t *testing.T) {
 	}
 	if _, _, ok := packBytes(big[:255]); !ok {
 		t.Error("255 real servers did not fit a byte table")
+	}
+}
+
+// The datapath's clock (clock.h's mbx_now, cached per CPU per jiffy) is
+// CLOCK_MONOTONIC_COARSE, the clock Go's sweep compares with: an entry's
+// last_seen is that clock at its last packet, at most a tick or two behind.
+func TestClockIsTheCoarseClock(t *testing.T) {
+	f, d := fixture(t, "-A -t 198.18.0.100:80 -s rr\n-a -t 198.18.0.100:80 -r 198.18.1.2 -g\n")
+	const slack = 20 * uint64(time.Millisecond) // two ticks at HZ=100
+	lastSeen := func() uint64 {
+		var k mbxFlowKey
+		var c mbxConn
+		var seen uint64
+		for it := d.b.objs.Conns.Iterate(); it.Next(&k, &c); {
+			seen = max(seen, c.LastSeen)
+		}
+		return seen
+	}
+	check := func(p vectors.Packet) {
+		t.Helper()
+		before := monoNow()
+		if v, _ := d.send(t, f, p); v != "redirect" {
+			t.Fatalf("verdict %s", v)
+		}
+		after := monoNow()
+		if got := lastSeen(); got+slack < before || got > after {
+			t.Fatalf("last_seen %d, want within [%d-%d, %d]", got, before, slack, after)
+		}
+	}
+	check(syn(3000))
+	// Later packets, ticks later, carry the clock forward.
+	for range 3 {
+		time.Sleep(30 * time.Millisecond)
+		check(ack(3000))
 	}
 }
