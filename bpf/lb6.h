@@ -111,7 +111,7 @@ struct pkt6 {
 	struct flow_key6 key __attribute__((aligned(8))); /* written 8 bytes at a time (parse.h) */
 };
 
-/* parse.h's key_set4 for this table: addresses, then the last word. */
+/* parse.h's key_set4 and key_set_ports4 for this table. */
 static __always_inline void key6_set_addrs(struct flow_key6 *k, const void *saddr_daddr)
 {
 	__u64 *w = (__u64 *)k;

@@ -48,12 +48,19 @@ static __always_inline __u64 key_tail(__u32 ports, __u8 proto, __u8 family)
 	return (__u64)ports | (__u64)proto << 32 | (__u64)family << 40;
 }
 
-/* Addresses as the IPv4 header holds them, saddr then daddr. */
-static __always_inline void key_set4(struct flow_key *k, const struct iphdr *ip, __u64 tail)
+/* The addresses as the IPv4 header holds them (saddr then daddr), and
+ * the protocol without ports. */
+static __always_inline void key_set4(struct flow_key *k, const struct iphdr *ip)
 {
 	__u64 *w = (__u64 *)k;
 	w[0] = *(const __u64 *)&ip->saddr;
-	w[1] = tail;
+	w[1] = key_tail(0, ip->protocol, 0);
+}
+
+/* The last word again, with the ports (the first 4 bytes of TCP and UDP). */
+static __always_inline void key_set_ports4(struct flow_key *k, const void *l4, __u8 proto)
+{
+	((__u64 *)k)[1] = key_tail(*(const __u32 *)l4, proto, 0);
 }
 
 /* ICMP echo: the identifier stands in for the ports (request: source
@@ -136,15 +143,14 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct pkt *p)
 	p->ip4 = ip;
 	p->ip_len = tot;
 
+	/* Every verdict below looks at the addresses (mbx.c). */
+	key_set4(&p->key, ip);
 	__u8 proto = ip->protocol;
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-		key_set4(&p->key, ip, key_tail(0, proto, 0));
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return PARSE_OTHER_L4;
-	}
 	/* A fragment offset: no transport header (frag.h finds the ports). A
 	 * first fragment (MF, offset 0) has it and is parsed on. */
 	if (ip->frag_off & bpf_htons(0x1fff)) {
-		key_set4(&p->key, ip, key_tail(0, proto, 0));
 		p->frag = FRAG_LATER;
 		return PARSE_FRAGMENT;
 	}
@@ -154,16 +160,13 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct pkt *p)
 	void *l4 = (void *)ip + hlen;
 	p->l4 = l4;
 	__u32 l4len = tot - hlen;
-	/* The key without ports first: a malformed packet's verdict looks
-	 * at its addresses (mbx.c). */
-	key_set4(&p->key, ip, key_tail(0, proto, 0));
 	if (proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 		if ((void *)(th + 1) > data_end)
 			return PARSE_BAD_L4;
 		if (th->doff < 5 || th->doff * 4 > l4len)
 			return PARSE_BAD_L4;
-		key_set4(&p->key, ip, key_tail(*(__u32 *)th, proto, 0));
+		key_set_ports4(&p->key, th, proto);
 		p->l4_csum = &th->check;
 		p->tcp_flags = ((__u8 *)th)[13];
 	} else {
@@ -174,7 +177,7 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct pkt *p)
 		/* A first fragment's UDP length is the whole datagram's. */
 		if (ulen < sizeof(*uh) || (ulen > l4len && !p->frag))
 			return PARSE_BAD_L4;
-		key_set4(&p->key, ip, key_tail(*(__u32 *)uh, proto, 0));
+		key_set_ports4(&p->key, uh, proto);
 		p->l4_csum = uh->check ? &uh->check : 0;
 	}
 	return PARSE_OK;
