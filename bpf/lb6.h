@@ -3,7 +3,10 @@
  * own (mbx_lb6, reached by tail call from mbx_xdp) so the IPv4 fast path and
  * its verifier budget are untouched. Full-NAT (v6 LIPs), NAT64 Full-NAT (a
  * v6 VIP with IPv4 real servers and LIPs), DR and ip6ip6 tunnel. Flows get
- * their own 40-byte-key table (conns6), as Katran splits v4 and v6.
+ * their own table (conns6), as Katran splits v4 and v6. Its key is 24
+ * bytes, not 40: every entry's destination is one of mbx's own addresses
+ * (a VIP or a LIP), so the key names it by its slot in local6 (lid) and
+ * the kernel hashes and compares 6 words, not 10, on every packet.
  * NAT64's replies are IPv4 packets: their entries sit in conns6 under an
  * IPv4 tuple (family AF_INET_, addresses in word 0), and mbx_xdp sends an
  * IPv4 packet here only when it is not one of its own flows or services. */
@@ -25,16 +28,64 @@
 #define IPPROTO_IPV6_ 41 /* ip6ip6 */
 #define IPPROTO_FRAGMENT_ 44
 
-/* One direction of a flow of an IPv6 service. */
+/* One direction of a flow of an IPv6 service: the source, the ports, and
+ * the destination as its local6 slot (lossless: only local addresses are
+ * destinations of entries). */
 struct flow_key6 {
 	__u32 saddr[4];
-	__u32 daddr[4];
 	__u16 sport;
 	__u16 dport;
+	__u16 lid;   /* the destination's slot in local6 */
 	__u8 proto;
 	__u8 family; /* AF_INET6_; AF_INET_: a NAT64 connection's IPv4 side */
-	__u8 pad[2];
 };
+
+/* local6: mbx's own addresses (VIPs, LIPs of both families), each in a
+ * slot of its hash's bucket of LOCAL6_WAYS. A slot keeps its address for
+ * the address's lifetime: connection keys name it (Go places, apply.go).
+ * An array and not a hash map: the lookup is inlined, no kernel call. */
+#define LOCAL6_SLOTS 65536
+#define LOCAL6_WAYS 4
+#define LID_NONE 0xffff /* never a slot: Go leaves the last one empty */
+struct local6_slot {
+	__u32 addr[4]; /* IPv4: word 0, the rest 0 */
+	__u8 family;   /* 0: empty */
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LOCAL6_SLOTS);
+	__type(key, __u32);
+	__type(value, struct local6_slot);
+} local6 SEC(".maps");
+
+/* The bucket of an address (backend/xdp local6.go is the Go twin): four
+ * independent multiplies and a short finalizer, no long dependent chain. */
+static __always_inline __u32 local6_bucket(const __u32 *a, __u8 family)
+{
+	__u32 h = a[0] * 0x9e3779b1u + a[1] * 0x85ebca77u + a[2] * 0xc2b2ae3du + a[3] * 0x27d4eb2fu +
+		  (__u32)family * 0x165667b1u;
+	h ^= h >> 16;
+	h *= 0x7feb352du;
+	h ^= h >> 15;
+	return (h >> 18) * LOCAL6_WAYS;
+}
+
+/* local6_find: the slot of local address a, or LID_NONE (not mbx's). */
+static __always_inline __u32 local6_find(const __u32 *a, __u8 family)
+{
+	__u32 base = local6_bucket(a, family);
+#pragma unroll
+	for (int i = 0; i < LOCAL6_WAYS; i++) {
+		__u32 slot = base + i;
+		struct local6_slot *l = bpf_map_lookup_elem(&local6, &slot);
+		if (l && ((l->addr[0] ^ a[0]) | (l->addr[1] ^ a[1]) | (l->addr[2] ^ a[2]) | (l->addr[3] ^ a[3]) |
+			  (l->family ^ family)) == 0)
+			return slot;
+	}
+	return LID_NONE;
+}
 
 /* What to do with a packet of one direction (struct conn's IPv6 twin). */
 struct conn6 {
@@ -48,7 +99,8 @@ struct conn6 {
 	__u8 state;
 	__u8 flags;      /* CONN_F_* */
 	__u8 out_family; /* family of the packet after the rewrite */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 twin_lid;  /* the other entry's key lid (its destination, this saddr); LID_NONE: no twin */
 	__u32 flow_hash; /* the client flow's hash, set once: the tunnel's outer flow label */
 	__u64 last_seen;
 	/* Next hop memoized as in struct conn (nat.h next_hop). */
@@ -77,13 +129,19 @@ struct {
 	__type(value, struct conn6);
 } conn6_scratch SEC(".maps");
 
+/* A key with the destination it names. */
+struct flow6 {
+	struct flow_key6 key;
+	__u32 daddr[4];
+};
+
 /* mbx_new_conn6's reply key, off its stack frame (the stack is 512 bytes
  * for mbx_lb6, mbx_new_conn6 and the lc/wlc scan together). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct flow_key6);
+	__type(value, struct flow6);
 } key6_scratch SEC(".maps");
 
 /* mbx_xdp's handoff to mbx_lb6. */
@@ -108,23 +166,42 @@ struct pkt6 {
 	__u16 ip_len; /* whole IP packet, header included */
 	__u16 l3_len; /* IP header length (IPv6: with a fragment header) */
 	__u32 frag_id;
-	struct flow_key6 key __attribute__((aligned(8))); /* written 8 bytes at a time (parse.h) */
+	union {
+		struct flow6 f; /* what mbx_new_conn6 takes */
+		struct {
+			struct flow_key6 key; /* written 8 bytes at a time (parse.h) */
+			__u32 daddr[4];       /* the destination the key's lid names */
+		};
+	} __attribute__((aligned(8)));
 };
 
-/* parse.h's key_set4 and key_set_ports4 for this table. */
-static __always_inline void key6_set_addrs(struct flow_key6 *k, const void *saddr_daddr)
+/* parse.h's key_set4 and key_set_ports4 for this table: whole words. */
+static __always_inline void key6_set_saddr(struct flow_key6 *k, const void *saddr)
 {
 	__u64 *w = (__u64 *)k;
-	const __u64 *a = saddr_daddr;
+	const __u64 *a = saddr;
 	w[0] = a[0];
 	w[1] = a[1];
-	w[2] = a[2];
-	w[3] = a[3];
 }
 
-static __always_inline void key6_set_tail(struct flow_key6 *k, __u32 ports, __u8 proto, __u8 family)
+static __always_inline void key6_set_tail(struct flow_key6 *k, __u32 ports, __u32 lid, __u8 proto, __u8 family)
 {
-	((__u64 *)k)[4] = key_tail(ports, proto, family);
+	((__u64 *)k)[2] = (__u64)ports | (__u64)lid << 32 | (__u64)proto << 48 | (__u64)family << 56;
+}
+
+/* key6_make fills k for the flow saddr -> daddr (4 words each, IPv4 in
+ * word 0): 0, or -1 when daddr is none of mbx's (no entry can match). */
+static __always_inline int key6_make(struct flow_key6 *k, const __u32 *saddr, const __u32 *daddr, __u16 sport,
+				     __u16 dport, __u8 proto, __u8 family)
+{
+	__u32 lid = local6_find(daddr, family);
+	__builtin_memcpy(k->saddr, saddr, 16);
+	k->sport = sport;
+	k->dport = dport;
+	k->lid = lid;
+	k->proto = proto;
+	k->family = family;
+	return lid == LID_NONE ? -1 : 0;
 }
 
 /* IPv6's fragment header (RFC 8200 4.5). */
@@ -152,10 +229,10 @@ struct {
 	__type(value, __u32); /* sport | dport << 16, as in the packet */
 } frags6 SEC(".maps");
 
-/* The key's last word is written by the caller without ports, and here
- * with them. */
+/* The key's last word is written here, with the ports (the caller wrote
+ * it without them, for the paths that end before). */
 static __always_inline int l4_parse6(struct pkt6 *p, void *l4, __u32 l4len, void *data_end,
-				     __u8 proto, __u8 family)
+				     __u32 lid, __u8 proto, __u8 family)
 {
 	/* A first fragment's UDP length is the whole datagram's; a TCP header
 	 * is whole in it (RFC 8200: the first fragment holds the upper-layer
@@ -165,7 +242,7 @@ static __always_inline int l4_parse6(struct pkt6 *p, void *l4, __u32 l4len, void
 		struct tcphdr *th = l4;
 		if ((void *)(th + 1) > data_end || th->doff < 5 || th->doff * 4 > l4len)
 			return PARSE_BAD_L4;
-		key6_set_tail(&p->key, *(__u32 *)th, proto, family);
+		key6_set_tail(&p->key, *(__u32 *)th, lid, proto, family);
 		p->l4_csum = &th->check;
 		p->tcp_flags = ((__u8 *)th)[13];
 		return PARSE_OK;
@@ -176,7 +253,7 @@ static __always_inline int l4_parse6(struct pkt6 *p, void *l4, __u32 l4len, void
 	__u16 ulen = bpf_ntohs(uh->len);
 	if (ulen < sizeof(*uh) || (ulen > l4len && !p->frag))
 		return PARSE_BAD_L4;
-	key6_set_tail(&p->key, *(__u32 *)uh, proto, family);
+	key6_set_tail(&p->key, *(__u32 *)uh, lid, proto, family);
 	p->l4_csum = uh->check ? &uh->check : 0;
 	return PARSE_OK;
 }
@@ -208,10 +285,12 @@ static __always_inline int parse6(void *data, void *data_end, struct pkt6 *p)
 		__u64 *w = (__u64 *)&p->key;
 		w[0] = ip->saddr; /* word 0 of each address, the rest 0 */
 		w[1] = 0;
-		w[2] = ip->daddr;
-		w[3] = 0;
-		key6_set_tail(&p->key, 0, ip->protocol, AF_INET_);
-		return l4_parse6(p, (void *)ip + hlen, tot - hlen, data_end, ip->protocol, AF_INET_);
+		__u64 *d = (__u64 *)p->daddr;
+		d[0] = ip->daddr;
+		d[1] = 0;
+		__u32 lid = local6_find(p->daddr, AF_INET_);
+		key6_set_tail(&p->key, 0, lid, ip->protocol, AF_INET_);
+		return l4_parse6(p, (void *)ip + hlen, tot - hlen, data_end, lid, ip->protocol, AF_INET_);
 	}
 	if (eth->h_proto != bpf_htons(ETH_P_IPV6))
 		return PARSE_NOT_IP;
@@ -237,11 +316,16 @@ static __always_inline int parse6(void *data, void *data_end, struct pkt6 *p)
 	p->ip6 = ip6;
 	p->ip_len = sizeof(*ip6) + plen;
 	p->l3_len = hlen;
-	key6_set_addrs(&p->key, &ip6->saddr);
-	key6_set_tail(&p->key, 0, next, AF_INET6_);
+	key6_set_saddr(&p->key, &ip6->saddr);
+	__u64 *d = (__u64 *)p->daddr;
+	const __u64 *pd = (const __u64 *)&ip6->daddr;
+	d[0] = pd[0];
+	d[1] = pd[1];
+	__u32 lid = local6_find(p->daddr, AF_INET6_);
+	key6_set_tail(&p->key, 0, lid, next, AF_INET6_);
 	if (p->frag == FRAG_LATER)
 		return PARSE_FRAGMENT; /* no transport header: frag6_ports finds the ports */
-	int r = l4_parse6(p, (void *)ip6 + hlen, sizeof(*ip6) + plen - hlen, data_end, next, AF_INET6_);
+	int r = l4_parse6(p, (void *)ip6 + hlen, sizeof(*ip6) + plen - hlen, data_end, lid, next, AF_INET6_);
 	if (r == PARSE_OK && p->key.proto == IPPROTO_UDP && !p->l4_csum)
 		return PARSE_BAD_L4; /* IPv6 UDP must carry a checksum */
 	return r;
@@ -250,7 +334,7 @@ static __always_inline int parse6(void *data, void *data_end, struct pkt6 *p)
 static __always_inline void frag6_key_of(struct frag6_key *fk, const struct pkt6 *p)
 {
 	__builtin_memcpy(fk->saddr, p->key.saddr, 16);
-	__builtin_memcpy(fk->daddr, p->key.daddr, 16);
+	__builtin_memcpy(fk->daddr, p->daddr, 16);
 	fk->id = p->frag_id;
 	fk->proto = p->key.proto;
 }
@@ -287,12 +371,11 @@ static __always_inline int is_new_syn6(const struct pkt6 *p)
 static __always_inline void twin_key6(struct flow_key6 *tk, const struct conn6 *c, const struct flow_key6 *k)
 {
 	__builtin_memcpy(tk->saddr, c->daddr, 16);
-	__builtin_memcpy(tk->daddr, c->saddr, 16);
 	tk->sport = c->dport;
 	tk->dport = c->sport;
+	tk->lid = c->twin_lid; /* LID_NONE (DR, tunnel): no entry has it */
 	tk->proto = k->proto;
 	tk->family = c->out_family;
-	tk->pad[0] = tk->pad[1] = 0;
 }
 
 static __always_inline void entry_delete6(const struct flow_key6 *k)
@@ -350,23 +433,26 @@ static __always_inline void conn6_track(const struct config *cfg, struct conn6 *
 		t->state = next;
 }
 
-/* The L4 checksum delta of rewriting k's tuple into c's. The pseudo
- * headers of both families sum the same length and protocol, so a family
- * change (NAT64) is only the address words (unused words are zero). */
-static __always_inline void conn6_set_csum(struct conn6 *c, const struct flow_key6 *k)
+/* The L4 checksum delta of rewriting k's tuple (daddr: its destination)
+ * into c's. The pseudo headers of both families sum the same length and
+ * protocol, so a family change (NAT64) is only the address words (unused
+ * words are zero). */
+static __always_inline void conn6_set_csum(struct conn6 *c, const struct flow_key6 *k, const __u32 *daddr)
 {
 	__u32 d = 0;
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
 		d = csum_add_diff32(d, k->saddr[i], c->saddr[i]);
-		d = csum_add_diff32(d, k->daddr[i], c->daddr[i]);
+		d = csum_add_diff32(d, daddr[i], c->daddr[i]);
 	}
 	d = csum_add_diff16(d, k->sport, c->sport);
 	d = csum_add_diff16(d, k->dport, c->dport);
 	c->csum_l4 = d;
 }
 
-static __always_inline __u32 flow_hash6(const struct flow_key6 *k, __u32 seed)
+/* The flow hash of the whole tuple (the DPDK datapath's twin hashes the
+ * same words): k and its destination daddr. */
+static __always_inline __u32 flow_hash6(const struct flow_key6 *k, const __u32 *daddr, __u32 seed)
 {
 	__u32 h = seed;
 #pragma unroll
@@ -374,7 +460,7 @@ static __always_inline __u32 flow_hash6(const struct flow_key6 *k, __u32 seed)
 		h = hash_mix(h, k->saddr[i]);
 #pragma unroll
 	for (int i = 0; i < 4; i++)
-		h = hash_mix(h, k->daddr[i]);
+		h = hash_mix(h, daddr[i]);
 	h = hash_mix(h, (__u32)k->sport | ((__u32)k->dport << 16));
 	h = hash_mix(h, (__u32)k->proto | ((__u32)k->family << 8));
 	return hash_final(h ^ 40);

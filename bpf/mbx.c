@@ -567,29 +567,22 @@ int mbx_monitor_reinject(struct xdp_md *ctx)
 	return XDP_DROP;
 }
 
-static __always_inline int is_local6(const struct flow_key6 *k)
-{
-	struct local_key lk = {};
-	__builtin_memcpy(lk.addr, k->daddr, 16);
-	lk.family = AF_INET6_;
-	return bpf_map_lookup_elem(&local_addrs, &lk) != 0;
-}
-
 /* mbx_new_conn's twin for IPv6 services: the same scheduling (pick_real),
  * then DR/tunnel (one entry) or Full-NAT to a LIP of the real server's
  * family (IPv6, or IPv4 for NAT64) and a local port, probed as for IPv4. */
-__attribute__((noinline)) int mbx_new_conn6(const struct flow_key6 *key, const struct svc *s,
+__attribute__((noinline)) int mbx_new_conn6(const struct flow6 *f, const struct svc *s,
 					    const struct config *cfg, __u64 now, struct conn6 *fc)
 {
-	if (!key || !s || !cfg || !fc)
+	if (!f || !s || !cfg || !fc)
 		return XDP_DROP;
+	const struct flow_key6 *key = &f->key;
 	if (s->sched_len == 0) {
 		count(CNT_DROP_NO_REAL);
 		return XDP_DROP;
 	}
-	__u32 h = flow_hash6(key, cfg->hash_seed);
+	__u32 h = flow_hash6(key, f->daddr, cfg->hash_seed);
 	__u32 real_id;
-	int pv = pick_real(s, cfg, h, fold6(key->saddr), fold6(key->daddr), now, &real_id);
+	int pv = pick_real(s, cfg, h, fold6(key->saddr), fold6(f->daddr), now, &real_id);
 	if (pv != PICK_OK)
 		return pv;
 	struct real *rs = bpf_map_lookup_elem(&reals, &real_id);
@@ -608,6 +601,7 @@ __attribute__((noinline)) int mbx_new_conn6(const struct flow_key6 *key, const s
 		fc->dport = key->dport;
 		fc->flags = rs->mode == FWD_DR ? CONN_F_DR : CONN_F_TUN;
 		fc->out_family = AF_INET6_;
+		fc->twin_lid = LID_NONE; /* replies do not come back through mbx */
 		fc->csum_l4 = 0;
 		goto insert;
 	}
@@ -625,20 +619,22 @@ __attribute__((noinline)) int mbx_new_conn6(const struct flow_key6 *key, const s
 	/* The reply comes from the real server to a LIP and port, in the
 	 * real server's family. fc holds the reply entry first (nat.h). */
 	__u32 zero = 0;
-	struct flow_key6 *rk = bpf_map_lookup_elem(&key6_scratch, &zero);
-	if (!rk)
+	struct flow6 *r = bpf_map_lookup_elem(&key6_scratch, &zero);
+	if (!r)
 		return XDP_DROP;
-	__builtin_memset(rk, 0, sizeof(*rk));
+	struct flow_key6 *rk = &r->key;
+	__builtin_memset(r, 0, sizeof(*r));
 	__builtin_memcpy(rk->saddr, rs->addr, 16);
 	rk->sport = rs->port ? rs->port : key->dport;
 	rk->proto = key->proto;
 	rk->family = out;
-	__builtin_memcpy(fc->saddr, key->daddr, 16);
+	__builtin_memcpy(fc->saddr, f->daddr, 16);
 	__builtin_memcpy(fc->daddr, key->saddr, 16);
 	fc->sport = key->dport;
 	fc->dport = key->sport;
 	fc->flags = CONN_F_REPLY;
 	fc->out_family = AF_INET6_;
+	fc->twin_lid = key->lid;
 
 	int ok = 0;
 #pragma clang loop unroll(disable)
@@ -648,9 +644,12 @@ __attribute__((noinline)) int mbx_new_conn6(const struct flow_key6 *key, const s
 		struct laddr *la = bpf_map_lookup_elem(&laddrs, &li);
 		if (!la)
 			break;
-		__builtin_memcpy(rk->daddr, la->addr, 16);
+		__builtin_memcpy(r->daddr, la->addr, 16);
+		rk->lid = local6_find(r->daddr, out);
+		if (rk->lid == LID_NONE)
+			break; /* not placed in local6 (Go places every LIP first) */
 		rk->dport = bpf_htons((__u16)(cfg->port_lo + (cand >> 8) % range));
-		conn6_set_csum(fc, rk);
+		conn6_set_csum(fc, rk, r->daddr);
 		if (bpf_map_update_elem(&conns6, rk, fc, BPF_NOEXIST) == 0) {
 			ok = 1;
 			break;
@@ -669,14 +668,15 @@ __attribute__((noinline)) int mbx_new_conn6(const struct flow_key6 *key, const s
 		count(CNT_DROP_NO_PORT);
 		return XDP_DROP;
 	}
-	__builtin_memcpy(fc->saddr, rk->daddr, 16);
+	__builtin_memcpy(fc->saddr, r->daddr, 16);
 	__builtin_memcpy(fc->daddr, rk->saddr, 16);
 	fc->sport = rk->dport;
 	fc->dport = rk->sport;
 	fc->flags = 0;
 	fc->out_family = out;
+	fc->twin_lid = rk->lid;
 	fc->nh_out = 0;
-	conn6_set_csum(fc, key);
+	conn6_set_csum(fc, key, f->daddr);
 insert:
 	bpf_map_update_elem(&conns6, key, fc, BPF_ANY);
 	struct real_stats *st = bpf_map_lookup_elem(&stats, &real_id);
@@ -696,7 +696,7 @@ static __attribute__((noinline)) int frag6_place(struct pkt6 *p)
 {
 	if (frag6_ports(p) == 0)
 		return PLACED;
-	if (is_local6(&p->key)) {
+	if (p->key.lid != LID_NONE) {
 		count(CNT_DROP_FRAGMENT);
 		return XDP_DROP;
 	}
@@ -744,11 +744,16 @@ static __always_inline int process6(struct xdp_md *ctx)
 		}
 	}
 	if (r != PARSE_OK) {
-		if (r == PARSE_BAD_L4 && p.key.family == AF_INET6_ && is_local6(&p.key)) {
+		if (r == PARSE_BAD_L4 && p.key.family == AF_INET6_ && p.key.lid != LID_NONE) {
 			count(CNT_DROP_MALFORMED);
 			return XDP_DROP;
 		}
 		count(r == PARSE_BAD_L3 || r == PARSE_BAD_L4 ? CNT_PASS_MALFORMED : CNT_PASS_NOT_OURS);
+		return XDP_PASS;
+	}
+	if (p.key.lid == LID_NONE) {
+		/* Not to a VIP or LIP: no connection or service can be its. */
+		count(CNT_PASS_NOT_OURS);
 		return XDP_PASS;
 	}
 	struct config *cfg = get_config();
@@ -784,7 +789,7 @@ static __always_inline int process6(struct xdp_md *ctx)
 			return XDP_PASS;
 		}
 		struct svc_key sk = {};
-		__builtin_memcpy(sk.addr, p.key.daddr, 16);
+		__builtin_memcpy(sk.addr, p.daddr, 16);
 		sk.port = p.key.dport;
 		sk.proto = p.key.proto;
 		sk.family = AF_INET6_;
@@ -801,7 +806,7 @@ static __always_inline int process6(struct xdp_md *ctx)
 		struct conn6 *fresh = bpf_map_lookup_elem(&conn6_scratch, &zero);
 		if (!fresh)
 			return XDP_DROP;
-		int v = mbx_new_conn6(&p.key, s, cfg, now, fresh);
+		int v = mbx_new_conn6(&p.f, s, cfg, now, fresh);
 		if (v != NEW_CONN_OK)
 			return v;
 		c = fresh;

@@ -253,7 +253,7 @@ static __always_inline int xmit_tunnel6(struct xdp_md *ctx, struct pkt6 *p, stru
 	/* Hashed once, when the connection was made: the hash of a 40-byte
 	 * key is a long dependent chain, too dear per packet. An entry made
 	 * by an older mbx (adopted pinned maps) has none yet. */
-	__u32 label = (c->flow_hash ? c->flow_hash : flow_hash6(&p->key, cfg->hash_seed)) & 0xfffff;
+	__u32 label = (c->flow_hash ? c->flow_hash : flow_hash6(&p->key, p->daddr, cfg->hash_seed)) & 0xfffff;
 	__u8 tc = (p->ip6->priority << 4) | (p->ip6->flow_lbl[0] >> 4);
 	void *start = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -379,13 +379,10 @@ static __attribute__((noinline)) int icmp46_error(struct xdp_md *ctx, const stru
 	__u8 t6, c6;
 	if (icmp4to6_type(ic->type, ic->code, &t6, &c6))
 		return XDP_PASS;
-	struct flow_key6 k = {};
-	k.saddr[0] = qip->daddr;
-	k.daddr[0] = qip->saddr;
-	k.sport = ql4->dport;
-	k.dport = ql4->sport;
-	k.proto = qip->protocol;
-	k.family = AF_INET_;
+	struct flow_key6 k;
+	__u32 ks[4] = {qip->daddr}, kd[4] = {qip->saddr};
+	if (key6_make(&k, ks, kd, ql4->dport, ql4->sport, qip->protocol, AF_INET_))
+		return XDP_PASS;
 	struct conn6 *c = bpf_map_lookup_elem(&conns6, &k);
 	if (!c || c->out_family != AF_INET6_ || !(c->flags & CONN_F_REPLY))
 		return XDP_PASS;
@@ -466,13 +463,9 @@ static __attribute__((noinline)) int icmp64_error(struct xdp_md *ctx, const stru
 	__u8 t4, c4;
 	if (icmp6to4_type(ic->type, ic->code, &t4, &c4))
 		return XDP_PASS;
-	struct flow_key6 k = {};
-	__builtin_memcpy(k.saddr, &q->daddr, 16);
-	__builtin_memcpy(k.daddr, &q->saddr, 16);
-	k.sport = ql4->dport;
-	k.dport = ql4->sport;
-	k.proto = q->nexthdr;
-	k.family = AF_INET6_;
+	struct flow_key6 k;
+	if (key6_make(&k, (__u32 *)&q->daddr, (__u32 *)&q->saddr, ql4->dport, ql4->sport, q->nexthdr, AF_INET6_))
+		return XDP_PASS;
 	struct conn6 *c = bpf_map_lookup_elem(&conns6, &k);
 	if (!c || c->out_family != AF_INET_ || (c->flags & CONN_F_REPLY))
 		return XDP_PASS;
@@ -540,13 +533,9 @@ static __attribute__((noinline)) int icmp6_error(struct xdp_md *ctx, const struc
 		return XDP_PASS;
 	if (q->nexthdr != IPPROTO_TCP && q->nexthdr != IPPROTO_UDP)
 		return XDP_PASS;
-	struct flow_key6 k = {};
-	__builtin_memcpy(k.saddr, &q->daddr, 16);
-	__builtin_memcpy(k.daddr, &q->saddr, 16);
-	k.sport = ports[1];
-	k.dport = ports[0];
-	k.proto = q->nexthdr;
-	k.family = AF_INET6_;
+	struct flow_key6 k;
+	if (key6_make(&k, (__u32 *)&q->daddr, (__u32 *)&q->saddr, ports[1], ports[0], q->nexthdr, AF_INET6_))
+		return XDP_PASS;
 	struct conn6 *c = bpf_map_lookup_elem(&conns6, &k);
 	if (!c || (c->flags & (CONN_F_DR | CONN_F_TUN)))
 		return XDP_PASS;

@@ -60,7 +60,14 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 	if err != nil {
 		return err
 	}
+	plan6, err := b.local6.plan(wantLocal6(cfg))
+	if err != nil {
+		return err
+	}
 	lb6 := lb6Flags(cfg)
+	if err := b.writeLocal6Adds(plan6); err != nil {
+		return err
+	}
 	if to := cfg.Timeouts.Effective(b.baseTO); to != b.opts.Timeouts || lb6&^b.lb6 != 0 {
 		// Flags are only added here (before the services they route to);
 		// removed ones follow the services, at the end.
@@ -109,6 +116,9 @@ func (b *Backend) Apply(cfg *lb.Config) error {
 		}
 	}
 	b.locals = wantLocals
+	if err := b.writeLocal6Removes(plan6); err != nil {
+		return err
+	}
 	if err := b.writeSNATRules(rules); err != nil {
 		return err
 	}

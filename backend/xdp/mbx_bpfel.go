@@ -119,7 +119,8 @@ type mbxConn6 struct {
 	State     uint8
 	Flags     uint8
 	OutFamily uint8
-	Pad       [3]uint8
+	Pad       uint8
+	TwinLid   uint16
 	FlowHash  uint32
 	LastSeen  uint64
 	NhIn      uint32
@@ -131,6 +132,12 @@ type mbxConn6 struct {
 	TunSaddr  [4]uint32
 	NhMtu     uint16
 	Pad2      uint16
+}
+
+type mbxFlow6 struct {
+	_     structs.HostLayout
+	Key   mbxFlowKey6
+	Daddr [4]uint32
 }
 
 type mbxFlowKey struct {
@@ -146,12 +153,11 @@ type mbxFlowKey struct {
 type mbxFlowKey6 struct {
 	_      structs.HostLayout
 	Saddr  [4]uint32
-	Daddr  [4]uint32
 	Sport  uint16
 	Dport  uint16
+	Lid    uint16
 	Proto  uint8
 	Family uint8
-	Pad    [2]uint8
 }
 
 type mbxFrag6Key struct {
@@ -186,6 +192,13 @@ type mbxIfVerdicts struct {
 }
 
 type mbxLaddr struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Family uint8
+	Pad    [3]uint8
+}
+
+type mbxLocal6Slot struct {
 	_      structs.HostLayout
 	Addr   [4]uint32
 	Family uint8
@@ -457,6 +470,7 @@ const (
 	mbxMapLaddrs              = "laddrs"
 	mbxMapLb6Prog             = "lb6_prog"
 	mbxMapLoads               = "loads"
+	mbxMapLocal6              = "local6"
 	mbxMapLocalAddrs          = "local_addrs"
 	mbxMapLocalBits           = "local_bits"
 	mbxMapMonConns            = "mon_conns"
@@ -564,6 +578,7 @@ type mbxMapSpecs struct {
 	Laddrs         *ebpf.MapSpec `ebpf:"laddrs"`
 	Lb6Prog        *ebpf.MapSpec `ebpf:"lb6_prog"`
 	Loads          *ebpf.MapSpec `ebpf:"loads"`
+	Local6         *ebpf.MapSpec `ebpf:"local6"`
 	LocalAddrs     *ebpf.MapSpec `ebpf:"local_addrs"`
 	LocalBits      *ebpf.MapSpec `ebpf:"local_bits"`
 	MonConns       *ebpf.MapSpec `ebpf:"mon_conns"`
@@ -641,6 +656,7 @@ type mbxMaps struct {
 	Laddrs         *ebpf.Map `ebpf:"laddrs"`
 	Lb6Prog        *ebpf.Map `ebpf:"lb6_prog"`
 	Loads          *ebpf.Map `ebpf:"loads"`
+	Local6         *ebpf.Map `ebpf:"local6"`
 	LocalAddrs     *ebpf.Map `ebpf:"local_addrs"`
 	LocalBits      *ebpf.Map `ebpf:"local_bits"`
 	MonConns       *ebpf.Map `ebpf:"mon_conns"`
@@ -693,6 +709,7 @@ func (m *mbxMaps) Close() error {
 		m.Laddrs,
 		m.Lb6Prog,
 		m.Loads,
+		m.Local6,
 		m.LocalAddrs,
 		m.LocalBits,
 		m.MonConns,

@@ -21,7 +21,7 @@ import (
 // array when no process holds it, and a stopped mbx's datapath keeps
 // tail-calling mbx_lb6 until the next run takes over.
 var pinnedMaps = []string{"conns", "conns6", "lb6_prog", "services", "sched_slots", "sched_bytes", "sched_pos", "reals", "stats", "loads",
-	"laddrs", "laddr_conflicts", "local_addrs", "local_bits", "counters", "persist"}
+	"laddrs", "laddr_conflicts", "local_addrs", "local_bits", "local6", "counters", "persist"}
 
 // ensureBPFFS makes sure dir lies on a bpffs. Under /sys/fs/bpf, where a
 // bpffs belongs, it mounts one when missing (ip netns exec gives commands a

@@ -1,6 +1,7 @@
 package xdp
 
 import (
+	"maps"
 	"net"
 	"net/netip"
 	"time"
@@ -36,6 +37,7 @@ type entryView struct {
 func (b *Backend) walk(fn func(e *entryView, alive bool, now uint64)) (dead []mbxFlowKey, dead6 []mbxFlowKey6) {
 	b.mu.Lock()
 	to := b.opts.Timeouts
+	lids := local6Table{addr: maps.Clone(b.local6.addr)}
 	b.mu.Unlock()
 	now := monoNow()
 	stale := func(state uint8, lastSeen uint64) bool {
@@ -77,7 +79,7 @@ func (b *Backend) walk(fn func(e *entryView, alive bool, now uint64)) (dead []mb
 			dead6 = append(dead6, k6)
 		}
 		fn(&entryView{proto: k6.Proto,
-			src: netip.AddrPortFrom(wordsAddr(k6.Saddr, k6.Family), htons(k6.Sport)), dst: netip.AddrPortFrom(wordsAddr(k6.Daddr, k6.Family), htons(k6.Dport)),
+			src: netip.AddrPortFrom(wordsAddr(k6.Saddr, k6.Family), htons(k6.Sport)), dst: netip.AddrPortFrom(lids.lidAddr(k6.Lid), htons(k6.Dport)),
 			newSrc: netip.AddrPortFrom(wordsAddr(c6.Saddr, c6.OutFamily), htons(c6.Sport)), newDst: netip.AddrPortFrom(wordsAddr(c6.Daddr, c6.OutFamily), htons(c6.Dport)),
 			realID: c6.RealId, state: c6.State, flags: c6.Flags, lastSeen: c6.LastSeen}, alive, now)
 	}
@@ -89,7 +91,7 @@ func twinKey(k *mbxFlowKey, c *mbxConn) mbxFlowKey {
 }
 
 func twinKey6(k *mbxFlowKey6, c *mbxConn6) mbxFlowKey6 {
-	return mbxFlowKey6{Saddr: c.Daddr, Daddr: c.Saddr, Sport: c.Dport, Dport: c.Sport, Proto: k.Proto, Family: c.OutFamily}
+	return mbxFlowKey6{Saddr: c.Daddr, Sport: c.Dport, Dport: c.Sport, Lid: c.TwinLid, Proto: k.Proto, Family: c.OutFamily}
 }
 
 // addr4 turns an address word of the datapath back into an address.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +55,7 @@ type Backend struct {
 	mu       sync.Mutex
 	services map[lb.ServiceKey]*progService
 	locals   map[mbxLocalKey]uint32
+	local6   local6Table // Go's copy of the datapath's local6 (local6.go)
 	svcIDs   idAlloc
 	realIDs  idAlloc
 	slots    *rangeAlloc
@@ -109,6 +111,7 @@ func Load(opts backend.Options) (*Backend, error) {
 		log:      opts.Logger,
 		services: map[lb.ServiceKey]*progService{},
 		locals:   map[mbxLocalKey]uint32{},
+		local6:   newLocal6Table(),
 		svcIDs:   idAlloc{max: maxServices},
 		realIDs:  idAlloc{max: maxReals},
 		slots:    newRangeAlloc(schedSlots / slotsPerGroup),
@@ -117,11 +120,25 @@ func Load(opts backend.Options) (*Backend, error) {
 		retired:  map[lb.ServiceKey]backend.Counters{},
 	}
 	var copts *ebpf.CollectionOptions
+	var oldConns6 *ebpf.Map // an older mbx's 40-byte-key conns6 (migrate6.go)
 	if opts.PinDir != "" {
 		if err := preparePins(spec, opts.PinDir, opts.Fresh); err != nil {
 			return nil, err
 		}
 		copts = &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}
+		if oldConns6, err = detachConns6v1(opts.PinDir); err != nil {
+			return nil, err
+		}
+		if oldConns6 != nil {
+			defer func() {
+				// A load that fails gives the old datapath its table back.
+				path := filepath.Join(opts.PinDir, "conns6")
+				if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+					_ = oldConns6.Pin(path)
+				}
+				oldConns6.Close()
+			}()
+		}
 	}
 	if err := spec.LoadAndAssign(&b.objs, copts); err != nil {
 		var ve *ebpf.VerifierError
@@ -135,6 +152,9 @@ func Load(opts backend.Options) (*Backend, error) {
 	}
 	if opts.PinDir != "" {
 		n, err := b.adopt()
+		if err == nil {
+			err = b.readLocal6()
+		}
 		if err != nil {
 			b.objs.Close()
 			return nil, fmt.Errorf("reading pinned state in %s: %w", opts.PinDir, err)
@@ -145,6 +165,15 @@ func Load(opts backend.Options) (*Backend, error) {
 	if err := b.writeConfig(); err != nil {
 		b.objs.Close()
 		return nil, err
+	}
+	if oldConns6 != nil {
+		// Last before the switch: the old datapath fills it until then.
+		moved, lost, err := b.migrateConns6(oldConns6)
+		if err != nil {
+			b.objs.Close()
+			return nil, fmt.Errorf("carrying IPv6 connections over to the new conns6: %w", err)
+		}
+		b.log.Info("IPv6 connection table converted to the 24-byte key", "carried", moved, "lost", lost)
 	}
 	// After the config: a pinned lb6_prog is also the running datapath's,
 	// which must not meet this program before its config is written.
