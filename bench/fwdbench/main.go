@@ -315,10 +315,16 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	defer gen6.Close()
 
 	results := map[string][]float64{}
+	var xfers []float64
 	for r := 0; r < rounds; r++ {
 		// Rotate the order each round: no variant always runs first.
 		order := append(append([]variant(nil), variants[r%len(variants):]...), variants[:r%len(variants)]...)
-		for _, v := range order {
+		for i, v := range order {
+			if i%4 == 0 {
+				x := lineTransferNs(0, 1)
+				xfers = append(xfers, x)
+				fmt.Printf("round %d cache line CPU0<->CPU1 %5.0f ns one way (the VM's state)\n", r+1, x)
+			}
 			if err := v.setup(); err != nil {
 				v.down()
 				if errors.Is(err, errNoDPDK) {
@@ -370,6 +376,9 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		}
 	}
 	med := map[string]float64{}
+	sort.Float64s(xfers)
+	fmt.Printf("\ncache line transfer CPU0<->CPU1, one way: median %.0f ns, range %.0f-%.0f ns (the frame's miss on the forwarder's first load)\n",
+		xfers[len(xfers)/2], xfers[0], xfers[len(xfers)-1])
 	fmt.Printf("\nforwarder CPU ns/packet, median of %d interleaved rounds (XDP drop sink):\n", rounds)
 	for _, v := range variants {
 		s := append([]float64(nil), results[v.name]...)
