@@ -34,10 +34,17 @@ func local6Bucket(a [4]uint32, family uint8) uint32 {
 type local6Table struct {
 	lid  map[mbxLocalKey]uint16
 	addr map[uint16]mbxLocalKey
+	// Slots of removed addresses, cleared in the datapath but not free
+	// yet: connection entries may still name them, and another address
+	// placed there would inherit those entries. The sweep deletes the
+	// entries (no packet can reach them now) and frees the slot on the
+	// pass after the last one that found any (an entry made by a packet
+	// in flight at the removal is caught by it). Value: passes so far.
+	retired map[uint16]int
 }
 
 func newLocal6Table() local6Table {
-	return local6Table{lid: map[mbxLocalKey]uint16{}, addr: map[uint16]mbxLocalKey{}}
+	return local6Table{lid: map[mbxLocalKey]uint16{}, addr: map[uint16]mbxLocalKey{}, retired: map[uint16]int{}}
 }
 
 // local6Plan is what one Apply changes in local6.
@@ -53,6 +60,9 @@ func (t *local6Table) plan(want map[mbxLocalKey]bool) (local6Plan, error) {
 	p := local6Plan{add: map[mbxLocalKey]uint16{}}
 	taken := map[uint16]bool{}
 	for lid := range t.addr {
+		taken[lid] = true
+	}
+	for lid := range t.retired {
 		taken[lid] = true
 	}
 	// Sorted, so the same configuration places alike on every run.
@@ -113,8 +123,55 @@ func (b *Backend) writeLocal6Removes(p local6Plan) error {
 		}
 		delete(b.local6.lid, k)
 		delete(b.local6.addr, lid)
+		b.local6.retired[lid] = 0
 	}
 	return nil
+}
+
+// sweepRetired6 deletes the IPv6 connection entries that name retired
+// slots and frees the slots that have had two clean passes.
+func (b *Backend) sweepRetired6() int {
+	b.mu.Lock()
+	retired := maps.Clone(b.local6.retired)
+	b.mu.Unlock()
+	if len(retired) == 0 {
+		return 0
+	}
+	var stale []mbxFlowKey6
+	var k mbxFlowKey6
+	var c mbxConn6
+	it := b.objs.Conns6.Iterate()
+	for it.Next(&k, &c) {
+		if _, ok := retired[k.Lid]; ok {
+			stale = append(stale, k)
+		}
+	}
+	if it.Err() != nil {
+		return 0 // the table changed under the walk: next pass
+	}
+	found := map[uint16]bool{}
+	deleted := 0
+	for i := range stale {
+		found[stale[i].Lid] = true
+		if b.objs.Conns6.Delete(&stale[i]) == nil {
+			deleted++
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for lid := range retired {
+		n, ok := b.local6.retired[lid]
+		switch {
+		case !ok:
+		case found[lid]:
+			b.local6.retired[lid] = 1 // deleted: one more pass to be sure
+		case n+1 >= 2:
+			delete(b.local6.retired, lid)
+		default:
+			b.local6.retired[lid] = n + 1
+		}
+	}
+	return deleted
 }
 
 // wantLocal6 lists the addresses mbx_lb6 must know: every IPv6 service's
@@ -146,7 +203,20 @@ func (b *Backend) readLocal6() error {
 		b.local6.lid[k] = uint16(lid)
 		b.local6.addr[uint16(lid)] = k
 	}
-	return it.Err()
+	if err := it.Err(); err != nil {
+		return err
+	}
+	// Entries that name no placed slot were left by a removal the previous
+	// run had not swept yet: their slots stay retired until it is done.
+	var k mbxFlowKey6
+	var c mbxConn6
+	cit := b.objs.Conns6.Iterate()
+	for cit.Next(&k, &c) {
+		if _, ok := b.local6.addr[k.Lid]; !ok && k.Lid != lidNone {
+			b.local6.retired[k.Lid] = 0
+		}
+	}
+	return nil // an iteration cut short by a busy table only retires fewer
 }
 
 // lidAddr is the address a connection key's lid names (the invalid

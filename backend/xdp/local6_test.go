@@ -155,3 +155,79 @@ func TestLocal6Buckets(t *testing.T) {
 		}
 	}
 }
+
+// A removed address's slot is not given to another address while
+// connection entries still name it: the new address would inherit them.
+func TestLocal6RetiredSlot(t *testing.T) {
+	f, err := vectors.Find("fnat6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := setupXDP(t, f, &lb.Config{}).(*testDatapath)
+	vips := sameBucket(t, local6Ways)
+	config := func(vips ...netip.Addr) *lb.Config {
+		var lines []string
+		for _, a := range vips {
+			lines = append(lines, fmt.Sprintf("-A -t [%s]:80 -s rr", a), fmt.Sprintf("-a -t [%s]:80 -r [fd00:198::b:2] -g", a))
+		}
+		ops, err := ipvsadm.ParseLines(strings.Join(lines, "\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := (&lb.Config{}).Do(ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	apply := func(cfg *lb.Config) {
+		t.Helper()
+		if err := d.w.Do(func() error { return d.b.Apply(cfg) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	syn := func(vip netip.Addr) string {
+		p := vectors.Packet{Iface: "wan0", Eth: map[string]any{"src": "client", "dst": "wan0"},
+			IP:  map[string]any{"src": "fd00:198::a:2", "dst": vip.String()},
+			TCP: map[string]any{"sport": 40000, "dport": 80, "flags": "S"}}
+		v, _ := d.send(t, f, p)
+		return v
+	}
+	// Three addresses fill three ways; the fourth way is free.
+	apply(config(vips[0], vips[1], vips[2]))
+	if v := syn(vips[0]); v != "redirect" {
+		t.Fatalf("SYN: %s", v)
+	}
+	old := d.b.local6.lid[localKey(vips[0])]
+	// vips[0] goes, then vips[3] comes: it takes the free way, not
+	// vips[0]'s slot (lower, so first in the bucket, but retired).
+	apply(config(vips[1], vips[2]))
+	apply(config(vips[1], vips[2], vips[3]))
+	if d.b.local6.lid[localKey(vips[3])] == old {
+		t.Fatalf("slot %d given to %s while an entry names it", old, vips[3])
+	}
+	if v := syn(vips[0]); v != "pass" {
+		t.Fatalf("SYN to the removed VIP: %s, want pass", v)
+	}
+	// Two sweeps: the unreachable entry is deleted, the slot freed.
+	d.b.sweepRetired6()
+	if len(d.b.local6.retired) != 1 {
+		t.Fatalf("retired after one sweep: %v", d.b.local6.retired)
+	}
+	d.b.sweepRetired6()
+	if len(d.b.local6.retired) != 0 {
+		t.Fatalf("retired after two sweeps: %v", d.b.local6.retired)
+	}
+	var k mbxFlowKey6
+	var c mbxConn6
+	for it := d.b.objs.Conns6.Iterate(); it.Next(&k, &c); {
+		if k.Lid == old {
+			t.Fatalf("entry %+v still names the freed slot", k)
+		}
+	}
+	// Now the slot can be placed again.
+	apply(config(vips[1], vips[2], vips[3], vips[0]))
+	if v := syn(vips[0]); v != "redirect" {
+		t.Fatalf("SYN to the re-added VIP: %s", v)
+	}
+}

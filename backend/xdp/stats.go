@@ -166,6 +166,7 @@ func (b *Backend) sweepOnce() {
 			swept++
 		}
 	}
+	swept += b.sweepRetired6()
 	b.mu.Lock()
 	b.sweep = r
 	b.evict.swept += uint64(swept)
