@@ -319,12 +319,7 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 	for r := 0; r < rounds; r++ {
 		// Rotate the order each round: no variant always runs first.
 		order := append(append([]variant(nil), variants[r%len(variants):]...), variants[:r%len(variants)]...)
-		for i, v := range order {
-			if i%4 == 0 {
-				x := lineTransferNs(0, 1)
-				xfers = append(xfers, x)
-				fmt.Printf("round %d cache line CPU0<->CPU1 %5.0f ns one way (the VM's state)\n", r+1, x)
-			}
+		for _, v := range order {
 			if err := v.setup(); err != nil {
 				v.down()
 				if errors.Is(err, errNoDPDK) {
@@ -340,6 +335,11 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			if v.v6 {
 				g = gen6
 			}
+			// The machine's state just before the measurement, once the
+			// setup's kernel work (map and program loads) has settled.
+			time.Sleep(200 * time.Millisecond)
+			xfer := lineTransferNs(0, 1)
+			xfers = append(xfers, xfer)
 			ns, pps, err := measure(l, g, sinkCount, dur)
 			if os.Getenv("FWDBENCH_DEBUG") != "" && stopDaemon != nil {
 				out, _ := l.Run("fwd", "sh", "-c", "curl -s --unix-socket "+sock+" http://mbx/v1/status | grep -o '\"datapath\":{[^}]*}'")
@@ -364,7 +364,7 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", v.name, err)
 			}
-			fmt.Printf("round %d %-14s %7.0f ns/pkt  %6.2f Mpps delivered", r+1, v.name, ns, pps/1e6)
+			fmt.Printf("round %d %-14s %7.0f ns/pkt  %6.2f Mpps delivered  (cache line CPU0<->CPU1 %.0f ns)", r+1, v.name, ns, pps/1e6, xfer)
 			if lastUserNs > 0 {
 				fmt.Printf("  (user-space %0.f ns)", lastUserNs)
 			}
