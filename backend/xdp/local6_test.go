@@ -116,6 +116,9 @@ func TestLocal6Buckets(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := setupXDP(t, f, &lb.Config{}).(*testDatapath)
+	if n := d.b.objs.Local6.MaxEntries(); n != local6Slots || local6Slots/local6Ways != 1<<14 {
+		t.Fatalf("local6 has %d slots, Go's twin expects %d in 2^14 buckets", n, local6Slots)
+	}
 	vips := sameBucket(t, local6Ways+1)
 	config := func(vips []netip.Addr) *lb.Config {
 		var lines []string
