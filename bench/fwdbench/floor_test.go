@@ -3,6 +3,7 @@ package main
 import (
 	"net"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -19,11 +20,11 @@ func TestFloorRewrites(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (BPF)")
 	}
-	conntrackTable, conntrack6Table = nil, nil
+	conntrackTable, conntrack6Table, arraytrackTable = nil, nil, nil
 	for _, c := range []struct {
-		name string
-		v6   bool
-	}{{"ipv4", false}, {"ipv6", true}} {
+		name       string
+		v6, inline bool
+	}{{"ipv4", false, false}, {"ipv6", true, false}, {"ipv4-inline-table", false, true}} {
 		t.Run(c.name, func(t *testing.T) {
 			frame, _, err := genFrame(c.v6)
 			if err != nil {
@@ -33,6 +34,9 @@ func TestFloorRewrites(t *testing.T) {
 			insns := conntrackProg(devmap, 1)
 			if c.v6 {
 				insns = conntrack6Prog(devmap, 1)
+			}
+			if c.inline {
+				insns = arraytrackProg(devmap, 1)
 			}
 			prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: insns})
 			if err != nil {
@@ -53,10 +57,15 @@ func TestFloorRewrites(t *testing.T) {
 			if c.v6 {
 				table = conntrack6Table
 			}
+			if c.inline {
+				table = arraytrackTable
+			}
 			var n int
 			var k, v []byte
 			for it := table.Iterate(); it.Next(&k, &v); {
-				n++
+				if !c.inline || strings.Trim(string(v), "\x00") != "" { // an array's empty slots are zero
+					n++
+				}
 			}
 			if n != 1 {
 				t.Fatalf("%d table entries after two packets of one flow, want 1", n)

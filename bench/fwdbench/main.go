@@ -186,6 +186,7 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		{"xdp-redirect-read", func() error { return attachIn(l, redirectReadProg) }, func() { detachIn(l) }, false},
 		{"xdp-conntrack", func() error { return attachIn(l, conntrackProg) }, func() { detachIn(l) }, false},
 		{"xdp-stateless", func() error { return attachIn(l, statelessProg) }, func() { detachIn(l) }, false},
+		{"xdp-arraytrack", func() error { return attachIn(l, arraytrackProg) }, func() { detachIn(l) }, false},
 		{"kernel-route", func() error { return nil }, func() {}, false},
 		{"nft-dnat", func() error {
 			return sh("fwd", "nft add table ip fwdbench && nft add chain ip fwdbench pre '{ type nat hook prerouting priority -100; }' && "+
@@ -405,6 +406,8 @@ func run(rounds int, dur time.Duration, mbxBin string) error {
 		{"xdp-redirect-read", "xdp-redirect", "reading the headers"},
 		{"xdp-conntrack", "xdp-redirect", "the floor of a stateful load balancer"},
 		{"xdp-stateless", "xdp-redirect", "the floor of any load balancer (hash, table, MAC)"},
+		{"xdp-arraytrack", "xdp-redirect", "the stateful floor with an inlined table (no kernel call)"},
+		{"xdp-arraytrack", "xdp-conntrack", ""},
 		{"mbx-dr", "xdp-stateless", ""},
 		{"mbx-fnat", "xdp-conntrack", "what mbx's features cost over that floor"},
 		{"mbx-nat", "xdp-conntrack", ""},
@@ -565,8 +568,20 @@ func conntrack6Prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 	}.prog(devmap, outIfindex)
 }
 
+// arraytrackProg is conntrackProg with the inline table (floor.inline):
+// what a stateful forwarder costs when its table lookup makes no kernel
+// call.
+func arraytrackProg(devmap *ebpf.Map, outIfindex int) asm.Instructions {
+	return floor{
+		table: &arraytrackTable, etherType: 0x0008, protoOff: 14 + 9,
+		key:    [][2]int16{{14 + 12, 4}, {14 + 16, 4}, {14 + 20, 4}},
+		dstOff: 14 + 16, from: net.ParseIP(vip).To4(), to: net.ParseIP(sinkIP).To4(),
+		csumOff: 14 + 10, hdrs: 14 + 20 + 8, inline: true,
+	}.prog(devmap, outIfindex)
+}
+
 // The floors' tables live as long as the benchmark (the programs hold them).
-var conntrackTable, conntrack6Table, maglevTable *ebpf.Map
+var conntrackTable, conntrack6Table, arraytrackTable, maglevTable *ebpf.Map
 
 // statelessProg is the least any L4 load balancer does: no connection
 // table at all. A hash of the source address and ports indexes a
@@ -637,6 +652,12 @@ type floor struct {
 	from, to  []byte // destination before and after (4 or 16 bytes)
 	csumOff   int16  // the checksum the destination counts in
 	hdrs      int32
+	// inline: the table is an array of 65536 slots indexed by a hash of
+	// the key, each holding an entry and its key, compared in the program
+	// (a direct-mapped table: a colliding flow overwrites the slot). The
+	// lookup is inlined by the verifier: no kernel call after the load
+	// that depends on the packet.
+	inline bool
 }
 
 func (f floor) prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
@@ -646,7 +667,11 @@ func (f floor) prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 	}
 	valLen := (int16(len(f.to)) + 4 + 7) &^ 7 // new destination, checksum delta, pad
 	if *f.table == nil {
-		t, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: uint32(keyLen), ValueSize: uint32(valLen), MaxEntries: 65536})
+		spec := &ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: uint32(keyLen), ValueSize: uint32(valLen), MaxEntries: 65536}
+		if f.inline {
+			spec = &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(valLen + keyLen), MaxEntries: 65536}
+		}
+		t, err := ebpf.NewMap(spec)
 		if err != nil {
 			return asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()} // XDP_ABORTED: nothing reaches the sink
 		}
@@ -682,14 +707,18 @@ func (f floor) prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 		at += k[1]
 	}
 	insns = append(insns, asm.StoreImm(asm.RFP, -4, 17, asm.Word))
-	insns = append(insns, lookup...)
+	entry := make([]byte, valLen)
+	copy(entry, f.to)
+	binary.LittleEndian.PutUint32(entry[len(f.to):], delta)
+	if f.inline {
+		insns = append(insns, f.inlineLookup(fd, keyLen, valLen, entry)...)
+	} else {
+		insns = append(insns, lookup...)
+	}
 	insns = append(insns, asm.JNE.Imm(asm.R0, 0, "hit"))
 	// A new flow: its entry (new destination, checksum delta) on the stack
 	// below the key, inserted, then looked up.
 	val := -keyLen - valLen
-	entry := make([]byte, valLen)
-	copy(entry, f.to)
-	binary.LittleEndian.PutUint32(entry[len(f.to):], delta)
 	for i := 0; i < len(entry); i += 8 {
 		v := binary.LittleEndian.Uint64(entry[i:])
 		insns = append(insns, asm.LoadImm(asm.R5, int64(v), asm.DWord), asm.StoreMem(asm.RFP, val+int16(i), asm.R5, asm.DWord))
@@ -733,6 +762,48 @@ func (f floor) prog(devmap *ebpf.Map, outIfindex int) asm.Instructions {
 	)
 	insns = append(insns, redirectProg(devmap, outIfindex)...)
 	return append(insns, asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), asm.Return())
+}
+
+// inlineLookup finds the key on the stack (keyLen bytes below the frame
+// pointer, a multiple of 8) in the inline table and leaves its entry in R0
+// (filled first on a miss).
+func (f floor) inlineLookup(fd int, keyLen, valLen int16, entry []byte) asm.Instructions {
+	insns := asm.Instructions{asm.LoadMem(asm.R5, asm.RFP, -keyLen, asm.Word)}
+	for at := -keyLen + 4; at < 0; at += 4 {
+		insns = append(insns, asm.LoadMem(asm.R4, asm.RFP, at, asm.Word), asm.Xor.Reg32(asm.R5, asm.R4))
+	}
+	idx := -keyLen - 8
+	insns = append(insns,
+		asm.Mul.Imm32(asm.R5, 0x61c88647),
+		asm.RSh.Imm32(asm.R5, 16),
+		asm.StoreMem(asm.RFP, idx, asm.R5, asm.Word),
+		asm.LoadMapPtr(asm.R1, fd),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, int32(idx)),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+	)
+	for at := int16(0); at < keyLen; at += 8 {
+		insns = append(insns,
+			asm.LoadMem(asm.R4, asm.R0, valLen+at, asm.DWord),
+			asm.LoadMem(asm.R5, asm.RFP, -keyLen+at, asm.DWord),
+			asm.JNE.Reg(asm.R4, asm.R5, "inline-miss"),
+		)
+	}
+	insns = append(insns, asm.Ja.Label("hit"))
+	for at := int16(0); at < keyLen; at += 8 {
+		ld := asm.LoadMem(asm.R5, asm.RFP, -keyLen+at, asm.DWord)
+		if at == 0 {
+			ld = ld.WithSymbol("inline-miss")
+		}
+		insns = append(insns, ld, asm.StoreMem(asm.R0, valLen+at, asm.R5, asm.DWord))
+	}
+	for i := 0; i < len(entry); i += 8 {
+		insns = append(insns,
+			asm.LoadImm(asm.R5, int64(binary.LittleEndian.Uint64(entry[i:])), asm.DWord),
+			asm.StoreMem(asm.R0, int16(i), asm.R5, asm.DWord))
+	}
+	return insns
 }
 
 func attachIn(l *lab.Lab, mk func(*ebpf.Map, int) asm.Instructions) error {
