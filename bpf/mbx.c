@@ -50,6 +50,15 @@ static __always_inline int maybe_nat_reply(const struct flow_key *k)
 	return w && (*w & (1ULL << (low & 63)));
 }
 
+/* A real server removed (mode 0) or quiesced (weight 0): a SYN that reuses
+ * a port of one of its connections is scheduled afresh, as IPVS's
+ * conn_reuse_mode does for a destination of weight 0. */
+static __always_inline int real_unusable(__u32 id)
+{
+	struct real *r = bpf_map_lookup_elem(&reals, &id);
+	return !r || !r->mode || !r->weight;
+}
+
 static __always_inline void account(const struct conn *c, const struct pkt *p)
 {
 	count_real(c->real_id, c->flags & CONN_F_REPLY, p->ip_len);
@@ -429,7 +438,7 @@ static __always_inline int process(struct xdp_md *ctx)
 			c = 0;
 		} else if (!(c->flags & CONN_F_REPLY) && is_new_syn(&p) &&
 			   p.key.proto == IPPROTO_TCP &&
-			   (c->state == TCPS_TIME_WAIT || c->state == TCPS_CLOSE)) {
+			   (c->state == TCPS_TIME_WAIT || c->state == TCPS_CLOSE || real_unusable(c->real_id))) {
 			/* The client reuses its port: schedule afresh, as IPVS's conn_reuse_mode. */
 			conn_delete(c, &p.key);
 			count(CNT_CONN_REUSE);
@@ -766,7 +775,7 @@ static __always_inline int process6(struct xdp_md *ctx)
 		if (!conn6_alive(cfg, c, &p.key, now)) {
 			c = 0;
 		} else if (!(c->flags & CONN_F_REPLY) && is_new_syn6(&p) && p.key.proto == IPPROTO_TCP &&
-			   (c->state == TCPS_TIME_WAIT || c->state == TCPS_CLOSE)) {
+			   (c->state == TCPS_TIME_WAIT || c->state == TCPS_CLOSE || real_unusable(c->real_id))) {
 			conn6_delete(c, &p.key);
 			count(CNT_CONN_REUSE);
 			c = 0;

@@ -423,3 +423,54 @@ func TestClockIsTheCoarseClock(t *testing.T) {
 		check(ack(3000))
 	}
 }
+
+// A SYN that reuses the client port of a connection to a real server that
+// was since removed or quiesced is scheduled afresh (IPVS's conn_reuse_mode
+// does the same for a destination of weight 0), whatever the old
+// connection's state; to a real server still in service it follows its
+// connection.
+func TestReusedPortLeavesRemovedReal(t *testing.T) {
+	f, d := fixture(t, `
+		-A -t 198.18.0.100:80 -s rr
+		-a -t 198.18.0.100:80 -r 198.18.1.2 -b
+		-a -t 198.18.0.100:80 -r 198.18.1.3 -b
+		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`)
+	apply := func(change string) {
+		t.Helper()
+		ops, err := ipvsadmLines(change)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := d.cfg.Do(ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.w.Do(func() error { return d.b.Apply(cfg) }); err != nil {
+			t.Fatal(err)
+		}
+		d.cfg = cfg
+	}
+	at := map[int]netip.Addr{}
+	for sport := 43000; sport < 43004; sport++ {
+		_, out := d.send(t, f, syn(sport))
+		at[sport], _, _ = decode(t, out)
+	}
+	// A retransmitted SYN follows its connection.
+	for sport, rs := range at {
+		if _, out := d.send(t, f, syn(sport)); func() netip.Addr { a, _, _ := decode(t, out); return a }() != rs {
+			t.Fatalf("a repeated SYN of %d left %s", sport, rs)
+		}
+	}
+	for _, tc := range []struct{ change, gone string }{
+		{"-e -t 198.18.0.100:80 -r 198.18.1.3 -b -w 0", "198.18.1.3"},
+		{"-d -t 198.18.0.100:80 -r 198.18.1.3", "198.18.1.3"},
+	} {
+		apply(tc.change)
+		for sport := range at {
+			v, out := d.send(t, f, syn(sport))
+			if got, _, _ := decode(t, out); v != "redirect" || got.String() == tc.gone {
+				t.Fatalf("after %q: a SYN reusing port %d went to %s (%s)", tc.change, sport, got, v)
+			}
+		}
+	}
+}
