@@ -179,15 +179,24 @@ func (b *Backend) sweepRetired6() int {
 func wantLocal6(cfg *lb.Config) map[mbxLocalKey]bool {
 	want := map[mbxLocalKey]bool{}
 	for _, s := range cfg.Services {
-		if s.Key.IsMatch() || !s.Key.Addr.Is6() {
-			continue
+		laddrs := make([]netip.Addr, len(s.LocalAddrs))
+		for i, la := range s.LocalAddrs {
+			laddrs[i] = la.Addr
 		}
-		want[localKey(s.Key.Addr)] = true
-		for _, la := range s.LocalAddrs {
-			want[localKey(la.Addr)] = true
-		}
+		addLocal6(want, s.Key, laddrs)
 	}
 	return want
+}
+
+// addLocal6 adds what local6 needs of one service (none for IPv4 ones).
+func addLocal6(want map[mbxLocalKey]bool, k lb.ServiceKey, laddrs []netip.Addr) {
+	if k.IsMatch() || !k.Addr.Is6() {
+		return
+	}
+	want[localKey(k.Addr)] = true
+	for _, la := range laddrs {
+		want[localKey(la)] = true
+	}
 }
 
 // readLocal6 fills Go's copy from a pinned local6 (adopted state).

@@ -120,21 +120,7 @@ func TestLocal6Buckets(t *testing.T) {
 		t.Fatalf("local6 has %d slots, Go's twin expects %d in 2^14 buckets", n, local6Slots)
 	}
 	vips := sameBucket(t, local6Ways+1)
-	config := func(vips []netip.Addr) *lb.Config {
-		var lines []string
-		for _, a := range vips {
-			lines = append(lines, fmt.Sprintf("-A -t [%s]:80 -s rr", a), fmt.Sprintf("-a -t [%s]:80 -r [fd00:198::b:2] -g", a))
-		}
-		ops, err := ipvsadm.ParseLines(strings.Join(lines, "\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := (&lb.Config{}).Do(ops)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cfg
-	}
+	config := func(vips []netip.Addr) *lb.Config { return dr6Config(t, vips...) }
 	apply := func(cfg *lb.Config) error { return d.w.Do(func() error { return d.b.Apply(cfg) }) }
 	if err := apply(config(vips)); err == nil || !strings.Contains(err.Error(), "hash alike") {
 		t.Fatalf("Apply: %v, want a full-bucket error", err)
@@ -168,21 +154,7 @@ func TestLocal6RetiredSlot(t *testing.T) {
 	}
 	d := setupXDP(t, f, &lb.Config{}).(*testDatapath)
 	vips := sameBucket(t, local6Ways)
-	config := func(vips ...netip.Addr) *lb.Config {
-		var lines []string
-		for _, a := range vips {
-			lines = append(lines, fmt.Sprintf("-A -t [%s]:80 -s rr", a), fmt.Sprintf("-a -t [%s]:80 -r [fd00:198::b:2] -g", a))
-		}
-		ops, err := ipvsadm.ParseLines(strings.Join(lines, "\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := (&lb.Config{}).Do(ops)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cfg
-	}
+	config := func(vips ...netip.Addr) *lb.Config { return dr6Config(t, vips...) }
 	apply := func(cfg *lb.Config) {
 		t.Helper()
 		if err := d.w.Do(func() error { return d.b.Apply(cfg) }); err != nil {
@@ -233,4 +205,22 @@ func TestLocal6RetiredSlot(t *testing.T) {
 	if v := syn(vips[0]); v != "redirect" {
 		t.Fatalf("SYN to the re-added VIP: %s", v)
 	}
+}
+
+// dr6Config is a DR service on port 80 of each VIP, to fnat6's rs1.
+func dr6Config(t *testing.T, vips ...netip.Addr) *lb.Config {
+	t.Helper()
+	var lines []string
+	for _, a := range vips {
+		lines = append(lines, fmt.Sprintf("-A -t [%s]:80 -s rr", a), fmt.Sprintf("-a -t [%s]:80 -r [fd00:198::b:2] -g", a))
+	}
+	ops, err := ipvsadm.ParseLines(strings.Join(lines, "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := (&lb.Config{}).Do(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }

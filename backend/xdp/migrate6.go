@@ -61,13 +61,7 @@ func detachConns6v1(dir string) (*ebpf.Map, error) {
 func (b *Backend) migrateConns6(old *ebpf.Map) (moved, lost int, err error) {
 	want := map[mbxLocalKey]bool{}
 	for k, ps := range b.services {
-		if k.IsMatch() || !k.Addr.Is6() {
-			continue
-		}
-		want[localKey(k.Addr)] = true
-		for _, la := range ps.laddrs {
-			want[localKey(la)] = true
-		}
+		addLocal6(want, k, ps.laddrs)
 	}
 	plan, err := b.local6.plan(want)
 	if err != nil {

@@ -51,6 +51,23 @@ func fixture(t *testing.T, config string) (*vectors.File, *testDatapath) {
 	return f, setupXDP(t, f, cfg).(*testDatapath)
 }
 
+// applyLines applies ipvsadm lines on top of the datapath's configuration.
+func (d *testDatapath) applyLines(t *testing.T, lines string) {
+	t.Helper()
+	ops, err := ipvsadmLines(lines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := d.cfg.Do(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.w.Do(func() error { return d.b.Apply(cfg) }); err != nil {
+		t.Fatal(err)
+	}
+	d.cfg = cfg
+}
+
 func (d *testDatapath) send(t *testing.T, f *vectors.File, p vectors.Packet) (string, []byte) {
 	t.Helper()
 	frame, err := f.Build(p)
@@ -281,21 +298,7 @@ func TestRemovedServiceFreesOnlyItsTable(t *testing.T) {
 	}
 	f, d := fixture(t, svc(80, "198.18.1.2")+svc(81, "198.18.1.2", "198.18.1.3", "198.18.1.4", "198.18.1.5")+
 		svc(83, "198.18.1.2")+svc(84, "198.18.1.2")+svc(85, "198.18.1.4"))
-	apply := func(lines string) {
-		t.Helper()
-		ops, err := ipvsadmLines(lines)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := d.cfg.Do(ops)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := d.w.Do(func() error { return d.b.Apply(cfg) }); err != nil {
-			t.Fatal(err)
-		}
-		d.cfg = cfg
-	}
+	apply := func(lines string) { t.Helper(); d.applyLines(t, lines) }
 	apply(`-D -t 198.18.0.100:81`)
 	apply(svc(86, "198.18.1.2") + svc(87, "198.18.1.2") + svc(88, "198.18.1.2"))
 	for sport := 44000; sport < 44004; sport++ {
@@ -435,21 +438,6 @@ func TestReusedPortLeavesRemovedReal(t *testing.T) {
 		-a -t 198.18.0.100:80 -r 198.18.1.2 -b
 		-a -t 198.18.0.100:80 -r 198.18.1.3 -b
 		--add-laddr -z 198.18.1.200 -t 198.18.0.100:80 -F lan0`)
-	apply := func(change string) {
-		t.Helper()
-		ops, err := ipvsadmLines(change)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := d.cfg.Do(ops)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := d.w.Do(func() error { return d.b.Apply(cfg) }); err != nil {
-			t.Fatal(err)
-		}
-		d.cfg = cfg
-	}
 	at := map[int]netip.Addr{}
 	for sport := 43000; sport < 43004; sport++ {
 		_, out := d.send(t, f, syn(sport))
@@ -465,7 +453,7 @@ func TestReusedPortLeavesRemovedReal(t *testing.T) {
 		{"-e -t 198.18.0.100:80 -r 198.18.1.3 -b -w 0", "198.18.1.3"},
 		{"-d -t 198.18.0.100:80 -r 198.18.1.3", "198.18.1.3"},
 	} {
-		apply(tc.change)
+		d.applyLines(t, tc.change)
 		for sport := range at {
 			v, out := d.send(t, f, syn(sport))
 			if got, _, _ := decode(t, out); v != "redirect" || got.String() == tc.gone {
